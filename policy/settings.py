@@ -1,0 +1,90 @@
+"""Settings of the policy card (the `policy:` section of remixer's config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["PolicySettings"]
+
+
+class PolicySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str | None = Field(
+        None,
+        description="Policy store (SQLAlchemy URL): sqlite:///path.db or postgresql://user@host/db. "
+        "Unset: the SQLite file policy.db under the data directory.",
+    )
+    database_schema: str | None = Field(
+        None, description="PostgreSQL schema for the policy tables (created when missing). Unset: the default."
+    )
+    policy_files: list[Path] = Field(
+        default_factory=list,
+        description="YAML policy files (GitOps): imported into the store at start and whenever they change. "
+        "Rules, lists and limits from a file are owned by that file.",
+    )
+    reload_interval: float = Field(
+        1.0, gt=0, le=300, description="Seconds between polls of the store revision (and of the policy files)."
+    )
+    default_decision: Literal["allow", "deny"] = Field(
+        "allow", description="Decision when no deny, rate-limit or allow rule decides a request."
+    )
+    default_deny_status: int = Field(403, ge=200, le=599, description="HTTP status of the default deny.")
+    quota_backend: Literal["memory", "redis"] = Field(
+        "memory", description="Where quota counters live: memory (per process) or redis (shared by replicas)."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for quota_backend=redis.")
+    redis_key_prefix: str = Field("remixer:quota:", description="Prefix of every Redis quota key.")
+    redis_timeout: float = Field(0.05, gt=0, le=10, description="Seconds a Redis quota call may take.")
+    quota_fallback: Literal["local", "allow", "deny"] = Field(
+        "local",
+        description="When Redis is unreachable: local (in-memory limits in this process), allow (fail open) "
+        "or deny (fail closed). Each fallback is counted in remixer_policy_redis_errors_total.",
+    )
+    cache_size: int = Field(
+        10000, ge=0, description="Decision cache entries (0 disables the cache). Quota decisions are never cached."
+    )
+    cache_ttl: float = Field(10.0, ge=0, description="Seconds a cached decision stays valid.")
+    decision_log_sample: float = Field(
+        1.0, ge=0, le=1, description="Fraction of decisions written to the decision log (1 = all, 0 = none)."
+    )
+    decision_log_flush_interval: float = Field(
+        0.2, gt=0, le=60, description="Seconds between decision-log batches handed to the record sink."
+    )
+    decision_log_buffer: int = Field(
+        100000, ge=100, description="Decision records buffered between flushes; beyond it they are dropped."
+    )
+    jwt_payload_header: str = Field(
+        "x-jwt-payload",
+        description="Header carrying an already-verified JWT payload (Envoy jwt_authn forward_payload_header, "
+        "base64url JSON); rules read its claims as request.jwt.<claim>.",
+    )
+    http_enabled: bool = Field(True, description="Serve the HTTP ext_authz mode (Envoy http_service).")
+    http_address: str = Field("127.0.0.1:9192", description="Listen address of the HTTP ext_authz mode.")
+    http_path_prefix: str = Field(
+        "", description="Prefix Envoy's http_service.path_prefix adds to the path; stripped before matching."
+    )
+    max_staleness: float = Field(
+        0.0,
+        ge=0,
+        description="Report not-ready when the store could not be read for this many seconds (0: stay ready "
+        "and keep serving the last snapshot; staleness is still reported in /readyz and metrics).",
+    )
+
+    @field_validator("http_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+    @field_validator("http_path_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value.rstrip("/")

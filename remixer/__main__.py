@@ -1,0 +1,5 @@
+import sys
+
+from remixer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,295 @@
+"""`remixer serve`: one asyncio process hosting the gRPC server (ext_authz Check, StreamAccessLogs,
+health, reflection), the parts' own listeners, and the admin app.
+
+The composition root: the only module that picks concrete implementations for the parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health_pb2_grpc import add_HealthServicer_to_server
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Gauge
+
+from remixer import admin, logs
+from remixer.parts import Part, PartContext, Readiness
+from remixer.settings import Settings, parse_address
+from remixer.shipping import build_record_sinks
+
+log = logging.getLogger("remixer.serve")
+
+
+class PortInUse(OSError):
+    """A listen address is taken by another process; remixer refuses to share it silently."""
+
+
+class _QuietServer(uvicorn.Server):
+    # remixer owns SIGTERM/SIGINT; uvicorn must not install its own handlers.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_tcp(address: str, *, setting: str, reuse_port: bool = False) -> socket.socket:
+    """A listening socket on `address`, without SO_REUSEPORT unless asked (workers)."""
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(exc.errno, f"{setting} {address} is already in use by another process") from None
+        raise OSError(exc.errno, f"{setting} {address} cannot be bound: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def listen_addresses(settings: Settings) -> dict[str, str]:
+    """Every address this configuration listens on, by the setting that names it."""
+    parts = settings.server.parts
+    addresses: dict[str, str] = {}
+    if "policy" in parts or "telemetry" in parts:
+        addresses["server.grpc_address"] = settings.server.grpc_address
+    if "policy" in parts and settings.policy.http_enabled:
+        addresses["policy.http_address"] = settings.policy.http_address
+    if "admin" in parts:
+        addresses["server.admin_address"] = settings.server.admin_address
+    return addresses
+
+
+def check_ports_free(settings: Settings) -> None:
+    for setting, address in listen_addresses(settings).items():
+        if parse_address(address)[1] != 0:
+            bind_tcp(address, setting=setting).close()
+
+
+def build_parts(settings: Settings, context: PartContext) -> list[Part]:
+    parts: list[Part] = []
+    if "policy" in settings.server.parts:
+        from policy.app import build_part as build_policy
+
+        parts.append(build_policy(settings.policy, context))
+    if "telemetry" in settings.server.parts:
+        from telemetry.app import build_part as build_telemetry
+
+        parts.append(build_telemetry(settings.telemetry, context))
+    return parts
+
+
+def _grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    tls = settings.server.grpc_tls
+    if tls.cert_file is None and tls.key_file is None:
+        return None
+    if tls.cert_file is None or tls.key_file is None:
+        raise ValueError("server.grpc_tls needs both cert_file and key_file")
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+@dataclass
+class _Running:
+    """What one worker has started, so shutdown can undo it in order."""
+
+    grpc_server: grpc.aio.Server | None = None
+    health: health_aio.HealthServicer | None = None
+    admin_server: uvicorn.Server | None = None
+    admin_task: asyncio.Task[None] | None = None
+    parts: list[Part] = field(default_factory=list)
+    draining: bool = False
+
+
+async def run_worker(settings: Settings, *, worker_index: int = 0, reuse_port: bool = False) -> int:
+    server = settings.server
+    data_dir = server.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    registry = CollectorRegistry()
+    Gauge("remixer_up", "1 while this remixer worker serves.", ["worker"], registry=registry).labels(
+        str(worker_index)
+    ).set(1)
+    records = build_record_sinks(settings.shipping, data_dir=data_dir, registry=registry)
+    token = admin.ensure_admin_token(
+        server.admin_token.get_secret_value() if server.admin_token else None, data_dir
+    )
+    context = PartContext(
+        data_dir=data_dir,
+        registry=registry,
+        records=records,
+        require_writer=admin.token_guard(token),
+        reuse_port=reuse_port,
+        worker_index=worker_index,
+    )
+    running = _Running(parts=build_parts(settings, context))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    try:
+        await _start(settings, running, registry, worker_index=worker_index, reuse_port=reuse_port)
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.error("remixer cannot start: %s", exc)
+        await _shutdown(settings, running, records)
+        return 1
+    log.info(
+        "remixer serving worker=%d %s",
+        worker_index,
+        " ".join(f"{k}={v}" for k, v in listen_addresses(settings).items()),
+    )
+    await stop.wait()
+    log.info("remixer draining worker=%d grace=%.1fs", worker_index, server.drain_seconds)
+    await _shutdown(settings, running, records)
+    log.info("remixer stopped worker=%d", worker_index)
+    return 0
+
+
+async def _start(
+    settings: Settings, running: _Running, registry: CollectorRegistry, *, worker_index: int, reuse_port: bool
+) -> None:
+    server = settings.server
+    if running.parts:
+        grpc_server = grpc.aio.server(
+            options=[
+                # grpc shares ports silently by default; a second remixer must fail loudly instead.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+                ("grpc.max_receive_message_length", server.grpc_max_receive_bytes),
+                ("grpc.max_concurrent_streams", 1024),
+            ]
+        )
+        names: list[str] = []
+        for part in running.parts:
+            names.extend(part.register_grpc(grpc_server))
+        health = health_aio.HealthServicer()
+        add_HealthServicer_to_server(health, grpc_server)
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            grpc_server,
+        )
+        credentials = _grpc_credentials(settings)
+        host, port = parse_address(server.grpc_address)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = (
+                grpc_server.add_secure_port(target, credentials)
+                if credentials
+                else grpc_server.add_insecure_port(target)
+            )
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise PortInUse(errno.EADDRINUSE, f"server.grpc_address {server.grpc_address} is already in use")
+        running.grpc_server, running.health = grpc_server, health
+        await grpc_server.start()
+        for name in ["", *names]:
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    for part in running.parts:
+        await part.start()
+    if "admin" in server.parts and worker_index == 0:
+        sock = bind_tcp(server.admin_address, setting="server.admin_address", reuse_port=False)
+        routers: list[Any] = [r for p in running.parts for r in p.admin_routers()]
+        routers.extend(_controller_routers(settings))
+        app = admin.build_admin_app(
+            registry=registry,
+            routers=routers,
+            readiness=lambda: (
+                {p.name: p.readiness() for p in running.parts}
+                | {"server": Readiness(not running.draining, "draining" if running.draining else "")}
+            ),
+            alive=lambda: not running.draining,
+        )
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
+        running.admin_server = _QuietServer(config)
+        running.admin_task = asyncio.create_task(running.admin_server.serve(sockets=[sock]))
+
+
+def _controller_routers(settings: Settings) -> list[Any]:
+    try:
+        from controller.app import admin_router
+    except ImportError:  # the controller card is optional in a slim policy/telemetry image
+        return []
+    return [admin_router(settings.controller)]
+
+
+async def _shutdown(settings: Settings, running: _Running, records: Any) -> None:
+    running.draining = True
+    grace = settings.server.drain_seconds
+    if running.health is not None:
+        await running.health.enter_graceful_shutdown()
+    stops = [p.stop(grace) for p in running.parts]
+    if running.grpc_server is not None:
+        stops.append(running.grpc_server.stop(grace))
+    results = await asyncio.gather(*stops, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            log.error("error while draining: %r", result)
+    close = getattr(records, "close", None)
+    if close is not None:
+        await close()
+    if running.admin_server is not None and running.admin_task is not None:
+        running.admin_server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await running.admin_task
+
+
+def _worker_process(settings: Settings, index: int) -> None:
+    logs.configure(settings.server.log_level, settings.server.log_format)
+    sys.exit(asyncio.run(run_worker(settings, worker_index=index, reuse_port=True)))
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean drain, 1 when the server could not start."""
+    logs.configure(settings.server.log_level, settings.server.log_format)
+    if settings.server.workers == 1:
+        return asyncio.run(run_worker(settings))
+    try:
+        check_ports_free(settings)
+    except OSError as exc:
+        log.error("remixer cannot start: %s", exc)
+        return 1
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_worker_process, args=(settings, i), name=f"remixer-worker-{i}")
+        for i in range(settings.server.workers)
+    ]
+    for proc in workers:
+        proc.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in workers:
+            if proc.is_alive() and proc.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in workers:
+        proc.join()
+    codes = [proc.exitcode or 0 for proc in workers]
+    return max(codes)

@@ -1,0 +1,1 @@
+"""prometheus fixtures (being written)."""
