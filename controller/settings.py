@@ -32,7 +32,8 @@ class ControllerSettings(BaseModel):
     )
     query_selector: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra label matchers added to every query, e.g. {source_cluster: prod}. Values are escaped.",
+        description="Extra label matchers added to every query, e.g. {source_cluster: prod}; values are "
+        "escaped.",
     )
     window: str = Field(
         "1h", description="How far back each run looks for calls (PromQL range, e.g. 30m, 1h, 1d)."
@@ -94,7 +95,8 @@ class ControllerSettings(BaseModel):
         20.0,
         ge=0,
         le=100,
-        description="Refuse a run that would remove more than this percentage of all scoped hosts (unless --force).",
+        description="Refuse a run that would remove more than this percentage of all scoped hosts "
+        "(unless --force).",
     )
     sidecar_name_prefix: str = Field("remixer-", description="Prefix of generated Sidecar names.")
     owner_label: str = Field(
@@ -103,6 +105,11 @@ class ControllerSettings(BaseModel):
     )
     owner_value: str = Field("remixer-controller", description="Value of owner_label on our Sidecars.")
     field_manager: str = Field("remixer-controller", description="Server-side apply field manager name.")
+    kubernetes_api_url: str | None = Field(
+        None,
+        description="Kubernetes API server URL for the kube sink; default: in-cluster service account, else "
+        "the current kubeconfig context.",
+    )
 
     @field_validator("window", "ttl", "interval")
     @classmethod

@@ -19,7 +19,8 @@ class PolicySettings(BaseModel):
         "Unset: the SQLite file policy.db under the data directory.",
     )
     database_schema: str | None = Field(
-        None, description="PostgreSQL schema for the policy tables (created when missing). Unset: the default."
+        None,
+        description="PostgreSQL schema for the policy tables (created when missing). Unset: the default.",
     )
     policy_files: list[Path] = Field(
         default_factory=list,
@@ -27,7 +28,10 @@ class PolicySettings(BaseModel):
         "Rules, lists and limits from a file are owned by that file.",
     )
     reload_interval: float = Field(
-        1.0, gt=0, le=300, description="Seconds between polls of the store revision (and of the policy files)."
+        1.0,
+        gt=0,
+        le=300,
+        description="Seconds between polls of the store revision (and of the policy files).",
     )
     default_decision: Literal["allow", "deny"] = Field(
         "allow", description="Decision when no deny, rate-limit or allow rule decides a request."
@@ -45,7 +49,9 @@ class PolicySettings(BaseModel):
         "or deny (fail closed). Each fallback is counted in remixer_policy_redis_errors_total.",
     )
     cache_size: int = Field(
-        10000, ge=0, description="Decision cache entries (0 disables the cache). Quota decisions are never cached."
+        10000,
+        ge=0,
+        description="Decision cache entries (0 disables the cache). Quota decisions are never cached.",
     )
     cache_ttl: float = Field(10.0, ge=0, description="Seconds a cached decision stays valid.")
     decision_log_sample: float = Field(
@@ -59,8 +65,8 @@ class PolicySettings(BaseModel):
     )
     jwt_payload_header: str = Field(
         "x-jwt-payload",
-        description="Header carrying an already-verified JWT payload (Envoy jwt_authn forward_payload_header, "
-        "base64url JSON); rules read its claims as request.jwt.<claim>.",
+        description="Header carrying an already-verified JWT payload (Envoy jwt_authn "
+        "forward_payload_header, base64url JSON); rules read its claims as request.jwt.<claim>.",
     )
     http_enabled: bool = Field(True, description="Serve the HTTP ext_authz mode (Envoy http_service).")
     http_address: str = Field("127.0.0.1:9192", description="Listen address of the HTTP ext_authz mode.")

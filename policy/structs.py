@@ -17,8 +17,6 @@ __all__ = [
 
 DecisionKind = Literal["allow", "deny", "rate_limited"]
 
-_EMPTY: Mapping[str, str] = {}
-
 
 class PolicyError(ValueError):
     """A policy document (rule, list or limit) is invalid; the message names the item and the field."""
@@ -37,16 +35,16 @@ class CheckInput:
     host: str = ""
     scheme: str = ""
     request_id: str = ""
-    headers: Mapping[str, str] = _EMPTY
+    headers: Mapping[str, str] = field(default_factory=dict)
     source_address: str = ""
     source_principal: str = ""
     source_service: str = ""
-    source_labels: Mapping[str, str] = _EMPTY
+    source_labels: Mapping[str, str] = field(default_factory=dict)
     destination_address: str = ""
     destination_port: int = 0
     destination_service: str = ""
-    destination_labels: Mapping[str, str] = _EMPTY
-    context: Mapping[str, str] = _EMPTY
+    destination_labels: Mapping[str, str] = field(default_factory=dict)
+    context: Mapping[str, str] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 

@@ -175,7 +175,9 @@ def demo_stack(settings: Settings, workdir: Path) -> Iterator[dict[str, Any]]:
 
 def send_burst(base_url: str, count: int) -> Counter[int]:
     codes: Counter[int] = Counter()
-    with httpx.Client(base_url=base_url, timeout=5) as client:
+    # The Host a mesh client would use, so destination_service reads like Istio's.
+    host = {"host": "productpage.bookinfo.svc.cluster.local:9080"}
+    with httpx.Client(base_url=base_url, timeout=5, headers=host) as client:
         for i in range(count):
             method, path, headers = TRAFFIC[i % len(TRAFFIC)]
             response = client.request(method, path, headers={**headers, "x-request-id": f"demo-{i:05d}"})

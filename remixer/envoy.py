@@ -66,6 +66,7 @@ class EnvoyProcess:
         self.admin_url = f"http://{admin['address']}:{admin['port_value']}"
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="remixer-envoy-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "envoy.log"
         self._log_level = log_level
         self._concurrency = concurrency

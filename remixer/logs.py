@@ -33,3 +33,5 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # uvicorn's access log would log every scrape; our own metrics say more.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Migrations log every step at INFO; one line from us says the store is ready.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

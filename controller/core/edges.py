@@ -62,7 +62,7 @@ def service_host(service: str, service_namespace: str | None, cluster_domain: st
     if known(service_namespace) and service_namespace is not None:
         return f"{service_namespace}/{service}" if is_namespace(service_namespace) else None
     parts = service.split(".")
-    # name.ns.svc.<cluster domain> names its own namespace; anything else (ServiceEntry hosts) is any-namespace.
+    # name.ns.svc.<domain> names its namespace; other names (ServiceEntry hosts) are any-namespace.
     if len(parts) >= 4 and ".".join(parts[2:]) == f"svc.{cluster_domain}":
         return f"{parts[1]}/{service}"
     return f"*/{service}"
@@ -126,8 +126,9 @@ def _label(labels: Mapping[str, str], *names: str) -> str:
 
 
 def _protocol(labels: Mapping[str, str], default: Protocol) -> Protocol:
-    value = labels.get("request_protocol", default)
-    return "grpc" if value == "grpc" else "tcp" if value == "tcp" else "http" if default != "tcp" else "tcp"
+    if default == "tcp":
+        return "tcp"
+    return "grpc" if labels.get("request_protocol") == "grpc" else "http"
 
 
 def edges_from_rows(
@@ -185,14 +186,22 @@ def merge_reporters(
     for edge in source_edges:
         key = edge_key(edge)
         previous = merged.get(key)
-        merged[key] = edge if previous is None else replace(previous, request_rate=previous.request_rate + edge.request_rate)
+        merged[key] = (
+            edge
+            if previous is None
+            else replace(previous, request_rate=previous.request_rate + edge.request_rate)
+        )
     source_keys = set(merged)
     for edge in destination_edges:
         key = edge_key(edge)
         if key in source_keys:
             continue
         previous = merged.get(key)
-        merged[key] = edge if previous is None else replace(previous, request_rate=previous.request_rate + edge.request_rate)
+        merged[key] = (
+            edge
+            if previous is None
+            else replace(previous, request_rate=previous.request_rate + edge.request_rate)
+        )
     if errors:
         merged = {key: replace(edge, error_rate=errors.get(key, 0.0)) for key, edge in merged.items()}
     return [merged[key] for key in sorted(merged, key=_sort_key)]
@@ -224,7 +233,9 @@ class CallEdgeRow:
     count: int
 
 
-def edges_from_call_edge_rows(rows: Iterable[CallEdgeRow], *, cluster_domain: str, stats: RowStats) -> list[CallEdge]:
+def edges_from_call_edge_rows(
+    rows: Iterable[CallEdgeRow], *, cluster_domain: str, stats: RowStats
+) -> list[CallEdge]:
     """The call-edge table sees calls that went through PassthroughCluster: the first call to a
     service not yet in a scope. Those become edges like any other."""
     edges = []

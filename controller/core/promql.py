@@ -99,7 +99,10 @@ def build_queries(
     for reporter in ("source", "destination"):
         base = selector(reporter=reporter, namespaces=namespace_list, extra=extra)
         http_errors = selector(
-            reporter=reporter, namespaces=namespace_list, extra=extra, more=[matcher("response_code", "=~", "[45]..")]
+            reporter=reporter,
+            namespaces=namespace_list,
+            extra=extra,
+            more=[matcher("response_code", "=~", "[45]..")],
         )
         grpc_errors = selector(
             reporter=reporter,
@@ -112,7 +115,11 @@ def build_queries(
             ],
         )
         queries.append(
-            Query("requests", reporter, _rate_sum("istio_requests_total", base, window, REQUEST_GROUP_BY) + " > 0")
+            Query(
+                "requests",
+                reporter,
+                _rate_sum("istio_requests_total", base, window, REQUEST_GROUP_BY) + " > 0",
+            )
         )
         errors = (
             f"({_rate_sum('istio_requests_total', http_errors, window, REQUEST_GROUP_BY)}"
@@ -120,7 +127,10 @@ def build_queries(
         )
         queries.append(Query("errors", reporter, errors))
         if include_tcp:
-            for kind, metric in (("tcp_sent", "istio_tcp_sent_bytes_total"), ("tcp_received", "istio_tcp_received_bytes_total")):
+            for kind, metric in (
+                ("tcp_sent", "istio_tcp_sent_bytes_total"),
+                ("tcp_received", "istio_tcp_received_bytes_total"),
+            ):
                 queries.append(
                     Query(kind, reporter, _rate_sum(metric, base, window, TCP_GROUP_BY) + " > 0")  # type: ignore[arg-type]
                 )

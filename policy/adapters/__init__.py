@@ -1,0 +1,1 @@
+"""I/O behind small interfaces (base.py): the SQL policy store, quota backends (memory, Redis)."""

@@ -68,7 +68,8 @@ def check_attribute(name: str) -> str:
         if name.startswith(family) and len(name) > len(family):
             return name.lower() if family == "request.headers." else name
     raise ValueError(
-        f"unknown attribute {name!r}; use one of {sorted(ATTRIBUTE_FIELDS)} or a name under {list(ATTRIBUTE_MAPS)}"
+        f"unknown attribute {name!r}; use one of {sorted(ATTRIBUTE_FIELDS)} "
+        f"or a name under {list(ATTRIBUTE_MAPS)}"
     )
 
 
@@ -83,7 +84,9 @@ class MatcherDoc(BaseModel):
     glob: str | None = Field(None, description="* within a path segment, ** across segments, ? one character")
     regex: str | None = Field(None, description="RE2 syntax, full match")
     in_: list[str] | None = Field(None, alias="in")
-    in_list: str | None = Field(None, description="name of a list (ip/cidr lists for addresses, strings otherwise)")
+    in_list: str | None = Field(
+        None, description="name of a list (ip/cidr lists for addresses, strings otherwise)"
+    )
     cidr: list[str] | None = None
     present: bool | None = None
     ignore_case: bool = False
@@ -93,8 +96,8 @@ class MatcherDoc(BaseModel):
         ops = [n for n in self.operator_names() if getattr(self, n) is not None]
         if len(ops) != 1:
             raise ValueError(
-                "a matcher needs exactly one of exact, prefix, suffix, glob, regex, in, in_list, cidr, present"
-                + (f" (got {', '.join(ops)})" if ops else "")
+                "a matcher needs exactly one of exact, prefix, suffix, glob, regex, in, in_list, cidr, "
+                "present" + (f" (got {', '.join(ops)})" if ops else "")
             )
         return self
 
@@ -124,7 +127,9 @@ class AllowAction(BaseModel):
     model_config = _STRICT
 
     headers: dict[str, str] = Field(default_factory=dict, description="set on the request going upstream")
-    remove_headers: list[str] = Field(default_factory=list, description="removed from the request going upstream")
+    remove_headers: list[str] = Field(
+        default_factory=list, description="removed from the request going upstream"
+    )
     response_headers: dict[str, str] = Field(default_factory=dict, description="added to the response")
 
     @field_validator("headers", "response_headers")

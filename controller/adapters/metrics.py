@@ -1,0 +1,67 @@
+"""The controller's own metrics (remixer_controller_*), on a given registry, never the global one."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from controller.structs import RunSummary
+
+
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter(
+            "remixer_controller_runs_total", "Controller runs by outcome.", ["outcome"], registry=registry
+        )
+        self.written = Counter(
+            "remixer_controller_sidecars_written_total", "Sidecars created or updated.", registry=registry
+        )
+        self.deleted = Counter(
+            "remixer_controller_sidecars_deleted_total", "Sidecars pruned.", registry=registry
+        )
+        self.edges = Gauge(
+            "remixer_controller_call_edges", "Call edges seen by the last run.", registry=registry
+        )
+        self.skipped_rows = Gauge(
+            "remixer_controller_skipped_rows",
+            "Telemetry rows skipped as bad by the last run.",
+            registry=registry,
+        )
+        self.clusters = Gauge(
+            "remixer_controller_xds_clusters",
+            "Estimated outbound clusters pushed to all proxies, before and after scoping.",
+            ["scope"],
+            registry=registry,
+        )
+        self.endpoints = Gauge(
+            "remixer_controller_xds_endpoints",
+            "Estimated endpoints pushed to all proxies, before and after scoping.",
+            ["scope"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "remixer_controller_last_success_timestamp_seconds",
+            "When a run last ended without error.",
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "remixer_controller_run_duration_seconds",
+            "Wall time of one run.",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
+
+    def observe(self, summary: RunSummary, *, seconds: float, now: float) -> None:
+        self.runs.labels(summary.outcome).inc()
+        self.duration.observe(seconds)
+        if summary.outcome in ("refused", "source-failure"):
+            return
+        self.last_success.set(now)
+        self.written.inc(summary.written)
+        self.deleted.inc(summary.deleted)
+        self.edges.set(summary.edges)
+        self.skipped_rows.set(summary.skipped_rows)
+        if summary.shrink is not None:
+            self.clusters.labels("before").set(summary.shrink.clusters_before)
+            self.clusters.labels("after").set(summary.shrink.clusters_after)
+            self.endpoints.labels("before").set(summary.shrink.endpoints_before)
+            self.endpoints.labels("after").set(summary.shrink.endpoints_after)

@@ -1,0 +1,125 @@
+"""Desired vs observed Sidecars -> what to write and delete, and the guards that may stop a run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from controller.structs import Manifest, Plan, SidecarChange
+
+
+def hosts_of(manifest: Mapping[str, Any]) -> set[str]:
+    hosts: set[str] = set()
+    for listener in (manifest.get("spec") or {}).get("egress") or []:
+        hosts.update(listener.get("hosts") or [])
+    return hosts
+
+
+def _selector(manifest: Mapping[str, Any]) -> dict[str, str] | None:
+    labels = ((manifest.get("spec") or {}).get("workloadSelector") or {}).get("labels")
+    return dict(labels) if labels else None
+
+
+def _key(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    return (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+
+
+def is_owned(manifest: Mapping[str, Any], label: str, value: str) -> bool:
+    return bool(((manifest.get("metadata") or {}).get("labels") or {}).get(label) == value)
+
+
+def _comparable(manifest: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    metadata = manifest.get("metadata") or {}
+    return (manifest.get("spec"), metadata.get("labels"), metadata.get("annotations"))
+
+
+def _nested(first: dict[str, str], second: dict[str, str]) -> bool:
+    """Whether one selector is a subset of the other, so that some pod may match both."""
+    return set(first.items()) <= set(second.items()) or set(second.items()) <= set(first.items())
+
+
+def _conflict(desired: Manifest, foreign: list[Manifest]) -> str | None:
+    """Istio precedence: one selector-less Sidecar per namespace; two selectors on one pod is undefined."""
+    mine = _selector(desired)
+    for other in foreign:
+        theirs = _selector(other)
+        name = other["metadata"]["name"]
+        if name == desired["metadata"]["name"]:
+            return f"name taken by Sidecar {name} that we do not own"
+        if mine is None and theirs is None:
+            return f"namespace already has a selector-less Sidecar ({name})"
+        if mine is not None and theirs is not None and _nested(mine, theirs):
+            return f"pods already selected by Sidecar {name} that we do not own"
+    return None
+
+
+def make_plan(
+    desired: Iterable[Manifest], observed: Iterable[Manifest], *, owner_label: str, owner_value: str
+) -> Plan:
+    owned: dict[tuple[str, str], Manifest] = {}
+    foreign: dict[str, list[Manifest]] = {}
+    for manifest in observed:
+        if is_owned(manifest, owner_label, owner_value):
+            owned[_key(manifest)] = manifest
+        else:
+            foreign.setdefault(manifest["metadata"]["namespace"], []).append(manifest)
+    to_write: list[Manifest] = []
+    changes: list[SidecarChange] = []
+    wanted: set[tuple[str, str]] = set()
+    removed_total = 0
+    for manifest in sorted(desired, key=_key):
+        namespace, name = _key(manifest)
+        conflict = _conflict(manifest, foreign.get(namespace, []))
+        if conflict:
+            changes.append(SidecarChange(namespace, name, "skipped", reason=conflict))
+            continue
+        wanted.add((namespace, name))
+        current = owned.get((namespace, name))
+        new_hosts = hosts_of(manifest)
+        if current is None:
+            to_write.append(manifest)
+            changes.append(SidecarChange(namespace, name, "create", added=tuple(sorted(new_hosts))))
+        elif _comparable(current) != _comparable(manifest):
+            old_hosts = hosts_of(current)
+            removed = tuple(sorted(old_hosts - new_hosts))
+            removed_total += len(removed)
+            to_write.append(manifest)
+            changes.append(
+                SidecarChange(
+                    namespace, name, "update", added=tuple(sorted(new_hosts - old_hosts)), removed=removed
+                )
+            )
+        else:
+            changes.append(SidecarChange(namespace, name, "unchanged"))
+    to_delete = []
+    for key in sorted(set(owned) - wanted):
+        removed = tuple(sorted(hosts_of(owned[key])))
+        removed_total += len(removed)
+        to_delete.append(key)
+        changes.append(SidecarChange(key[0], key[1], "delete", removed=removed))
+    hosts_before = sum(len(hosts_of(manifest)) for manifest in owned.values())
+    return Plan(tuple(to_write), tuple(to_delete), tuple(changes), hosts_before, removed_total)
+
+
+def volume_refusal(*, edges: int, last_edges: int | None, min_ratio: float) -> str | None:
+    """No write when the source returned nothing, or far less than the last good run."""
+    if edges == 0:
+        return "Prometheus returned no call edges; refusing to write (is the window or selector wrong?)"
+    if last_edges and edges < last_edges * min_ratio:
+        return (
+            f"Prometheus returned {edges} call edges, less than {min_ratio:.0%} of the last good run's "
+            f"{last_edges}; refusing to write"
+        )
+    return None
+
+
+def removal_refusal(plan: Plan, *, max_percent: float, force: bool) -> str | None:
+    if force or plan.hosts_before == 0:
+        return None
+    percent = 100.0 * plan.hosts_removed / plan.hosts_before
+    if percent > max_percent:
+        return (
+            f"the run would remove {plan.hosts_removed} of {plan.hosts_before} scoped hosts "
+            f"({percent:.1f}% > {max_percent:g}%); rerun with --force if that is intended"
+        )
+    return None

@@ -1,0 +1,101 @@
+"""Evaluate a Snapshot against one request. The order is fixed and documented:
+
+1. deny rules, in priority order: the first enforced match denies (status, body, headers);
+2. rate_limit rules: every enforced match consumes from its limit (the caller applies the quotas);
+   any exhausted, non-shadow limit turns the outcome into 429;
+3. allow rules: the first enforced match allows, with its header mutations;
+4. otherwise the configured default (allow, or deny with its status).
+
+Dry-run rules are evaluated at every stage and reported, never enforced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policy.core.attributes import path_only
+from policy.core.rules import CompiledLimit, CompiledRule, Snapshot, StageIndex
+from policy.structs import CheckInput, Decision, TraceStep
+
+__all__ = ["Evaluation", "QuotaRequest", "evaluate", "quota_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRequest:
+    rule_id: str
+    limit: CompiledLimit
+    key: str  # counter key: limit name + descriptor values
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    decision: Decision  # the outcome if every quota admits the request
+    quotas: tuple[QuotaRequest, ...] = ()
+    dry_run_rules: tuple[str, ...] = ()
+    trace: tuple[TraceStep, ...] = ()
+
+    @property
+    def cacheable(self) -> bool:
+        # A decision that consumed quota must be recomputed every time (never cached as an allow).
+        return not self.quotas
+
+
+def quota_key(limit: CompiledLimit, req: CheckInput) -> str:
+    if not limit.descriptor:
+        return limit.name
+    values = []
+    for get in limit.descriptor:
+        value = get(req)
+        values.append("" if value is None else value if isinstance(value, str) else ",".join(value))
+    return limit.name + "|" + "|".join(values)
+
+
+def _scan(
+    index: StageIndex,
+    path: str,
+    req: CheckInput,
+    dry: list[str],
+    trace: list[TraceStep] | None,
+    *,
+    first: bool,
+) -> list[CompiledRule]:
+    matched: list[CompiledRule] = []
+    for rule in index.candidates(path):
+        hit = rule.predicate(req)
+        if trace is not None:
+            trace.append(TraceStep(rule.stage, rule.rule_id, hit, "dry_run" if rule.dry_run else ""))
+        if not hit:
+            continue
+        if rule.dry_run:
+            dry.append(rule.rule_id)
+            continue
+        matched.append(rule)
+        if first:
+            break
+    return matched
+
+
+def evaluate(snapshot: Snapshot, req: CheckInput, *, explain: bool = False) -> Evaluation:
+    path = path_only(req)
+    dry: list[str] = []
+    trace: list[TraceStep] | None = [] if explain else None
+    if snapshot.deny.size:
+        denied = _scan(snapshot.deny, path, req, dry, trace, first=True)
+        if denied and denied[0].decision is not None:
+            return Evaluation(denied[0].decision, (), tuple(dry), tuple(trace or ()))
+    quotas: tuple[QuotaRequest, ...] = ()
+    if snapshot.rate_limit.size:
+        limited = _scan(snapshot.rate_limit, path, req, dry, trace, first=False)
+        quotas = tuple(
+            QuotaRequest(rule.rule_id, rule.limit, quota_key(rule.limit, req))
+            for rule in limited
+            if rule.limit
+        )
+    decision = snapshot.default
+    if snapshot.allow.size:
+        allowed = _scan(snapshot.allow, path, req, dry, trace, first=True)
+        if allowed and allowed[0].decision is not None:
+            decision = allowed[0].decision
+    if trace is not None and decision is snapshot.default:
+        trace.append(TraceStep("default", "default", True, decision.kind))
+    return Evaluation(decision, quotas, tuple(dry), tuple(trace or ()))

@@ -1,0 +1,432 @@
+"""Compile a PolicyDocument into an immutable, indexed Snapshot.
+
+Everything that can fail fails here, before a snapshot exists: unknown attributes, bad regexes
+(RE2: linear time, bounded memory), missing lists or limits, duplicate ids. A snapshot is either
+complete or not built at all, so a bad change is never half-applied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import re2
+from pydantic import ValidationError
+
+from policy.core import attributes
+from policy.core.documents import (
+    LimitDoc,
+    ListDoc,
+    MatcherDoc,
+    PolicyDocument,
+    RuleDoc,
+    check_attribute,
+    describe,
+)
+from policy.structs import CheckInput, Decision, PolicyError
+
+__all__ = ["CompiledLimit", "CompiledRule", "Predicate", "Snapshot", "StageIndex", "compile_snapshot"]
+
+Predicate = Callable[[CheckInput], bool]
+
+_MAX_PATTERN = 2048
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.max_mem = 1 << 20
+_RE2_OPTIONS.log_errors = False
+_UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_COMBINATORS = ("all", "any", "not")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    name: str
+    requests: int
+    period: float  # seconds
+    algorithm: str  # token_bucket | sliding_window
+    shadow: bool
+    descriptor: tuple[attributes.Getter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    rule_id: str
+    stage: str  # deny | rate_limit | allow
+    ordinal: int  # position in evaluation order within its stage
+    dry_run: bool
+    predicate: Predicate
+    decision: Decision | None  # deny/allow: the prebuilt outcome
+    limit: CompiledLimit | None  # rate_limit: what to consume
+
+
+@dataclass(frozen=True, slots=True)
+class StageIndex:
+    """Rules of one stage, bucketed by a literal request.path they require (exact or prefix)."""
+
+    always: tuple[CompiledRule, ...]
+    by_exact: Mapping[str, tuple[CompiledRule, ...]]
+    by_prefix: Mapping[str, tuple[CompiledRule, ...]]
+    prefix_lengths: tuple[int, ...]
+    size: int
+
+    def candidates(self, path: str) -> Sequence[CompiledRule]:
+        """Rules that may match `path` (no query), in evaluation order."""
+        found: list[tuple[CompiledRule, ...]] = []
+        if self.always:
+            found.append(self.always)
+        if self.by_exact:
+            hit = self.by_exact.get(path)
+            if hit:
+                found.append(hit)
+        by_prefix = self.by_prefix
+        for length in self.prefix_lengths:
+            if length > len(path):
+                break
+            hit = by_prefix.get(path[:length])
+            if hit:
+                found.append(hit)
+        if not found:
+            return ()
+        if len(found) == 1:
+            return found[0]
+        return sorted((r for group in found for r in group), key=_ordinal)
+
+
+def _ordinal(rule: CompiledRule) -> int:
+    return rule.ordinal
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    revision: int
+    deny: StageIndex
+    rate_limit: StageIndex
+    allow: StageIndex
+    default: Decision
+    # The attributes any rule reads, in a fixed order: the decision cache key (Mixer's referenced attributes).
+    referenced: tuple[str, ...]
+    cache_key_getters: tuple[attributes.Getter, ...]
+    limits: Mapping[str, CompiledLimit]
+    document: PolicyDocument
+    rule_count: int = field(default=0)
+
+    def cache_key(self, req: CheckInput) -> tuple[attributes.AttributeValue, ...]:
+        return tuple([get(req) for get in self.cache_key_getters])
+
+
+# ---- matchers ------------------------------------------------------------------------------------
+
+
+def _glob_to_regex(glob: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return "".join(out)
+
+
+def _regex(pattern: str, ignore_case: bool) -> Callable[[str], bool]:
+    if len(pattern) > _MAX_PATTERN:
+        raise ValueError(f"pattern longer than {_MAX_PATTERN} characters")
+    options = re2.Options()
+    options.max_mem = _RE2_OPTIONS.max_mem
+    options.log_errors = False
+    options.case_sensitive = not ignore_case
+    try:
+        compiled = re2.compile(pattern, options)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"invalid RE2 regex: {detail}") from None
+    fullmatch = compiled.fullmatch
+    return lambda value: fullmatch(value) is not None
+
+
+def _network_test(entries: Iterable[str]) -> Callable[[str], bool]:
+    """Membership of an IP in CIDRs/IPs: one set lookup per distinct prefix length."""
+    by_length: dict[tuple[int, int], set[int]] = {}
+    for entry in entries:
+        try:
+            net = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+        bits = net.max_prefixlen
+        by_length.setdefault((net.version, net.prefixlen), set()).add(
+            int(net.network_address) >> (bits - net.prefixlen)
+        )
+    groups = sorted(by_length.items())
+
+    def test(value: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(value.strip("[]"))
+        except ValueError:
+            return False
+        as_int = int(addr)
+        bits = addr.max_prefixlen
+        return any(
+            version == addr.version and (as_int >> (bits - length)) in keys
+            for (version, length), keys in groups
+        )
+
+    return test
+
+
+def _string_test(matcher: MatcherDoc, lists: Mapping[str, ListDoc]) -> Callable[[str], bool]:
+    fold = matcher.ignore_case
+    op = matcher.operator
+    if op == "exact":
+        want = matcher.exact or ""
+        return (lambda v: v.lower() == want.lower()) if fold else (lambda v: v == want)
+    if op == "prefix":
+        start = matcher.prefix or ""
+        return (lambda v: v.lower().startswith(start.lower())) if fold else (lambda v: v.startswith(start))
+    if op == "suffix":
+        end = matcher.suffix or ""
+        return (lambda v: v.lower().endswith(end.lower())) if fold else (lambda v: v.endswith(end))
+    if op == "glob":
+        return _regex(_glob_to_regex(matcher.glob or ""), fold)
+    if op == "regex":
+        return _regex(matcher.regex or "", fold)
+    if op == "in_":
+        values = frozenset(v.lower() for v in matcher.in_ or ()) if fold else frozenset(matcher.in_ or ())
+        return (lambda v: v.lower() in values) if fold else (lambda v: v in values)
+    if op == "cidr":
+        return _network_test(matcher.cidr or ())
+    if op == "in_list":
+        name = matcher.in_list or ""
+        if name not in lists:
+            raise ValueError(f"list {name!r} does not exist")
+        listed = lists[name]
+        if listed.kind in ("ip", "cidr"):
+            return _network_test(listed.entries)
+        members = frozenset(e.lower() for e in listed.entries) if fold else frozenset(listed.entries)
+        return (lambda v: v.lower() in members) if fold else (lambda v: v in members)
+    raise ValueError(f"operator {op} is not a string test")
+
+
+def _leaf(
+    attribute: str, raw: Any, *, lists: Mapping[str, ListDoc], jwt_header: str, used: set[str]
+) -> Predicate:
+    name = check_attribute(attribute)
+    matcher = MatcherDoc.model_validate(raw)
+    used.add(name)
+    get = attributes.getter(name, jwt_header=jwt_header)
+    if matcher.present is not None:
+        want_present = matcher.present
+        return lambda r: (get(r) is not None) == want_present
+    test = _string_test(matcher, lists)
+    multi = name.startswith("request.jwt.")
+
+    def leaf(req: CheckInput) -> bool:
+        value = get(req)
+        if value is None:
+            return False
+        if multi and isinstance(value, tuple):
+            return any(test(v) for v in value)
+        return test(value)  # type: ignore[arg-type]
+
+    return leaf
+
+
+def _compile_match(
+    match: Any, *, path: str, lists: Mapping[str, ListDoc], jwt_header: str, used: set[str]
+) -> Predicate:
+    if not isinstance(match, dict):
+        raise PolicyError(f"field {path}: a match is a mapping of attribute: matcher (and all/any/not)")
+    parts: list[Predicate] = []
+    for key, value in match.items():
+        where = f"{path}.{key}"
+        if key in ("all", "any"):
+            if not isinstance(value, list) or not value:
+                raise PolicyError(f"field {where}: '{key}' takes a non-empty list of matches")
+            subs = [
+                _compile_match(v, path=f"{where}[{i}]", lists=lists, jwt_header=jwt_header, used=used)
+                for i, v in enumerate(value)
+            ]
+            parts.append(_all(subs) if key == "all" else _any(subs))
+        elif key == "not":
+            inner = _compile_match(value, path=where, lists=lists, jwt_header=jwt_header, used=used)
+            parts.append(lambda r, inner=inner: not inner(r))  # type: ignore[misc]
+        else:
+            try:
+                parts.append(_leaf(str(key), value, lists=lists, jwt_header=jwt_header, used=used))
+            except ValidationError as exc:
+                raise PolicyError(
+                    f"field {where}: {describe(exc, None).removeprefix('field (item): ')}"
+                ) from None
+            except ValueError as exc:
+                raise PolicyError(f"field {where}: {exc}") from None
+    return _all(parts)
+
+
+def _all(parts: Sequence[Predicate]) -> Predicate:
+    if not parts:
+        return lambda r: True
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda r: a(r) and b(r)
+    tup = tuple(parts)
+    return lambda r: all(p(r) for p in tup)
+
+
+def _any(parts: Sequence[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+    tup = tuple(parts)
+    return lambda r: any(p(r) for p in tup)
+
+
+def _path_index_key(match: dict[str, Any]) -> tuple[str, str] | None:
+    """('exact'|'prefix', literal) when the rule's top level requires a case-sensitive path literal."""
+    raw = match.get("request.path")
+    if not isinstance(raw, dict) or raw.get("ignore_case"):
+        return None
+    if isinstance(raw.get("exact"), str) and len(raw) == 1:
+        return ("exact", raw["exact"])
+    if isinstance(raw.get("prefix"), str) and len(raw) == 1 and raw["prefix"]:
+        return ("prefix", raw["prefix"])
+    return None
+
+
+def _build_index(rules: Sequence[tuple[CompiledRule, tuple[str, str] | None]]) -> StageIndex:
+    always: list[CompiledRule] = []
+    exact: dict[str, list[CompiledRule]] = {}
+    prefix: dict[str, list[CompiledRule]] = {}
+    for rule, key in rules:
+        if key is None:
+            always.append(rule)
+        elif key[0] == "exact":
+            exact.setdefault(key[1], []).append(rule)
+        else:
+            prefix.setdefault(key[1], []).append(rule)
+    return StageIndex(
+        always=tuple(always),
+        by_exact={k: tuple(v) for k, v in exact.items()},
+        by_prefix={k: tuple(v) for k, v in prefix.items()},
+        prefix_lengths=tuple(sorted({len(k) for k in prefix})),
+        size=len(rules),
+    )
+
+
+def _decision_for(rule: RuleDoc) -> Decision | None:
+    if rule.action == "deny":
+        deny = rule.deny
+        return Decision(
+            kind="deny",
+            status=deny.status if deny else 403,
+            rule_id=rule.id,
+            body=deny.body if deny else "",
+            response_headers=tuple(deny.headers.items()) if deny else (),
+        )
+    if rule.action == "allow":
+        allow = rule.allow
+        return Decision(
+            kind="allow",
+            status=200,
+            rule_id=rule.id,
+            upstream_headers=tuple(allow.headers.items()) if allow else (),
+            remove_headers=tuple(allow.remove_headers) if allow else (),
+            response_headers=tuple(allow.response_headers.items()) if allow else (),
+        )
+    return None
+
+
+def _compile_limit(doc: LimitDoc, jwt_header: str) -> CompiledLimit:
+    return CompiledLimit(
+        name=doc.name,
+        requests=doc.requests,
+        period=_UNIT_SECONDS[doc.unit],
+        algorithm=doc.algorithm,
+        shadow=doc.shadow,
+        descriptor=tuple(attributes.getter(a, jwt_header=jwt_header) for a in doc.descriptor),
+    )
+
+
+def _unique(names: Iterable[str], kind: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise PolicyError(f"{kind} {name!r}: defined twice")
+        seen.add(name)
+
+
+def compile_snapshot(
+    document: PolicyDocument,
+    *,
+    revision: int,
+    default_decision: str = "allow",
+    default_deny_status: int = 403,
+    jwt_header: str = "x-jwt-payload",
+) -> Snapshot:
+    _unique((r.id for r in document.rules), "rule")
+    _unique((x.name for x in document.lists), "list")
+    _unique((x.name for x in document.limits), "limit")
+    lists = {x.name: x for x in document.lists}
+    for listed in document.lists:
+        if listed.kind in ("ip", "cidr"):
+            try:
+                _network_test(listed.entries)
+            except ValueError as exc:
+                raise PolicyError(f"list {listed.name!r}: field entries: {exc}") from None
+    limits = {x.name: _compile_limit(x, jwt_header) for x in document.limits}
+    used: set[str] = set()
+    staged: dict[str, list[tuple[CompiledRule, tuple[str, str] | None]]] = {
+        "deny": [],
+        "rate_limit": [],
+        "allow": [],
+    }
+    ordered = sorted(enumerate(document.rules), key=lambda pair: (pair[1].priority, pair[0]))
+    for ordinal, (_, rule) in enumerate(ordered):
+        try:
+            predicate = _compile_match(
+                rule.match, path="match", lists=lists, jwt_header=jwt_header, used=used
+            )
+        except PolicyError as exc:
+            raise PolicyError(f"rule {rule.id!r}: {exc}") from None
+        limit = None
+        if rule.action == "rate_limit":
+            if rule.limit not in limits:
+                raise PolicyError(f"rule {rule.id!r}: field limit: limit {rule.limit!r} does not exist")
+            limit = limits[rule.limit]
+        compiled = CompiledRule(
+            rule_id=rule.id,
+            stage=rule.action,
+            ordinal=ordinal,
+            dry_run=rule.dry_run,
+            predicate=predicate,
+            decision=_decision_for(rule),
+            limit=limit,
+        )
+        staged[rule.action].append((compiled, _path_index_key(rule.match)))
+    default = (
+        Decision(kind="allow", status=200, rule_id="default")
+        if default_decision == "allow"
+        else Decision(kind="deny", status=default_deny_status, rule_id="default")
+    )
+    referenced = tuple(sorted(used))
+    return Snapshot(
+        revision=revision,
+        deny=_build_index(staged["deny"]),
+        rate_limit=_build_index(staged["rate_limit"]),
+        allow=_build_index(staged["allow"]),
+        default=default,
+        referenced=referenced,
+        cache_key_getters=tuple(attributes.getter(a, jwt_header=jwt_header) for a in referenced),
+        limits=limits,
+        document=document,
+        rule_count=len(document.rules),
+    )

@@ -1,0 +1,376 @@
+"""The policy runtime: the current snapshot (swapped atomically), Check, quotas, reloads, decision logs.
+
+A Check only reads `self._snapshot` once, so a reload swapping it mid-request is harmless. The store
+is read by the reload loop only; a store outage leaves the last snapshot serving and counts staleness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from policy.adapters.base import BackendUnavailable, PolicyStore, QuotaBackend
+from policy.adapters.memory import MemoryQuotas
+from policy.adapters.metrics import PolicyMetrics
+from policy.core import documents, matching, quotas, rules
+from policy.core.caching import DecisionCache
+from policy.settings import PolicySettings
+from policy.structs import CheckInput, Decision, PolicyError, QuotaVerdict
+from remixer.parts import Readiness, RecordSink
+
+__all__ = ["DecisionLog", "PolicyService"]
+
+log = logging.getLogger("remixer.policy")
+
+
+class DecisionLog:
+    """Buffers decision records on the Check path (one list append) and ships batches from a task."""
+
+    def __init__(
+        self, sink: RecordSink | None, *, sample: float, capacity: int, metrics: PolicyMetrics
+    ) -> None:
+        self._sink = sink
+        self._sample = sample if sink is not None else 0.0
+        self._capacity = capacity
+        self._buffer: list[tuple[Any, ...]] = []
+        self._metrics = metrics
+        self._random = random.random
+
+    def add(
+        self, req: CheckInput, decision: Decision, dry_run: Sequence[str], cached: bool, latency: float
+    ) -> None:
+        if self._sample <= 0 or (self._sample < 1 and self._random() >= self._sample):
+            return
+        if len(self._buffer) >= self._capacity:
+            self._metrics.decision_log_dropped.inc()
+            return
+        self._buffer.append((time.time(), req, decision, dry_run, cached, latency))
+
+    def flush(self) -> int:
+        if not self._buffer or self._sink is None:
+            return 0
+        batch, self._buffer = self._buffer, []
+        records = [_record(*item) for item in batch]
+        accepted = self._sink.offer(records)
+        if accepted < len(records):
+            self._metrics.decision_log_dropped.inc(len(records) - accepted)
+        return accepted
+
+
+def _record(
+    at: float, req: CheckInput, decision: Decision, dry_run: Sequence[str], cached: bool, latency: float
+) -> tuple[bytes | None, bytes]:
+    from policy.core.attributes import principal
+
+    value = {
+        "time": at,
+        "request_id": req.request_id,
+        "source": {"address": req.source_address, "principal": principal(req), "service": req.source_service},
+        "destination": {"host": req.host, "service": req.destination_service, "port": req.destination_port},
+        "method": req.method,
+        "path": req.path[:2048],
+        "decision": decision.kind,
+        "status": decision.status,
+        "rule": decision.rule_id,
+        "dry_run_rules": list(dry_run),
+        "cached": cached,
+        "latency_seconds": round(latency, 6),
+    }
+    return (req.request_id.encode() or None, orjson.dumps(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    decision: Decision
+    evaluation: matching.Evaluation
+    would_consume: tuple[str, ...]
+
+
+class PolicyService:
+    def __init__(
+        self,
+        *,
+        settings: PolicySettings,
+        store: PolicyStore,
+        quota_backend: QuotaBackend,
+        metrics: PolicyMetrics,
+        decisions: DecisionLog,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.decisions = decisions
+        self._quotas = quota_backend
+        self._local = quota_backend if isinstance(quota_backend, MemoryQuotas) else MemoryQuotas()
+        self._sync_quotas = isinstance(quota_backend, MemoryQuotas)
+        self._snapshot = self._compile(documents.PolicyDocument(), revision=-1)
+        self._cache = DecisionCache(size=settings.cache_size, ttl=settings.cache_ttl)
+        self._cache_on = self._cache.enabled
+        self._loaded = False
+        self._last_store_ok = time.monotonic()
+        self._file_stamps: dict[Path, tuple[float, int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
+        self._odd_logged = 0.0
+        metrics.watch_staleness(self.staleness)
+
+    # ---- snapshot ---------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> rules.Snapshot:
+        return self._snapshot
+
+    def _compile(self, doc: documents.PolicyDocument, *, revision: int) -> rules.Snapshot:
+        return rules.compile_snapshot(
+            doc,
+            revision=revision,
+            default_decision=self.settings.default_decision,
+            default_deny_status=self.settings.default_deny_status,
+            jwt_header=self.settings.jwt_payload_header.lower(),
+        )
+
+    def validate(self, data: dict[str, list[dict[str, Any]]]) -> None:
+        """The one validation both YAML files and the admin API go through (raises PolicyError)."""
+        self._compile(documents.parse_document(data), revision=0)
+
+    def _swap(self, snapshot: rules.Snapshot) -> None:
+        self._snapshot = snapshot
+        # A new cache per snapshot: nothing decided under an old policy survives the swap.
+        self._cache = DecisionCache(size=self.settings.cache_size, ttl=self.settings.cache_ttl)
+        self.metrics.revision.set(snapshot.revision)
+        self.metrics.rules.set(snapshot.rule_count)
+        log.info("policy snapshot revision=%d rules=%d", snapshot.revision, snapshot.rule_count)
+
+    async def reload(self, *, force: bool = False) -> bool:
+        """Load the store's policy when its revision moved; True when a new snapshot is enforced."""
+        async with self._reload_lock:
+            try:
+                revision = await self.store.revision()
+                if not force and self._loaded and revision == self._snapshot.revision:
+                    self._last_store_ok = time.monotonic()
+                    return False
+                stored = await self.store.load()
+            except BackendUnavailable as exc:
+                self.metrics.reload_errors.labels(source="store").inc()
+                log.warning("policy store unavailable, serving revision %d: %s", self._snapshot.revision, exc)
+                return False
+            self._last_store_ok = time.monotonic()
+            try:
+                snapshot = self._compile(documents.parse_document(stored.data), revision=stored.revision)
+            except PolicyError as exc:
+                self.metrics.reload_errors.labels(source="store").inc()
+                log.error(
+                    "stored policy revision %d refused, keeping %d: %s",
+                    stored.revision,
+                    self._snapshot.revision,
+                    exc,
+                )
+                return False
+            self._swap(snapshot)
+            self._loaded = True
+            return True
+
+    async def import_files(self, *, strict: bool) -> None:
+        """Sync each policy file that changed into the store (the file owns its items)."""
+        for path in self.settings.policy_files:
+            try:
+                stat = path.stat()
+                stamp = (stat.st_mtime, stat.st_size)
+                if self._file_stamps.get(path) == stamp:
+                    continue
+                data = yaml.safe_load(path.read_text())
+                doc = documents.parse_document(data, source=str(path))
+                plain = doc.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+                plain = {k: plain.get(k, []) for k in ("rules", "lists", "limits")}
+                await self.store.sync_origin(
+                    f"file:{path}", plain, actor=f"file:{path}", validate=self.validate
+                )
+                self._file_stamps[path] = stamp
+            except (OSError, yaml.YAMLError, PolicyError, BackendUnavailable) as exc:
+                self.metrics.reload_errors.labels(source="file").inc()
+                message = f"policy file {path} not loaded: {_one_line(exc)}"
+                if strict:
+                    raise PolicyError(message) from None
+                log.error("%s (keeping the previous policy)", message)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval)
+            try:
+                await self.import_files(strict=False)
+                await self.reload()
+            except Exception:
+                log.exception("policy reload failed")
+
+    async def _ship(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.decision_log_flush_interval)
+            try:
+                self.decisions.flush()
+            except Exception:
+                log.exception("decision log flush failed")
+
+    async def start(self) -> None:
+        await self.store.migrate()
+        await self.import_files(strict=True)
+        await self.reload(force=True)
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="policy-reload"),
+            asyncio.create_task(self._ship(), name="policy-decision-log"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self.decisions.flush()
+        await self._quotas.close()
+        await self.store.close()
+
+    def staleness(self) -> float:
+        return max(0.0, time.monotonic() - self._last_store_ok)
+
+    def readiness(self) -> Readiness:
+        stale = self.staleness()
+        snap = self._snapshot
+        detail = f"revision {snap.revision}, {snap.rule_count} rules, store read {stale:.1f}s ago"
+        if not self._loaded:
+            return Readiness(False, "policy not loaded yet")
+        max_stale = self.settings.max_staleness
+        if max_stale and stale > max_stale:
+            return Readiness(False, detail + f" (over max_staleness {max_stale:g}s)")
+        return Readiness(True, detail)
+
+    # ---- Check ------------------------------------------------------------------------------
+
+    def check_sync(self, req: CheckInput, started: float) -> Decision | matching.Evaluation:
+        """The decision when no I/O is needed; else the Evaluation to pass to `finish`."""
+        snapshot = self._snapshot
+        key = None
+        try:
+            if self._cache_on:
+                cache = self._cache
+                key = snapshot.cache_key(req)
+                now = time.monotonic()
+                hit = cache.get(key, now)
+                if hit is not None:
+                    self.metrics.cache_hits.inc()
+                    self._record(req, hit.decision, hit.dry_run_rules, True, started)
+                    return hit.decision
+                self.metrics.cache_misses.inc()
+            evaluation = matching.evaluate(snapshot, req)
+        except Exception:
+            # Unexpected input shapes must still get the policy's answer, never a gRPC error.
+            self.count_odd("evaluation_error", exc_info=True)
+            self._record(req, snapshot.default, (), False, started)
+            return snapshot.default
+        if not evaluation.quotas:
+            if key is not None and cache is self._cache:
+                cache.put(key, evaluation.decision, evaluation.dry_run_rules, time.monotonic())
+            self._record(req, evaluation.decision, evaluation.dry_run_rules, False, started)
+            return evaluation.decision
+        if self._sync_quotas:
+            verdicts = [
+                self._local.take_now(
+                    key=q.key, requests=q.limit.requests, period=q.limit.period, algorithm=q.limit.algorithm
+                )
+                for q in evaluation.quotas
+            ]
+            decision = self._apply_verdicts(evaluation, verdicts)
+            self._record(req, decision, evaluation.dry_run_rules, False, started)
+            return decision
+        return evaluation
+
+    async def finish(self, req: CheckInput, evaluation: matching.Evaluation, started: float) -> Decision:
+        verdicts: list[QuotaVerdict | None] = []
+        for q in evaluation.quotas:
+            verdicts.append(await self._take_shared(q))
+        decision = self._apply_verdicts(evaluation, verdicts)
+        self._record(req, decision, evaluation.dry_run_rules, False, started)
+        return decision
+
+    async def check(self, req: CheckInput, started: float | None = None) -> Decision:
+        started = time.perf_counter() if started is None else started
+        result = self.check_sync(req, started)
+        if isinstance(result, Decision):
+            return result
+        return await self.finish(req, result, started)
+
+    async def _take_shared(self, q: matching.QuotaRequest) -> QuotaVerdict | None:
+        """A verdict from the shared backend, or the configured fallback (None = admit)."""
+        limit = q.limit
+        try:
+            return await self._quotas.take(
+                key=q.key, requests=limit.requests, period=limit.period, algorithm=limit.algorithm
+            )
+        except BackendUnavailable as exc:
+            fallback = self.settings.quota_fallback
+            self.metrics.redis_errors.labels(fallback=fallback).inc()
+            self.count_odd("quota_backend_down", message=str(exc), count=False)
+            if fallback == "allow":
+                return None
+            if fallback == "deny":
+                return QuotaVerdict(False, limit.requests, 0, 1.0)
+            return self._local.take_now(
+                key=q.key, requests=limit.requests, period=limit.period, algorithm=limit.algorithm
+            )
+
+    def _apply_verdicts(
+        self, evaluation: matching.Evaluation, verdicts: Sequence[QuotaVerdict | None]
+    ) -> Decision:
+        for q, verdict in zip(evaluation.quotas, verdicts, strict=True):
+            if verdict is None or verdict.allowed:
+                continue
+            self.metrics.quota_rejections.labels(limit=q.limit.name, shadow=str(q.limit.shadow).lower()).inc()
+            if q.limit.shadow:
+                continue
+            return Decision(
+                kind="rate_limited",
+                status=429,
+                rule_id=q.rule_id,
+                body="rate limit exceeded\n",
+                response_headers=quotas.rejected_headers(verdict),
+            )
+        return evaluation.decision
+
+    def _record(
+        self, req: CheckInput, decision: Decision, dry_run: Sequence[str], cached: bool, started: float
+    ) -> None:
+        latency = time.perf_counter() - started
+        metrics = self.metrics
+        metrics.count_check(decision.kind, decision.rule_id)
+        for rule_id in dry_run:
+            metrics.dry_run.labels(rule=rule_id).inc()
+        metrics.latency.observe(latency)
+        self.decisions.add(req, decision, dry_run, cached, latency)
+
+    def count_odd(self, kind: str, *, message: str = "", exc_info: bool = False, count: bool = True) -> None:
+        if count:
+            self.metrics.odd_inputs.labels(kind=kind).inc()
+        now = time.monotonic()
+        if now - self._odd_logged > 10:  # at most one log line per 10 s on the hot path
+            self._odd_logged = now
+            log.warning("odd check input kind=%s %s", kind, message, exc_info=exc_info)
+
+    # ---- explain (POST /v1/evaluate) --------------------------------------------------------
+
+    def explain(self, req: CheckInput) -> Explanation:
+        evaluation = matching.evaluate(self._snapshot, req, explain=True)
+        return Explanation(evaluation.decision, evaluation, tuple(q.key for q in evaluation.quotas))
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0][:500]

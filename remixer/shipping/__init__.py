@@ -1,0 +1,29 @@
+"""Shipping records (access logs, policy decisions) to Kafka, with a size-capped on-disk spool.
+
+records = build_record_sinks(settings.shipping, data_dir=Path("remixer-data"), registry=registry)
+sink = records.sink("access-logs")     # or "decisions"
+sink.offer(records) / await sink.put(records)
+...
+await records.close()                  # on SIGTERM: flush to Kafka or spool everything
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from remixer.shipping.hub import ShippingHub, StreamQueue
+from remixer.shipping.metrics import ShippingMetrics
+from remixer.shipping.settings import KafkaSettings, ShippingSettings
+
+
+def build_record_sinks(
+    settings: ShippingSettings, *, data_dir: Path, registry: CollectorRegistry
+) -> ShippingHub:
+    """The RecordSinks of one process. No I/O until the first record (spool dirs are made per stream)."""
+    spool_dir = settings.spool_dir or (data_dir / "spool")
+    return ShippingHub(settings, spool_dir=spool_dir, metrics=ShippingMetrics(registry))
+
+
+__all__ = ["KafkaSettings", "ShippingHub", "ShippingSettings", "StreamQueue", "build_record_sinks"]

@@ -1,0 +1,253 @@
+"""Record sinks per stream, and the one shipper task that moves their records to Kafka or the spool.
+
+Flow per stream: offer()/put() -> bounded in-memory queue -> shipper -> Kafka (acks) | spool on disk.
+Order is kept: while a stream's spool holds records, new records queue behind them on disk, and the
+spool is drained (oldest first) before the queue. Records are only dropped when the spool is full
+(or a record is larger than the broker accepts); each drop is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from remixer.parts import Record
+from remixer.shipping.kafka import KafkaLink, ShipFailed
+from remixer.shipping.metrics import ShippingMetrics
+from remixer.shipping.settings import ShippingSettings
+from remixer.shipping.spool import Spool
+
+log = logging.getLogger("remixer.shipping")
+
+KNOWN_STREAMS = {"access-logs": "access_logs", "decisions": "decisions"}
+
+
+class StreamQueue:
+    """The RecordSink of one stream (one Kafka topic)."""
+
+    def __init__(self, name: str, topic: str, *, spool: Spool, hub: ShippingHub) -> None:
+        self.name = name
+        self.topic = topic
+        self.spool = spool
+        self.queue: deque[Record] = deque()
+        self._hub = hub
+        self._space = asyncio.Event()
+        self._space.set()
+        self._metrics = hub.metrics.for_stream(name)
+
+    def _admit(self, records: Sequence[Record]) -> Sequence[Record]:
+        limit = self._hub.settings.kafka.max_record_bytes
+        if all(len(v) + (len(k) if k else 0) <= limit for k, v in records):
+            return records
+        kept = [r for r in records if len(r[1]) + (len(r[0]) if r[0] else 0) <= limit]
+        self._metrics.dropped("too_large", len(records) - len(kept))
+        return kept
+
+    def offer(self, records: Sequence[Record]) -> int:
+        """Queue without waiting; overflow goes to the spool; returns how many were kept."""
+        records = self._admit(records)
+        self._hub.ensure_running()
+        if len(self.queue) + len(records) <= self._hub.settings.queue_max_records:
+            self.queue.extend(records)
+            self._after_enqueue()
+            return len(records)
+        # Overflow: everything queued goes to disk first so the order stays oldest-first.
+        self.spill()
+        kept = self.to_spool(records)
+        self._hub.wake()
+        return kept
+
+    async def put(self, records: Sequence[Record]) -> None:
+        """Queue, waiting while the queue is full (the caller's backpressure)."""
+        records = self._admit(records)
+        self._hub.ensure_running()
+        while len(self.queue) >= self._hub.settings.queue_max_records and not self._hub.closing:
+            self._space.clear()
+            self._hub.wake()
+            await self._space.wait()
+        if self._hub.closing:
+            self.to_spool(records)
+            return
+        self.queue.extend(records)
+        self._after_enqueue()
+
+    def _after_enqueue(self) -> None:
+        if len(self.queue) >= self._hub.settings.queue_max_records:
+            self._space.clear()
+        self._hub.wake()
+
+    def take(self, count: int) -> list[Record]:
+        queue = self.queue
+        if count >= len(queue):
+            taken = list(queue)
+            queue.clear()
+        else:
+            taken = [queue.popleft() for _ in range(count)]
+        self._space.set()
+        return taken
+
+    def to_spool(self, records: Sequence[Record]) -> int:
+        written = self.spool.append(records)
+        if written:
+            self._metrics.spooled(written)
+        if written < len(records):
+            self._metrics.dropped("spool_full", len(records) - written)
+        return written
+
+    def spill(self) -> None:
+        if self.queue:
+            self.to_spool(self.take(len(self.queue)))
+
+    def release_waiters(self) -> None:
+        self._space.set()
+
+
+class ShippingHub:
+    """`RecordSinks` for remixer serve: `sink(stream)`, and `close()` on shutdown."""
+
+    def __init__(self, settings: ShippingSettings, *, spool_dir: Path, metrics: ShippingMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.spool_dir = spool_dir
+        self.closing = False
+        self._streams: dict[str, StreamQueue] = {}
+        self._link = KafkaLink(settings.kafka) if settings.kafka.enabled else None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._next_connect = 0.0
+        metrics.watch(self)
+
+    # ---- RecordSinks ----------------------------------------------------------------------------
+
+    def sink(self, stream: str) -> StreamQueue:
+        queue = self._streams.get(stream)
+        if queue is None:
+            topics = self.settings.kafka.topics
+            topic = getattr(topics, KNOWN_STREAMS[stream]) if stream in KNOWN_STREAMS else f"remixer-{stream}"
+            spool = Spool(
+                self.spool_dir / stream,
+                max_bytes=self.settings.spool_max_bytes,
+                segment_bytes=self.settings.spool_segment_bytes,
+            )
+            queue = self._streams[stream] = StreamQueue(stream, topic, spool=spool, hub=self)
+        return queue
+
+    @property
+    def streams(self) -> list[StreamQueue]:
+        return list(self._streams.values())
+
+    @property
+    def kafka_connected(self) -> bool:
+        return self._link is not None and self._link.connected
+
+    # ---- the shipper ------------------------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        if self._task is None and not self.closing:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="remixer-shipper")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        linger = self.settings.kafka.linger_ms / 1000
+        while True:
+            timeout = self.settings.kafka.retry_backoff_s if not self.kafka_connected else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if linger and not self.closing and self.kafka_connected:
+                # Let a batch fill unless one is already full.
+                limit = self.settings.kafka.batch_max_records
+                if all(len(s.queue) < limit for s in self._streams.values()):
+                    await asyncio.sleep(linger)
+            try:
+                await self._ship_all()
+            except Exception:  # the shipper must never die: log, spool, go on
+                log.exception("shipper error; records kept in the spool")
+                for stream in self.streams:
+                    stream.spill()
+            if self.closing:
+                return
+
+    async def _ship_all(self) -> None:
+        if self._link is not None and not self._link.connected:
+            await self._try_connect()
+        for stream in self.streams:
+            if self._link is None or not self._link.connected:
+                stream.spill()
+                continue
+            try:
+                await self._ship(stream, self._link)
+            except ShipFailed as exc:
+                log.warning("Kafka unavailable, spooling stream=%s: %s", stream.name, exc)
+                stream.spill()
+                self.metrics.for_stream(stream.name).send_error()
+                await self._link.disconnect()
+                self._next_connect = time.monotonic() + self.settings.kafka.retry_backoff_s
+
+    async def _try_connect(self) -> None:
+        assert self._link is not None
+        if time.monotonic() < self._next_connect and not self.closing:
+            return
+        try:
+            await self._link.connect([s.topic for s in self.streams])
+            log.info("Kafka connected: %s", ",".join(self.settings.kafka.bootstrap_servers))
+        except ShipFailed as exc:
+            log.warning(
+                "%s; records go to the spool, retrying in %.1fs", exc, self.settings.kafka.retry_backoff_s
+            )
+            self._next_connect = time.monotonic() + self.settings.kafka.retry_backoff_s
+
+    async def _ship(self, stream: StreamQueue, link: KafkaLink) -> None:
+        kafka = self.settings.kafka
+        metrics = self.metrics.for_stream(stream.name)
+        # The spool holds older records than the queue: drain it first, queueing new arrivals behind it.
+        while not stream.spool.empty:
+            if len(stream.queue) >= kafka.batch_max_records:
+                stream.spill()
+            records, cursor = stream.spool.read(
+                max_records=kafka.batch_max_records, max_bytes=kafka.batch_max_bytes
+            )
+            if not records:
+                break
+            started = time.perf_counter()
+            await link.send(stream.topic, records)
+            metrics.sent(len(records), time.perf_counter() - started)
+            stream.spool.commit(cursor)
+        while stream.queue:
+            records = stream.take(kafka.batch_max_records)
+            started = time.perf_counter()
+            try:
+                await link.send(stream.topic, records)
+            except ShipFailed:
+                stream.to_spool(records)
+                raise
+            metrics.sent(len(records), time.perf_counter() - started)
+
+    async def close(self) -> None:
+        """Flush to Kafka what can be flushed quickly, spool the rest; then stop. The SIGTERM path."""
+        self.closing = True
+        for stream in self.streams:
+            stream.release_waiters()
+        self.wake()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.settings.kafka.send_timeout_s + 5)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        elif self._link is not None:
+            with contextlib.suppress(Exception):
+                await self._ship_all()
+        for stream in self.streams:
+            stream.spill()
+            stream.spool.close()
+        if self._link is not None:
+            await self._link.disconnect()

@@ -1,0 +1,161 @@
+"""The Kafka side of shipping: one aiokafka producer, batches built with create_batch()/send_batch().
+
+Every aiokafka / broker failure becomes `ShipFailed`; the caller spools and reconnects later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
+
+from remixer.parts import Record
+from remixer.shipping.settings import KafkaSettings
+
+log = logging.getLogger("remixer.shipping")
+
+
+class ShipFailed(Exception):
+    """Kafka did not take (or acknowledge) a batch in time; its records must be spooled."""
+
+
+class KafkaLink:
+    """A connected producer. `send(topic, records)` returns once every record is acknowledged."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._idempotence = settings.idempotence
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    def _kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": s.bootstrap_servers,
+            "client_id": "remixer",
+            "linger_ms": s.linger_ms,
+            "max_batch_size": s.batch_max_bytes,
+            "max_request_size": max(s.batch_max_bytes, s.max_record_bytes) + 4096,
+            "request_timeout_ms": int(s.send_timeout_s * 1000),
+            "compression_type": None if s.compression == "none" else s.compression,
+            "security_protocol": s.security_protocol,
+        }
+        if s.security_protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=str(s.ssl_cafile) if s.ssl_cafile else None,
+                certfile=str(s.ssl_certfile) if s.ssl_certfile else None,
+                keyfile=str(s.ssl_keyfile) if s.ssl_keyfile else None,
+            )
+        if s.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = s.sasl_mechanism
+            kwargs["sasl_plain_username"] = s.sasl_username
+            kwargs["sasl_plain_password"] = s.sasl_password.get_secret_value() if s.sasl_password else None
+        return kwargs
+
+    async def connect(self, topics: Sequence[str]) -> None:
+        """Start a producer and learn the topics' partitions; raises ShipFailed when the broker is away."""
+        timeout = self.settings.send_timeout_s
+        try:
+            await asyncio.wait_for(self._ensure_topics(topics), timeout)
+            producer = await asyncio.wait_for(self._start_producer(), timeout)
+            try:
+                for topic in topics:
+                    parts = await asyncio.wait_for(producer.partitions_for(topic), timeout)
+                    self._partitions[topic] = sorted(parts)
+            except BaseException:
+                await self._stop(producer)
+                raise
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise ShipFailed(f"cannot connect to Kafka {self.settings.bootstrap_servers}: {exc!r}") from None
+        self._producer = producer
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        acks: Any = "all" if self.settings.acks == "all" else 1
+        if self._idempotence:
+            producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **self._kwargs())
+            try:
+                await producer.start()
+                return producer
+            except KafkaError as exc:
+                # Brokers without InitProducerId: fall back to a plain producer, still acks=all.
+                log.warning("Kafka idempotent producer unavailable (%r); using a plain producer", exc)
+                self._idempotence = False
+                await self._stop(producer)
+        producer = AIOKafkaProducer(acks=acks, **self._kwargs())
+        try:
+            await producer.start()
+        except BaseException:
+            await self._stop(producer)
+            raise
+        return producer
+
+    async def _ensure_topics(self, topics: Sequence[str]) -> None:
+        if self.settings.security_protocol != "PLAINTEXT":
+            return  # real clusters provision topics; auto-creation is a local convenience
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.bootstrap_servers, client_id="remixer-admin"
+        )
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [t for t in topics if t not in existing]
+            if missing:
+                count = self.settings.partitions or 1
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([NewTopic(t, count, 1) for t in missing])
+        finally:
+            await admin.close()
+
+    async def send(self, topic: str, records: Sequence[Record]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise ShipFailed("not connected")
+        partitions = self._partitions.get(topic) or [0]
+        if self.settings.partitions:
+            partitions = partitions[: self.settings.partitions]
+        by_partition: dict[int, list[Record]] = defaultdict(list)
+        if len(partitions) == 1:
+            by_partition[partitions[0]] = list(records)
+        else:
+            for record in records:
+                key = record[0]
+                index = self._partitioner(key, partitions, partitions) if key else partitions[0]
+                by_partition[index].append(record)
+        try:
+            futures = []
+            for partition, chunk in by_partition.items():
+                batch = producer.create_batch()
+                for key, value in chunk:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                        batch.append(key=key, value=value, timestamp=None)
+                if batch.record_count():
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.wait_for(asyncio.gather(*futures), self.settings.send_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise ShipFailed(f"Kafka send to {topic} failed: {exc!r}") from None
+
+    async def disconnect(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._stop(producer)
+
+    @staticmethod
+    async def _stop(producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 5)

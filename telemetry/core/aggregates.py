@@ -1,0 +1,130 @@
+"""Per-batch aggregation into plain structures, merged into the running totals once per batch.
+
+The exporter reads the totals at scrape time; nothing here knows Prometheus.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from telemetry.structs import ENVOY_BUCKETS, OVERFLOW, Labels
+
+BUCKET_COUNT = len(ENVOY_BUCKETS) + 1  # the last slot is +Inf
+
+
+def bucket_of(value: float) -> int:
+    """Index of the first bucket whose upper bound (le) is >= value."""
+    return bisect_left(ENVOY_BUCKETS, value)
+
+
+class HttpSeries:
+    """One HTTP label set: request count and three histograms as per-bucket (not cumulative) counts."""
+
+    __slots__ = (
+        "count",
+        "duration",
+        "duration_sum",
+        "request_bytes",
+        "request_sum",
+        "response_bytes",
+        "response_sum",
+    )
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.duration = [0] * BUCKET_COUNT
+        self.duration_sum = 0.0
+        self.request_bytes = [0] * BUCKET_COUNT
+        self.request_sum = 0.0
+        self.response_bytes = [0] * BUCKET_COUNT
+        self.response_sum = 0.0
+
+    def observe(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        self.count += 1
+        self.duration[bisect_left(ENVOY_BUCKETS, duration_ms)] += 1
+        self.duration_sum += duration_ms
+        self.request_bytes[bisect_left(ENVOY_BUCKETS, request_bytes)] += 1
+        self.request_sum += request_bytes
+        self.response_bytes[bisect_left(ENVOY_BUCKETS, response_bytes)] += 1
+        self.response_sum += response_bytes
+
+    def add(self, other: HttpSeries) -> None:
+        self.count += other.count
+        self.duration_sum += other.duration_sum
+        self.request_sum += other.request_sum
+        self.response_sum += other.response_sum
+        for mine, theirs in (
+            (self.duration, other.duration),
+            (self.request_bytes, other.request_bytes),
+            (self.response_bytes, other.response_bytes),
+        ):
+            for i, n in enumerate(theirs):
+                if n:
+                    mine[i] += n
+
+
+class TcpSeries:
+    __slots__ = ("closed", "opened", "received", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self.opened = 0
+        self.closed = 0
+
+    def add(self, other: TcpSeries) -> None:
+        self.sent += other.sent
+        self.received += other.received
+        self.opened += other.opened
+        self.closed += other.closed
+
+
+class Aggregates:
+    """Running totals per label set, with a cap on label sets per metric family and one overflow series."""
+
+    def __init__(self, *, http_label_count: int, tcp_label_count: int, max_series: int) -> None:
+        self.http: dict[Labels, HttpSeries] = {}
+        self.tcp: dict[Labels, TcpSeries] = {}
+        self.max_series = max_series
+        self._http_overflow: Labels = (OVERFLOW,) * http_label_count
+        self._tcp_overflow: Labels = (OVERFLOW,) * tcp_label_count
+        # Label sets that arrived after the cap was reached and were folded into the overflow series.
+        self.overflowed = {"http": 0, "tcp": 0}
+
+    def add_http(self, labels: Labels, series: HttpSeries) -> None:
+        slot = self.http.get(labels)
+        if slot is None:
+            if len(self.http) >= self.max_series:
+                self.overflowed["http"] += 1
+                labels = self._http_overflow
+                slot = self.http.get(labels)
+            if slot is None:
+                slot = self.http[labels] = HttpSeries()
+        slot.add(series)
+
+    def add_tcp(self, labels: Labels, series: TcpSeries) -> None:
+        slot = self.tcp.get(labels)
+        if slot is None:
+            if len(self.tcp) >= self.max_series:
+                self.overflowed["tcp"] += 1
+                labels = self._tcp_overflow
+                slot = self.tcp.get(labels)
+            if slot is None:
+                slot = self.tcp[labels] = TcpSeries()
+        slot.add(series)
+
+    def http_items(self) -> Iterable[tuple[Labels, HttpSeries]]:
+        return list(self.http.items())
+
+    def tcp_items(self) -> Iterable[tuple[Labels, TcpSeries]]:
+        return list(self.tcp.items())
+
+
+def cumulative(counts: list[int]) -> list[int]:
+    """Per-bucket counts -> Prometheus' cumulative bucket counts (same length, last is +Inf)."""
+    total, out = 0, []
+    for n in counts:
+        total += n
+        out.append(total)
+    return out

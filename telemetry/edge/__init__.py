@@ -1,0 +1,1 @@
+"""Wire <-> domain: the only place that knows Envoy's access-log protos."""

@@ -1,0 +1,83 @@
+"""The StreamAccessLogs servicer: bytes off the wire -> BatchResult -> the pipeline, one message at a time.
+
+Registered with raw-bytes handlers so a garbage message is answered with INVALID_ARGUMENT (and counted)
+instead of a generic deserialization failure. Backpressure: the servicer awaits the pipeline before reading
+the next message, so a slow Kafka or spool stops the stream rather than growing memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+from envoy.service.accesslog.v3 import als_pb2
+
+from telemetry.edge import decoding
+from telemetry.structs import StreamIdentity
+
+SERVICE_NAME = "envoy.service.accesslog.v3.AccessLogService"
+log = logging.getLogger("telemetry.als")
+
+
+class BatchConsumer(Protocol):
+    async def accept(self, batch: decoding.BatchResult) -> None: ...
+
+    def malformed(self, reason: str) -> None: ...
+
+    def stream_opened(self) -> None: ...
+
+    def stream_closed(self) -> None: ...
+
+
+ReaderFactory = Callable[[StreamIdentity], decoding.StreamReader]
+
+
+class AccessLogServicer:
+    def __init__(self, *, consumer: BatchConsumer, new_reader: ReaderFactory) -> None:
+        self._consumer = consumer
+        self._new_reader = new_reader
+
+    async def stream_access_logs(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> als_pb2.StreamAccessLogsResponse:
+        consumer = self._consumer
+        consumer.stream_opened()
+        try:
+            reader: decoding.StreamReader | None = None
+            async for data in requests:
+                try:
+                    message = decoding.parse_message(data)
+                except decoding.MalformedMessage as exc:
+                    consumer.malformed("undecodable")
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                if reader is None:
+                    if not message.HasField("identifier"):
+                        consumer.malformed("no_identifier")
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "the first StreamAccessLogsMessage of a stream must carry the identifier",
+                        )
+                    reader = self._new_reader(decoding.stream_identity(message))
+                await consumer.accept(reader.read(message))
+        finally:
+            consumer.stream_closed()
+        return als_pb2.StreamAccessLogsResponse()
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "StreamAccessLogs": grpc.stream_unary_rpc_method_handler(
+                    self.stream_access_logs,
+                    request_deserializer=None,
+                    response_serializer=als_pb2.StreamAccessLogsResponse.SerializeToString,
+                )
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))
+        return [SERVICE_NAME]
+
+
+Handler = Callable[[AsyncIterator[bytes], Any], Awaitable[als_pb2.StreamAccessLogsResponse]]

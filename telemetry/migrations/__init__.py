@@ -1,0 +1,1 @@
+"""Alembic migrations for the call-edge table (version table: alembic_version_telemetry)."""

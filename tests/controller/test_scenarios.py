@@ -1,0 +1,303 @@
+"""Scenarios against a real Prometheus fed by promtool backfill: TTL, guards, passthrough discovery,
+reporter fallback, unknown handling, escaping, name collisions, thousands of callees."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from controller.settings import ControllerSettings
+from remixer.calledges import call_edges
+from remixer.calledges import metadata as call_edges_metadata
+from tests.controller.conftest import hosts, read_dir_sidecars
+from tests.controller.helpers import run_at, run_cli
+from tests.controller.meshdata import call, fqdn
+from tests.realparts.prometheus import PrometheusFactory, openmetrics_text
+
+DAY = 86400.0
+
+
+def _settings(url: str, **overrides: object) -> ControllerSettings:
+    values: dict[str, object] = {
+        "prometheus_url": url,
+        "window": "1h",
+        "prometheus_timeout_seconds": 5,
+        **overrides,
+    }
+    return ControllerSettings.model_validate(values)
+
+
+async def test_first_run_writes_one_sidecar_per_workload_and_rerun_writes_nothing(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    series = [
+        call(now, source=("shop", "frontend-v1"), service=("shop", "cart")),
+        call(now, source=("shop", "frontend-v1"), service=("pay", "billing"), protocol="grpc"),
+        call(now, source=("shop", "cart-v1"), service=("data", "redis"), protocol="tcp"),
+        # Gateways live in istio-system and ignore Sidecars: never get one.
+        call(now, source=("istio-system", "istio-ingressgateway"), service=("shop", "frontend")),
+    ]
+    prom = prometheus_factory(openmetrics=openmetrics_text(series))
+    out = tmp_path / "sidecars"
+    summary = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert summary.outcome == "wrote", summary.message
+    found = read_dir_sidecars(out)
+    assert sorted(found) == ["shop/remixer-cart-v1", "shop/remixer-frontend-v1"]
+    assert hosts(found["shop/remixer-frontend-v1"]) == [
+        "istio-system/*",
+        f"pay/{fqdn('billing', 'pay')}",
+        f"shop/{fqdn('cart', 'shop')}",
+    ]
+    assert hosts(found["shop/remixer-cart-v1"]) == ["data/" + fqdn("redis", "data"), "istio-system/*"]
+    assert found["shop/remixer-frontend-v1"]["spec"]["workloadSelector"]["labels"] == {
+        "app": "frontend",
+        "version": "v1",
+    }
+    assert summary.shrink is not None
+    assert summary.shrink.clusters_after < summary.shrink.clusters_before
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.yaml")}
+    again = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now + 60)
+    assert (again.outcome, again.written, again.deleted, again.unchanged) == ("nothing-to-write", 0, 0, 2)
+    assert before == {p: p.stat().st_mtime_ns for p in out.glob("*/*.yaml")}
+
+
+async def test_hosts_persist_for_the_ttl_and_leave_after_it(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    earlier = now - 2 * DAY
+    series = [
+        call(earlier, source=("shop", "frontend-v1"), service=("shop", "cart")),
+        call(earlier, source=("shop", "frontend-v1"), service=("shop", "search")),
+        call(now, source=("shop", "frontend-v1"), service=("shop", "cart")),
+    ]
+    prom = prometheus_factory(openmetrics=openmetrics_text(series))
+    out = tmp_path / "out"
+    first = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=earlier)
+    assert first.outcome == "wrote"
+    # Today search was not called, but it was two days ago: within the 7-day TTL it stays.
+    kept = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert kept.outcome == "nothing-to-write", kept.message
+    assert f"shop/{fqdn('search', 'shop')}" in hosts(read_dir_sidecars(out)["shop/remixer-frontend-v1"])
+    # With a 1-day TTL it has expired; removing 1 of 3 hosts trips the 20% removal guard...
+    refused = await run_at(_settings(prom.url, ttl="1d"), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert refused.outcome == "refused"
+    assert "--force" in refused.message
+    assert f"shop/{fqdn('search', 'shop')}" in hosts(read_dir_sidecars(out)["shop/remixer-frontend-v1"])
+    # ...until forced.
+    forced = await run_at(
+        _settings(prom.url, ttl="1d"), sink=f"dir:{out}", data_dir=tmp_path, now=now, force=True
+    )
+    assert forced.outcome == "wrote"
+    assert forced.changes[0].removed == (f"shop/{fqdn('search', 'shop')}",)
+    assert hosts(read_dir_sidecars(out)["shop/remixer-frontend-v1"]) == [
+        "istio-system/*",
+        f"shop/{fqdn('cart', 'shop')}",
+    ]
+
+
+async def test_far_fewer_edges_than_last_run_refuses_to_write(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    earlier = now - 3 * 3600
+    series = [call(earlier, source=("shop", f"svc{i}-v1"), service=("shop", f"dep{i}")) for i in range(10)]
+    series += [call(now, source=("shop", "svc0-v1"), service=("shop", "dep0"))]
+    prom = prometheus_factory(openmetrics=openmetrics_text(series))
+    out = tmp_path / "out"
+    assert (
+        await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=earlier)
+    ).written == 10
+    snapshot = {p: p.read_text() for p in out.glob("*/*.yaml")}
+    short = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert short.outcome == "refused"
+    assert "less than 50%" in short.message
+    assert snapshot == {p: p.read_text() for p in out.glob("*/*.yaml")}
+
+
+def test_empty_prometheus_refuses_and_down_prometheus_is_a_source_failure(
+    prometheus_factory: PrometheusFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prom = prometheus_factory()
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(
+        ["run-once", "--prometheus-url", prom.url, "--sink", f"dir:{out}", "--data-dir", str(tmp_path)],
+        capsys,
+    )
+    assert code == 1
+    assert "no call edges" in stdout
+    assert not out.exists()
+    prom.stop()
+    code, stdout, _ = run_cli(
+        [
+            "run-once",
+            "--prometheus-url",
+            prom.url,
+            "--sink",
+            f"dir:{out}",
+            "--data-dir",
+            str(tmp_path),
+            "--output",
+            "json",
+        ],
+        capsys,
+    )
+    assert code == 3
+    assert "unreachable" in json.loads(stdout)["message"]
+    assert not out.exists()
+
+
+async def test_prometheus_errors_and_slowness_fail_cleanly(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    prom = prometheus_factory(
+        openmetrics=openmetrics_text([call(now, source=("a", "w-v1"), service=("b", "s"))])
+    )
+    out = tmp_path / "out"
+    # A slow Prometheus: stop the real process (SIGSTOP), so connections hang until our timeout.
+    assert prom.process is not None
+    prom.process.send_signal(19)
+    try:
+        started = time.monotonic()
+        slow = await run_at(
+            _settings(prom.url, prometheus_timeout_seconds=1), sink=f"dir:{out}", data_dir=tmp_path, now=now
+        )
+        assert slow.outcome == "source-failure"
+        assert "did not answer in time" in slow.message
+        assert time.monotonic() - started < 10
+    finally:
+        prom.process.send_signal(18)
+    # An erroring Prometheus: the real server answers 422 when a query would load too many samples.
+    strict = prometheus_factory(
+        openmetrics=openmetrics_text([call(now, source=("a", "w-v1"), service=("b", "s"))]),
+        extra_args=["--query.max-samples=1"],
+    )
+    bad = await run_at(_settings(strict.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert bad.outcome == "source-failure"
+    assert "refused the query" in bad.message
+    assert not out.exists()
+
+
+async def test_passthrough_calls_from_the_call_edge_table_are_discovered(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    prom = prometheus_factory(
+        openmetrics=openmetrics_text([call(now, source=("shop", "frontend-v1"), service=("shop", "cart"))])
+    )
+    database = tmp_path / "controller.db"
+    engine = create_engine(f"sqlite:///{database}")
+    call_edges_metadata.create_all(engine)
+    seen = dt.datetime.fromtimestamp(now - 30, tz=dt.UTC)
+    with engine.begin() as connection:
+        connection.execute(
+            call_edges.insert(),
+            [
+                # The first call to a service not in scope went through PassthroughCluster: telemetry saw it.
+                {
+                    "source_namespace": "shop",
+                    "source_workload": "frontend-v1",
+                    "destination_service": fqdn("reviews", "books"),
+                    "destination_port": 9080,
+                    "protocol": "http",
+                    "first_seen": seen,
+                    "last_seen": seen,
+                    "count": 1,
+                },
+                {
+                    "source_namespace": "shop",
+                    "source_workload": "frontend-v1",
+                    "destination_service": "10.1.2.3",
+                    "destination_port": 80,
+                    "protocol": "tcp",
+                    "first_seen": seen,
+                    "last_seen": seen,
+                    "count": 1,
+                },
+                # Too old for the window: ignored.
+                {
+                    "source_namespace": "shop",
+                    "source_workload": "frontend-v1",
+                    "destination_service": fqdn("old", "books"),
+                    "destination_port": 80,
+                    "protocol": "http",
+                    "first_seen": seen - dt.timedelta(days=3),
+                    "last_seen": seen - dt.timedelta(days=3),
+                    "count": 5,
+                },
+            ],
+        )
+    engine.dispose()
+    out = tmp_path / "out"
+    summary = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert summary.outcome == "wrote", summary.message
+    assert hosts(read_dir_sidecars(out)["shop/remixer-frontend-v1"]) == [
+        f"books/{fqdn('reviews', 'books')}",
+        "istio-system/*",
+        f"shop/{fqdn('cart', 'shop')}",
+    ]
+
+
+async def test_reporter_fallback_unknowns_escaping_and_collisions(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    selector = {"mesh_id": 'mesh "one"\nprod\\x'}
+    series = [
+        # Source-reported and destination-reported twins: one edge.
+        call(now, source=("a", "web-v1"), service=("a", "cart"), reporter="source", extra=selector),
+        call(now, source=("a", "web-v1"), service=("a", "cart"), reporter="destination", extra=selector),
+        # A caller whose own proxy does not report: only the destination saw it.
+        call(now, source=("a", "batch-v1"), service=("b", "cart"), reporter="destination", extra=selector),
+        # Same service and workload names in two namespaces.
+        call(now, source=("b", "web-v1"), service=("b", "cart"), extra=selector),
+        call(now, source=("b", "web-v1"), service=("a", "cart"), extra=selector),
+        # Unknown source (outside the mesh), PassthroughCluster, a label value no Kubernetes name can hold.
+        call(
+            now, source=("unknown", "unknown"), service=("a", "cart"), reporter="destination", extra=selector
+        ),
+        call(now, source=("a", "web-v1"), service=("unknown", "PassthroughCluster"), extra=selector),
+        call(now, source=("a", 'evil"wl\nx'), service=("a", "cart"), extra=selector),
+        # Another mesh: filtered out by the escaped selector.
+        call(now, source=("a", "web-v1"), service=("a", "other"), extra={"mesh_id": "two"}),
+    ]
+    prom = prometheus_factory(openmetrics=openmetrics_text(series))
+    out = tmp_path / "out"
+    summary = await run_at(
+        _settings(prom.url, query_selector=selector), sink=f"dir:{out}", data_dir=tmp_path, now=now
+    )
+    assert summary.outcome == "wrote", summary.message
+    assert summary.skipped_rows >= 1
+    found = read_dir_sidecars(out)
+    assert sorted(found) == ["a/remixer-batch-v1", "a/remixer-web-v1", "b/remixer-web-v1"]
+    assert hosts(found["a/remixer-web-v1"]) == [f"a/{fqdn('cart', 'a')}", "istio-system/*"]
+    assert hosts(found["a/remixer-batch-v1"]) == [f"b/{fqdn('cart', 'b')}", "istio-system/*"]
+    assert hosts(found["b/remixer-web-v1"]) == [
+        f"a/{fqdn('cart', 'a')}",
+        f"b/{fqdn('cart', 'b')}",
+        "istio-system/*",
+    ]
+
+
+async def test_a_workload_with_thousands_of_callees(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    series = [
+        call(now, source=("big", "hub-v1"), service=(f"ns{i % 50}", f"svc{i}"), minutes=3)
+        for i in range(3000)
+    ]
+    prom = prometheus_factory(openmetrics=openmetrics_text(series))
+    out = tmp_path / "out"
+    summary = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert summary.outcome == "wrote", summary.message
+    listed = hosts(read_dir_sidecars(out)["big/remixer-hub-v1"])
+    assert len(listed) == 3001
+    assert listed == sorted(listed)

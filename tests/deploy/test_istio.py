@@ -1,0 +1,179 @@
+"""Istio wiring: every Istio object validates against the real CRD schemas (../shared/istio-crds), and the
+MeshConfig providers point at the Services and ports the Kubernetes manifests really define."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from .paths import DEPLOY, ISTIO_CRDS, kustomize_build, load_yaml_docs
+
+MESH_VALUES = DEPLOY / "istio/meshconfig-values.yaml"
+
+# istio/api mesh/v1alpha1/config.proto (b8f8791), JSON names of each provider's fields.
+PROVIDER_FIELDS = {
+    "envoyExtAuthzGrpc": {
+        "service",
+        "port",
+        "timeout",
+        "failOpen",
+        "clearRouteCache",
+        "statusOnError",
+        "includeRequestBodyInCheck",
+    },
+    "envoyExtAuthzHttp": {
+        "service",
+        "port",
+        "timeout",
+        "pathPrefix",
+        "failOpen",
+        "clearRouteCache",
+        "statusOnError",
+        "includeRequestHeadersInCheck",
+        "includeAdditionalHeadersInCheck",
+        "includeRequestBodyInCheck",
+        "headersToUpstreamOnAllow",
+        "headersToDownstreamOnDeny",
+        "headersToDownstreamOnAllow",
+    },
+    "envoyHttpAls": {
+        "service",
+        "port",
+        "logName",
+        "filterStateObjectsToLog",
+        "additionalRequestHeadersToLog",
+        "additionalResponseHeadersToLog",
+        "additionalResponseTrailersToLog",
+    },
+    "envoyTcpAls": {"service", "port", "logName", "filterStateObjectsToLog"},
+}
+
+
+def strict(schema: Any) -> Any:
+    """Closed objects, as the API server's strict field validation sees them: a typo is an error."""
+    if isinstance(schema, dict):
+        out = {k: strict(v) for k, v in schema.items()}
+        if (
+            out.get("type") == "object"
+            and "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    validators: dict[tuple[str, str], jsonschema.protocols.Validator] = {}
+    for path in sorted(ISTIO_CRDS.glob("*-crd.yaml")):
+        (crd,) = load_yaml_docs(path)
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+            schema = strict(schema)
+            # apiVersion/kind/metadata are checked by the API server itself, not by the CRD schema.
+            for key in ("apiVersion", "kind", "metadata"):
+                schema.setdefault("properties", {})[key] = {}
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+            validators[(f"{group}/{version['name']}", kind)] = cls(schema)
+    assert len(validators) >= 7, "the three Istio CRDs with all their versions"
+    return validators
+
+
+@pytest.fixture(scope="module")
+def istio_objects() -> list[dict[str, Any]]:
+    return kustomize_build("istio")
+
+
+def test_every_istio_object_validates_against_its_crd(istio_objects: list[dict[str, Any]]) -> None:
+    validators = crd_validators()
+    kinds = set()
+    for obj in istio_objects:
+        validator = validators.get((obj["apiVersion"], obj["kind"]))
+        assert validator is not None, f"no CRD schema for {obj['apiVersion']} {obj['kind']}"
+        errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(obj)]
+        assert not errors, f"{obj['kind']}/{obj['metadata']['name']}: {errors}"
+        kinds.add(obj["kind"])
+    assert kinds == {"Sidecar", "AuthorizationPolicy", "Telemetry"}
+
+
+def test_the_validator_really_rejects_a_broken_object() -> None:
+    validators = crd_validators()
+    bad = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "x"},
+        "spec": {"egress": [{"hostz": ["./*"]}], "outboundTrafficPolicy": {"mode": "SOMETIMES"}},
+    }
+    messages = " ".join(e.message for e in validators[("networking.istio.io/v1", "Sidecar")].iter_errors(bad))
+    assert "hosts" in messages
+    assert "SOMETIMES" in messages
+    assert "hostz" in messages
+
+
+def test_root_default_sidecar_is_selectorless_and_keeps_remixer_reachable(
+    istio_objects: list[dict[str, Any]],
+) -> None:
+    sidecars = [o for o in istio_objects if o["kind"] == "Sidecar"]
+    assert len(sidecars) == 1
+    (sidecar,) = sidecars
+    assert sidecar["metadata"] == {"name": "default", "namespace": "istio-system"}
+    assert "workloadSelector" not in sidecar["spec"]
+    hosts = sidecar["spec"]["egress"][0]["hosts"]
+    assert {"./*", "istio-system/*", "remixer/*"} <= set(hosts)
+    # The controller's generated Sidecars must keep remixer in scope too (pinned hosts in the ConfigMap).
+    config = yaml.safe_load((DEPLOY / "kubernetes/base/remixer.yaml").read_text())
+    assert "remixer/*" in config["controller"]["pinned_hosts"]
+
+
+def mesh_providers() -> dict[str, tuple[str, dict[str, Any]]]:
+    providers = yaml.safe_load(MESH_VALUES.read_text())["meshConfig"]["extensionProviders"]
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for provider in providers:
+        name = provider.pop("name")
+        ((kind, body),) = provider.items()
+        out[name] = (kind, body)
+    return out
+
+
+def test_mesh_config_providers_use_istio_field_names_and_real_services() -> None:
+    providers = mesh_providers()
+    assert sorted(kind for kind, _ in providers.values()) == sorted(PROVIDER_FIELDS)
+    services = {
+        f"{o['metadata']['name']}.{o['metadata']['namespace']}.svc.cluster.local": {
+            p["port"]: p["name"] for p in o["spec"]["ports"]
+        }
+        for o in kustomize_build("kubernetes/base")
+        if o["kind"] == "Service"
+    }
+    for name, (kind, body) in providers.items():
+        assert set(body) <= PROVIDER_FIELDS[kind], (
+            f"{name}: unknown fields {set(body) - PROVIDER_FIELDS[kind]}"
+        )
+        assert {"service", "port"} <= set(body), name
+        port_name = services[body["service"]][body["port"]]
+        wanted = "http-ext-authz" if kind == "envoyExtAuthzHttp" else "grpc"
+        assert port_name == wanted, f"{name} points at port {body['port']} ({port_name})"
+        if kind.startswith("envoyExtAuthz"):
+            assert body["service"].startswith("remixer-policy.")
+        else:
+            assert body["service"].startswith("remixer-telemetry.")
+
+
+def test_policies_and_telemetry_name_providers_that_exist(istio_objects: list[dict[str, Any]]) -> None:
+    providers = mesh_providers()
+    for obj in istio_objects:
+        if obj["kind"] == "AuthorizationPolicy":
+            assert obj["spec"]["action"] == "CUSTOM"
+            assert providers[obj["spec"]["provider"]["name"]][0] == "envoyExtAuthzGrpc"
+        if obj["kind"] == "Telemetry":
+            for logging in obj["spec"]["accessLogging"]:
+                kinds = {providers[p["name"]][0] for p in logging["providers"]}
+                assert kinds == {"envoyHttpAls", "envoyTcpAls"}

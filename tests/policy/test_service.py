@@ -1,0 +1,170 @@
+"""The runtime: decision cache, quota fallbacks, reloads, store outages, files, decision logs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from policy.structs import CheckInput, PolicyError
+from remixer.envoy import free_port
+from tests.policy.conftest import PolicyFactory, write_policy
+
+LIMITED = {
+    "limits": [{"name": "two", "requests": 2, "unit": "minute"}],
+    "rules": [
+        {"id": "deny-admin", "action": "deny", "match": {"request.path": {"prefix": "/admin"}}},
+        {
+            "id": "lim",
+            "action": "rate_limit",
+            "limit": "two",
+            "match": {"request.path": {"prefix": "/limited"}},
+        },
+        {"id": "dry", "action": "allow", "dry_run": True, "match": {"request.method": {"exact": "GET"}}},
+    ],
+}
+
+
+async def test_cache_hits_are_counted_and_carry_dry_run_counts(policy_factory: PolicyFactory) -> None:
+    run = await policy_factory(policy=LIMITED)
+    service = run.part.service
+    for _ in range(5):
+        decision = await service.check(CheckInput(method="GET", path="/admin/x"))
+        assert decision.rule_id == "deny-admin"
+    assert run.metric("remixer_policy_cache_misses_total") == 1
+    assert run.metric("remixer_policy_cache_hits_total") == 4
+    assert run.metric("remixer_policy_checks_total", decision="deny", rule="deny-admin") == 5
+    # Attributes no rule reads are not in the key: a different x-request-id still hits.
+    await service.check(CheckInput(method="GET", path="/admin/x", request_id="other"))
+    assert run.metric("remixer_policy_cache_hits_total") == 5
+    await service.check(CheckInput(method="GET", path="/x"))
+    await service.check(CheckInput(method="GET", path="/x"))
+    assert run.metric("remixer_policy_dry_run_matches_total", rule="dry") == 2
+
+
+async def test_quota_decisions_are_never_cached(policy_factory: PolicyFactory) -> None:
+    run = await policy_factory(policy=LIMITED)
+    kinds = [(await run.part.service.check(CheckInput(path="/limited"))).kind for _ in range(4)]
+    assert kinds == ["allow", "allow", "rate_limited", "rate_limited"]
+    assert run.metric("remixer_policy_cache_hits_total") == 0
+    assert run.metric("remixer_policy_quota_rejections_total", limit="two", shadow="false") == 2
+
+
+async def test_cache_never_serves_across_a_policy_change(policy_factory: PolicyFactory) -> None:
+    run = await policy_factory(policy=LIMITED)
+    service = run.part.service
+    assert (await service.check(CheckInput(path="/open"))).kind == "allow"
+    assert (await service.check(CheckInput(path="/open"))).kind == "allow"
+    response = await run.put(
+        "rules", "close", {"action": "deny", "match": {"request.path": {"exact": "/open"}}}
+    )
+    assert response.status_code == 200
+    assert (await service.check(CheckInput(path="/open"))).rule_id == "close"
+
+
+async def test_shadow_limits_count_but_admit(policy_factory: PolicyFactory) -> None:
+    doc = {
+        "limits": [{"name": "s", "requests": 1, "unit": "hour", "shadow": True, "algorithm": "token_bucket"}],
+        "rules": [{"id": "lim", "action": "rate_limit", "limit": "s"}],
+    }
+    run = await policy_factory(policy=doc)
+    kinds = [(await run.part.service.check(CheckInput(path="/"))).kind for _ in range(3)]
+    assert kinds == ["allow"] * 3
+    assert run.metric("remixer_policy_quota_rejections_total", limit="s", shadow="true") == 2
+
+
+@pytest.mark.parametrize(
+    ("fallback", "third"), [("local", "rate_limited"), ("allow", "allow"), ("deny", "rate_limited")]
+)
+async def test_redis_outage_applies_the_configured_fallback(
+    policy_factory: PolicyFactory, fallback: str, third: str
+) -> None:
+    run = await policy_factory(
+        policy=LIMITED,
+        quota_backend="redis",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_timeout=0.1,
+        quota_fallback=fallback,
+    )
+    kinds = [(await run.part.service.check(CheckInput(path="/limited"))).kind for _ in range(3)]
+    assert kinds[2] == third
+    if fallback == "deny":
+        assert kinds == ["rate_limited"] * 3
+    assert run.metric("remixer_policy_redis_errors_total", fallback=fallback) == 3
+    # Requests that need no quota are unaffected.
+    assert (await run.part.service.check(CheckInput(path="/free"))).kind == "allow"
+
+
+async def test_store_outage_keeps_serving_the_last_snapshot(policy_factory: PolicyFactory) -> None:
+    run = await policy_factory(policy=LIMITED)
+    db = run.part.context.data_dir / "policy.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE policy_revision RENAME TO policy_revision_away")
+    await asyncio.sleep(0.8)
+    assert (await run.part.service.check(CheckInput(path="/admin"))).rule_id == "deny-admin"
+    assert run.part.service.staleness() >= 0.5
+    assert run.metric("remixer_policy_store_staleness_seconds") >= 0.5
+    assert run.metric("remixer_policy_reload_errors_total", source="store") >= 1
+    readiness = run.part.readiness()
+    assert readiness.ready and "store read" in readiness.detail
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE policy_revision_away RENAME TO policy_revision")
+    await asyncio.sleep(0.5)
+    assert run.part.service.staleness() < 0.5
+
+
+async def test_store_outage_beyond_max_staleness_reports_not_ready(policy_factory: PolicyFactory) -> None:
+    run = await policy_factory(policy=LIMITED, max_staleness=0.3)
+    with sqlite3.connect(run.part.context.data_dir / "policy.db") as conn:
+        conn.execute("ALTER TABLE policy_revision RENAME TO policy_revision_away")
+    await asyncio.sleep(0.8)
+    assert not run.part.readiness().ready
+
+
+async def test_invalid_policy_file_stops_the_start_with_a_clear_error(policy_factory: PolicyFactory) -> None:
+    bad = {"rules": [{"id": "oops", "action": "deny", "match": {"request.path": {"regex": "(unclosed"}}}]}
+    with pytest.raises(PolicyError, match=r"rule 'oops': field match.request.path: invalid RE2 regex"):
+        await policy_factory(policy=bad)
+
+
+async def test_policy_file_changes_apply_and_bad_edits_are_refused(
+    policy_factory: PolicyFactory, tmp_path: Path
+) -> None:
+    path = write_policy(tmp_path, LIMITED)
+    run = await policy_factory(policy_files=[path])
+    service = run.part.service
+    changed = {**LIMITED, "rules": [{"id": "deny-all", "action": "deny", "deny": {"status": 503}}]}
+    path.write_text(yaml.safe_dump(changed))
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if service.snapshot.rule_count == 1:
+            break
+    assert (await service.check(CheckInput(path="/x"))).status == 503
+    revision = service.snapshot.revision
+    path.write_text("rules: [{id: broken, action: nope}]\n")
+    await asyncio.sleep(0.6)
+    assert service.snapshot.revision == revision
+    assert (await service.check(CheckInput(path="/x"))).status == 503
+    assert run.metric("remixer_policy_reload_errors_total", source="file") >= 1
+
+
+async def test_decision_log_records_and_sampling(policy_factory: PolicyFactory) -> None:
+    run = await policy_factory(policy=LIMITED)
+    await run.part.service.check(CheckInput(path="/admin", request_id="rid-1", method="GET"))
+    await asyncio.sleep(0.35)
+    records = run.sinks.sink("decisions").records
+    assert records and records[-1][0] == b"rid-1"
+    assert b'"decision":"deny"' in records[-1][1]
+    quiet = await policy_factory(policy=LIMITED, decision_log_sample=0.0)
+    await quiet.part.service.check(CheckInput(path="/admin"))
+    await asyncio.sleep(0.35)
+    assert not quiet.sinks.sink("decisions").records
+
+
+async def test_http_listener_refuses_a_taken_port(policy_factory: PolicyFactory) -> None:
+    first = await policy_factory(policy=LIMITED)
+    with pytest.raises(OSError):
+        await policy_factory(policy=LIMITED, http_address=f"127.0.0.1:{first.http_port}")

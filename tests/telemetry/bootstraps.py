@@ -1,0 +1,112 @@
+"""Envoy bootstraps for telemetry scenarios: Istio-like node metadata and cluster names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remixer import envoy
+
+
+def istio_node(
+    *, workload: str, namespace: str, app: str, version: str = "v1", cluster_id: str = "Kubernetes"
+) -> dict[str, Any]:
+    return {
+        "id": f"sidecar~10.0.0.1~{workload}-abc.{namespace}~{namespace}.svc.cluster.local",
+        "cluster": f"{workload}.{namespace}",
+        "metadata": {
+            "NAME": f"{workload}-abc",
+            "NAMESPACE": namespace,
+            "WORKLOAD_NAME": workload,
+            "CLUSTER_ID": cluster_id,
+            "MESH_ID": "cluster.local",
+            "LABELS": {
+                "app": app,
+                "version": version,
+                "service.istio.io/canonical-name": app,
+                "service.istio.io/canonical-revision": version,
+            },
+        },
+    }
+
+
+def tcp_proxy_listener(
+    name: str, port: int, *, cluster: str, access_log: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": envoy.socket_address("127.0.0.1", port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": name,
+                            "cluster": cluster,
+                            "access_log": access_log,
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def sidecar_bootstrap(
+    *,
+    admin_port: int,
+    als_port: int,
+    upstream_port: int,
+    outbound_port: int,
+    inbound_port: int | None = None,
+    tcp_port: int | None = None,
+    node: dict[str, Any],
+    service: str = "echo.default.svc.cluster.local",
+    service_port: int = 8080,
+) -> dict[str, Any]:
+    """One Envoy acting as a client sidecar (outbound listener -> outbound|port||service), optionally also as
+    the server sidecar (inbound listener -> inbound|port||) and a TCP proxy; all log to remixer over ALS."""
+    outbound_cluster = f"outbound|{service_port}||{service}"
+    inbound_cluster = f"inbound|{service_port}||"
+    http_log = [envoy.http_grpc_access_log("remixer_als", log_name="http_envoy_accesslog", flush="0.1s")]
+    listeners = [
+        envoy.http_listener(
+            "outbound",
+            outbound_port,
+            route_cluster=outbound_cluster,
+            http_filters=[],
+            access_log=http_log,
+            stat_prefix="outbound",
+        )
+    ]
+    clusters = [
+        envoy.grpc_cluster("remixer_als", "127.0.0.1", als_port),
+        envoy.http_cluster(outbound_cluster, "127.0.0.1", upstream_port),
+    ]
+    if inbound_port is not None:
+        listeners.append(
+            envoy.http_listener(
+                "inbound",
+                inbound_port,
+                route_cluster=inbound_cluster,
+                http_filters=[],
+                access_log=http_log,
+                stat_prefix="inbound",
+            )
+        )
+        clusters.append(envoy.http_cluster(inbound_cluster, "127.0.0.1", upstream_port))
+    if tcp_port is not None:
+        tcp_cluster = f"outbound|{service_port + 1}||tcp-echo.default.svc.cluster.local"
+        listeners.append(
+            tcp_proxy_listener(
+                "tcp",
+                tcp_port,
+                cluster=tcp_cluster,
+                access_log=[
+                    envoy.tcp_grpc_access_log("remixer_als", log_name="tcp_envoy_accesslog", flush="0.1s")
+                ],
+            )
+        )
+        clusters.append(envoy.http_cluster(tcp_cluster, "127.0.0.1", upstream_port))
+    return envoy.bootstrap(admin_port=admin_port, listeners=listeners, clusters=clusters, node=node)
