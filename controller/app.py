@@ -80,11 +80,15 @@ async def compose(
 ) -> Composition:
     store = DependencyStore(settings.database_url or default_url(data_dir))
     await store.migrate()
-    call_edge_engine = store.engine
     closers: list[Callable[[], Any]] = [store.close]
-    if settings.call_edges_database_url:
-        other = DependencyStore(settings.call_edges_database_url)
-        call_edge_engine = other.engine
+    call_edges: CallEdgeReader | None = None
+    telemetry_default = data_dir / "edges.db"
+    edges_url = settings.call_edges_database_url or (
+        f"sqlite:///{telemetry_default}" if telemetry_default.exists() else None
+    )
+    if edges_url:
+        other = DependencyStore(edges_url, schema=settings.call_edges_schema)
+        call_edges = CallEdgeReader(other.engine, settings.call_edges_schema)
         closers.append(other.close)
     source = make_source(settings)
     closers.append(source.close)
@@ -97,7 +101,7 @@ async def compose(
         metrics_source=source,
         store=store,
         sink=sink,
-        call_edges=CallEdgeReader(call_edge_engine),
+        call_edges=call_edges,
         inventory=inventory,
         observer=ControllerMetrics(registry) if registry is not None else None,
         namespaces=namespaces or None,

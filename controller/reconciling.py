@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from controller import structs
@@ -35,7 +35,9 @@ log = logging.getLogger("remixer.controller")
 
 
 class DependencyStore(Protocol):
-    async def load(self) -> tuple[list[StoredDependency], dict[WorkloadRef, WorkloadInfo], int | None]: ...
+    async def load(
+        self, *, scope: str = "*"
+    ) -> tuple[list[StoredDependency], dict[WorkloadRef, WorkloadInfo], int | None]: ...
 
     async def save(
         self,
@@ -46,6 +48,7 @@ class DependencyStore(Protocol):
         now: float,
         edges: int,
         written: int,
+        scope: str = "*",
     ) -> None: ...
 
 
@@ -173,7 +176,7 @@ class Reconciler:
         observed = scopes.observed_dependencies(observation.edges, settings)
         if self.namespaces is not None:
             observed = {pair for pair in observed if pair[0].namespace in self.namespaces}
-        stored, stored_infos, last_edges = await self.store.load()
+        stored, stored_infos, last_edges = await self.store.load(scope=self._scope())
         refusal = plans.volume_refusal(
             edges=len(observed), last_edges=last_edges, min_ratio=settings.min_edges_ratio
         )
@@ -184,7 +187,11 @@ class Reconciler:
         services = dict(observation.services)
         if self.inventory is not None:
             infos.update(await asyncio.to_thread(self.inventory.workloads))
-            services.update(await asyncio.to_thread(self.inventory.services, settings.cluster_domain))
+            listed = await asyncio.to_thread(self.inventory.services, settings.cluster_domain)
+            for host, info in listed.items():
+                # Kubernetes knows the ports; telemetry knows how many workloads answer behind them.
+                seen = services.get(host)
+                services[host] = replace(info, endpoints=seen.endpoints) if seen else info
         active = self._in_scope(merge.active)
         specs, skipped = scopes.compute_sidecars(active, infos, settings)
         desired = [scopes.to_manifest(spec, settings) for spec in specs]
@@ -209,6 +216,7 @@ class Reconciler:
                 now=now,
                 edges=len(observed),
                 written=len(plan.to_write),
+                scope=self._scope(),
             )
         written, deleted = len(plan.to_write), len(plan.to_delete)
         outcome: Literal["wrote", "nothing-to-write", "dry-run"] = (
@@ -227,6 +235,10 @@ class Reconciler:
             skipped_rows=observation.stats.skipped,
             extra={"no_sidecar": [f"{ref}: {why}" for ref, why in skipped]},
         )
+
+    def _scope(self) -> str:
+        wanted = self.namespaces if self.namespaces is not None else self.settings.namespaces
+        return ",".join(sorted(set(wanted))) or "*"
 
     def _in_scope(self, active: dict[WorkloadRef, set[str]]) -> dict[WorkloadRef, set[str]]:
         return {ref: hosts for ref, hosts in active.items() if self._namespace_allowed(ref.namespace)}

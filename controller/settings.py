@@ -82,8 +82,12 @@ class ControllerSettings(BaseModel):
     )
     call_edges_database_url: str | None = Field(
         None,
-        description="Database holding telemetry's call-edge table (passthrough discovery); default: the same "
-        "database as database_url. Absent table means no call-edge input.",
+        description="Database holding telemetry's call-edge table (passthrough discovery), e.g. "
+        "postgresql://...; default: telemetry's default SQLite file DATA_DIR/edges.db when it exists. "
+        "No database or no table means no call-edge input.",
+    )
+    call_edges_schema: str | None = Field(
+        None, description="PostgreSQL schema of the call-edge table (telemetry's call_edges.schema_name)."
     )
     min_edges_ratio: float = Field(
         0.5,

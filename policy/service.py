@@ -267,10 +267,10 @@ class PolicyService:
                 now = time.monotonic()
                 hit = cache.get(key, now)
                 if hit is not None:
-                    self.metrics.cache_hits.inc()
+                    self.metrics.hot.cache_hits += 1
                     self._record(req, hit.decision, hit.dry_run_rules, True, started)
                     return hit.decision
-                self.metrics.cache_misses.inc()
+                self.metrics.hot.cache_misses += 1
             evaluation = matching.evaluate(snapshot, req)
         except Exception:
             # Unexpected input shapes must still get the policy's answer, never a gRPC error.
@@ -351,10 +351,9 @@ class PolicyService:
     ) -> None:
         latency = time.perf_counter() - started
         metrics = self.metrics
-        metrics.count_check(decision.kind, decision.rule_id)
+        metrics.count_check(decision.kind, decision.rule_id, latency)
         for rule_id in dry_run:
             metrics.dry_run.labels(rule=rule_id).inc()
-        metrics.latency.observe(latency)
         self.decisions.add(req, decision, dry_run, cached, latency)
 
     def count_odd(self, kind: str, *, message: str = "", exc_info: bool = False, count: bool = True) -> None:

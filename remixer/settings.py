@@ -22,6 +22,7 @@ from policy.settings import PolicySettings
 from remixer.shipping.settings import ShippingSettings
 
 PartName = Literal["policy", "telemetry", "admin"]
+ALL_PARTS: tuple[PartName, ...] = ("policy", "telemetry", "admin")
 
 
 class SettingsError(ValueError):
@@ -60,7 +61,7 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     parts: list[PartName] = Field(
-        default_factory=lambda: ["policy", "telemetry", "admin"],
+        default_factory=lambda: list(ALL_PARTS),
         description="Which parts this process runs: policy (ext_authz), telemetry (access-log sink), admin "
         "(admin API, /metrics, /healthz, /readyz). Run policy and telemetry in separate deployments to scale "
         "them apart.",

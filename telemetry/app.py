@@ -20,7 +20,7 @@ from telemetry.edge import decoding
 from telemetry.edge.als import AccessLogServicer
 from telemetry.pipeline import TelemetryPipeline
 from telemetry.settings import TelemetrySettings
-from telemetry.structs import LABEL_NAMES, TCP_LABEL_NAMES, Derived, StreamIdentity
+from telemetry.structs import LABEL_NAMES, TCP_LABEL_NAMES, Derived, EntryFacts, StreamIdentity
 
 log = logging.getLogger("telemetry")
 
@@ -77,12 +77,19 @@ class TelemetryPart:
         self.servicer = AccessLogServicer(consumer=self.pipeline, new_reader=self._new_reader)
         self._started = False
 
-    def _build_kind(self, stream: StreamIdentity, derived: Derived) -> decoding.EntryKind:
+    def _build_kind(self, stream: StreamIdentity, derived: Derived, facts: EntryFacts) -> decoding.EntryKind:
+        labels = self._http_policy.apply(derived.labels)
+        tcp = self._tcp_policy.apply(tcp_labels(derived.labels))
+        is_tcp = facts.protocol == "tcp"
         return decoding.EntryKind(
             derived=derived,
-            labels=self._http_policy.apply(derived.labels),
-            tcp_labels=self._tcp_policy.apply(tcp_labels(derived.labels)),
+            labels=labels,
+            tcp_labels=tcp,
             record_prefix=self._encoder.prefix(stream, derived) if self._encoder else None,
+            flags=facts.response_flags,
+            response_code=facts.response_code,
+            http=None if is_tcp else self.aggregates.http_slot(labels),
+            tcp=self.aggregates.tcp_slot(tcp) if is_tcp else None,
         )
 
     def _new_reader(self, identity: StreamIdentity) -> decoding.StreamReader:

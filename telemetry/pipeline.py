@@ -65,14 +65,12 @@ class TelemetryPipeline:
             return
         self._received[batch.kind].inc(batch.entries)
         self._stats.batch_entries.observe(batch.entries)
+        # The running totals were already updated through each kind's slot; what is left per batch:
+        # label misses and call edges, summed over the batch's kinds.
         misses: dict[str, int] = {}
         edges: dict[CallEdgeKey, int] = {}
-        for kind, series in batch.http.items():
-            self.aggregates.add_http(kind.labels, series)
-            self._note(kind.derived.edge, kind.derived.misses, series.count, edges, misses)
-        for kind, tcp_series in batch.tcp.items():
-            self.aggregates.add_tcp(kind.tcp_labels, tcp_series)
-            self._note(kind.derived.edge, kind.derived.misses, tcp_series.opened, edges, misses)
+        for kind, count in batch.counts.items():
+            self._note(kind.derived.edge, kind.derived.misses, count, edges, misses)
         for label, count in misses.items():
             self._stats.miss(label, count)
         if edges and self._edge_store is not None:

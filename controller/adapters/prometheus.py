@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from prometheus_api_client import PrometheusConnect
@@ -25,8 +26,10 @@ class PrometheusSource:
             allowed_methods=frozenset({"GET", "POST"}),
             raise_on_status=False,
         )
-        self.url = url.rstrip("/")
-        self._client = PrometheusConnect(url=self.url, retry=retry, timeout=timeout, method="POST")
+        base = url.rstrip("/")
+        self._client = PrometheusConnect(url=base, retry=retry, timeout=timeout, method="POST")
+        # For messages only: credentials in the URL never reach logs or summaries.
+        self.url = _without_credentials(base)
 
     def query(self, promql: str, *, at: float) -> list[QueryRow]:
         try:
@@ -42,7 +45,8 @@ class PrometheusSource:
             if "timed out" in str(error).lower():
                 raise SourceUnavailable(f"Prometheus at {self.url} did not answer in time") from None
             raise SourceUnavailable(
-                f"Prometheus at {self.url} is unreachable: {type(error).__name__}"
+                f"Prometheus at {self.url} is unreachable ({type(error).__name__}); "
+                "check --prometheus-url / controller.prometheus_url"
             ) from None
         except ValueError as error:  # body is not JSON
             raise SourceUnavailable(
@@ -52,6 +56,13 @@ class PrometheusSource:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return str(urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])))
 
 
 def _short(text: str) -> str:

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from controller.core.edges import CallEdgeRow
-from controller.errors import SourceUnavailable
+from controller.errors import SourceUnavailable, UsageError
 from controller.structs import StoredDependency, WorkloadInfo, WorkloadRef
 from remixer.calledges import call_edges
 
@@ -63,6 +63,8 @@ runs = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", Float, nullable=False),
+    # Which namespaces the run covered ("*" for all): the volume guard compares like with like.
+    Column("scope", String(2000), nullable=False),
     Column("edges", Integer, nullable=False),
     Column("written", Integer, nullable=False),
 )
@@ -72,6 +74,19 @@ _BATCH = 2000
 
 def default_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'controller.db'}"
+
+
+def async_url(url: str) -> str:
+    """The async-driver form of a database URL, so sync-style URLs (as telemetry's) work too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"{url!r} is not a database URL (e.g. sqlite:///path or postgresql://...)")
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    if base in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg://{rest}"
+    return url
 
 
 def _upgrade(connection: Connection, schema: str | None) -> None:
@@ -91,7 +106,12 @@ class DependencyStore:
         self.url = url
         self.schema = schema
         execution_options = {"schema_translate_map": {None: schema}} if schema else {}
-        self.engine: AsyncEngine = create_async_engine(url, execution_options=execution_options)
+        try:
+            self.engine: AsyncEngine = create_async_engine(
+                async_url(url), execution_options=execution_options
+            )
+        except (ValueError, ImportError, SQLAlchemyError) as error:
+            raise UsageError(f"database URL is not usable: {error}") from None
 
     async def migrate(self) -> None:
         if self.url.startswith("sqlite") and ":///" in self.url:
@@ -109,13 +129,17 @@ class DependencyStore:
 
         return make_url(self.url).render_as_string(hide_password=True)
 
-    async def load(self) -> tuple[list[StoredDependency], dict[WorkloadRef, WorkloadInfo], int | None]:
+    async def load(
+        self, *, scope: str = "*"
+    ) -> tuple[list[StoredDependency], dict[WorkloadRef, WorkloadInfo], int | None]:
         """Stored dependencies, remembered selectors, and the edge count of the last good run."""
         async with self.engine.connect() as connection:
             dep_rows = (await connection.execute(select(dependencies))).all()
             wl_rows = (await connection.execute(select(workloads))).all()
             last = (
-                await connection.execute(select(runs.c.edges).order_by(runs.c.id.desc()).limit(1))
+                await connection.execute(
+                    select(runs.c.edges).where(runs.c.scope == scope).order_by(runs.c.id.desc()).limit(1)
+                )
             ).first()
         deps = [
             StoredDependency(WorkloadRef(r.namespace, r.workload), r.host, r.first_seen, r.last_seen)
@@ -136,6 +160,7 @@ class DependencyStore:
         now: float,
         edges: int,
         written: int,
+        scope: str = "*",
     ) -> None:
         async with self.engine.begin() as connection:
             dialect = connection.dialect.name
@@ -184,7 +209,7 @@ class DependencyStore:
                     set_={"selector": statement.excluded.selector, "last_seen": statement.excluded.last_seen},
                 )
                 await connection.execute(statement, info_rows[start : start + _BATCH])
-            await connection.execute(runs.insert().values(at=now, edges=edges, written=written))
+            await connection.execute(runs.insert().values(at=now, scope=scope, edges=edges, written=written))
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -193,14 +218,17 @@ class DependencyStore:
 class CallEdgeReader:
     """Reads telemetry's call-edge table (remixer.calledges); an absent table means no such input."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
         self.engine = engine
+        self.schema = schema
 
     async def read(self, *, since: float) -> list[CallEdgeRow]:
         cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
         try:
             async with self.engine.connect() as connection:
-                present = await connection.run_sync(lambda c: inspect(c).has_table(call_edges.name))
+                present = await connection.run_sync(
+                    lambda c: inspect(c).has_table(call_edges.name, schema=self.schema)
+                )
                 if not present:
                     return []
                 rows = (

@@ -43,6 +43,8 @@ def is_workload_name(value: str) -> bool:
 
 
 def looks_like_ip(value: str) -> bool:
+    if not (value[:1].isdigit() or value[:1] == "[" or ":" in value):
+        return False  # the common case (a service name) without parsing
     host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
     try:
         ipaddress.ip_address(host.strip("[]"))

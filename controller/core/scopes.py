@@ -151,11 +151,16 @@ def _merge_nested(
     groups: dict[Selector, tuple[list[WorkloadRef], set[str]]],
 ) -> dict[Selector, tuple[list[WorkloadRef], set[str]]]:
     merged: dict[Selector, tuple[list[WorkloadRef], set[str]]] = {}
+    # A kept selector can only be a subset of `selector` if it has one of its label pairs.
+    kept_by_pair: dict[tuple[str, str], list[Selector]] = {}
     for selector in sorted(groups, key=lambda s: (len(s), s)):
         members, hosts = groups[selector]
-        into = next((kept for kept in merged if _is_subset(kept, selector)), None)
+        candidates = sorted({kept for pair in selector for kept in kept_by_pair.get(pair, ())})
+        into = next((kept for kept in candidates if _is_subset(kept, selector)), None)
         if into is None:
             merged[selector] = (list(members), set(hosts))
+            for pair in selector:
+                kept_by_pair.setdefault(pair, []).append(selector)
         else:
             merged[into][0].extend(members)
             merged[into][1].update(hosts)

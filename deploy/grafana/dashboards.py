@@ -410,6 +410,76 @@ POLICY = Dashboard(
 
 # ---- telemetry pipeline ------------------------------------------------------------------------------------
 
+SHIPPING_ROWS: tuple[tuple[Panel, ...], ...] = (
+    (
+        Panel(
+            "Kafka: records acknowledged and spooled",
+            (
+                q(f"sum by (stream) (rate(remixer_shipping_records_sent_total{RATE}))", "{{stream}} sent"),
+                q(
+                    f"sum by (stream) (rate(remixer_shipping_records_spooled_total{RATE}))",
+                    "{{stream}} spooled",
+                ),
+            ),
+            unit="ops",
+            description="Access-log and decision records; spooled = waiting on local disk for Kafka.",
+        ),
+        Panel(
+            "Kafka: send latency",
+            quantiles("remixer_shipping_send_seconds", "", ", stream", legend_prefix="{{stream}} "),
+            unit="s",
+        ),
+    ),
+    (
+        Panel(
+            "Kafka connected",
+            (q("min(remixer_shipping_kafka_connected)"),),
+            kind="stat",
+            width=6,
+            description="1 while every pod has a connected producer (0 when Kafka export is off or away).",
+        ),
+        Panel(
+            "Spool fill",
+            (
+                q(
+                    "max by (stream) (remixer_shipping_spool_bytes) / "
+                    "scalar(max(remixer_shipping_spool_limit_bytes))",
+                    "{{stream}}",
+                ),
+            ),
+            unit="percentunit",
+            width=6,
+        ),
+        Panel(
+            "Oldest spooled and queued records",
+            (
+                q("max by (stream) (remixer_shipping_spool_oldest_seconds)", "{{stream}} oldest spooled (s)"),
+                q("sum by (stream) (remixer_shipping_queue_records)", "{{stream}} queued"),
+            ),
+        ),
+    ),
+    (
+        Panel(
+            "Kafka send errors and dropped records",
+            (
+                q(
+                    f"sum by (stream) (rate(remixer_shipping_send_errors_total{RATE}))",
+                    "{{stream}} send errors",
+                ),
+                # Labelled by reason, so absent until the first drop; 0 is the normal state.
+                q(
+                    "sum by (stream, reason) "
+                    f"(rate(remixer_shipping_records_dropped_total{RATE})) or vector(0)",
+                    "{{stream}} dropped ({{reason}})",
+                ),
+            ),
+            unit="ops",
+            width=24,
+        ),
+    ),
+)
+
+
 TELEMETRY = Dashboard(
     uid="remixer-telemetry",
     title="remixer / Telemetry pipeline",
@@ -459,6 +529,7 @@ TELEMETRY = Dashboard(
                 unit="ops",
             ),
         ),
+        *SHIPPING_ROWS,
     ),
 )
 

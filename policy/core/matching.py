@@ -60,7 +60,7 @@ def _scan(
     first: bool,
 ) -> list[CompiledRule]:
     matched: list[CompiledRule] = []
-    for rule in index.candidates(path):
+    for rule in index.candidates(path, req):
         hit = rule.predicate(req)
         if trace is not None:
             trace.append(TraceStep(rule.stage, rule.rule_id, hit, "dry_run" if rule.dry_run else ""))

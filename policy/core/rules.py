@@ -63,16 +63,25 @@ class CompiledRule:
 
 @dataclass(frozen=True, slots=True)
 class StageIndex:
-    """Rules of one stage, bucketed by a literal request.path they require (exact or prefix)."""
+    """Rules of one stage, bucketed by a literal value their top-level conjunction requires.
+
+    - by_exact: request.path exact literals;
+    - by_segment: path prefixes keyed by their first path segment ('/shop/cart/' -> 'shop'),
+      each bucket a list of (prefix, rules) tested with startswith; short prefixes go in `short`;
+    - by_value: (attribute getter, {value: rules}) for `exact`/`in` matchers on any other attribute;
+    - always: rules with no usable literal.
+    A request gathers only the buckets its values select, then runs those rules in evaluation order.
+    """
 
     always: tuple[CompiledRule, ...]
     by_exact: Mapping[str, tuple[CompiledRule, ...]]
-    by_prefix: Mapping[str, tuple[CompiledRule, ...]]
-    prefix_lengths: tuple[int, ...]
+    by_segment: Mapping[str, tuple[tuple[str, tuple[CompiledRule, ...]], ...]]
+    short: tuple[tuple[str, tuple[CompiledRule, ...]], ...]
+    by_value: tuple[tuple[attributes.Getter, Mapping[str, tuple[CompiledRule, ...]]], ...]
     size: int
 
-    def candidates(self, path: str) -> Sequence[CompiledRule]:
-        """Rules that may match `path` (no query), in evaluation order."""
+    def candidates(self, path: str, req: CheckInput) -> Sequence[CompiledRule]:
+        """Rules that may match (path without query), in evaluation order."""
         found: list[tuple[CompiledRule, ...]] = []
         if self.always:
             found.append(self.always)
@@ -80,18 +89,31 @@ class StageIndex:
             hit = self.by_exact.get(path)
             if hit:
                 found.append(hit)
-        by_prefix = self.by_prefix
-        for length in self.prefix_lengths:
-            if length > len(path):
-                break
-            hit = by_prefix.get(path[:length])
-            if hit:
-                found.append(hit)
+        if self.by_segment:
+            cut = path.find("/", 1)
+            bucket = self.by_segment.get(path[1:cut] if cut > 0 else path[1:])
+            if bucket:
+                for prefix, group in bucket:
+                    if path.startswith(prefix):
+                        found.append(group)
+        for prefix, group in self.short:
+            if path.startswith(prefix):
+                found.append(group)
+        for get, table in self.by_value:
+            value = get(req)
+            if value is not None:
+                if isinstance(value, str):
+                    hit = table.get(value)
+                    if hit:
+                        found.append(hit)
+                else:
+                    found.extend(table[v] for v in set(value) if v in table)
         if not found:
             return ()
         if len(found) == 1:
             return found[0]
-        return sorted((r for group in found for r in group), key=_ordinal)
+        unique = {r.ordinal: r for group in found for r in group}
+        return [unique[k] for k in sorted(unique)]
 
 
 def _ordinal(rule: CompiledRule) -> int:
@@ -168,17 +190,24 @@ def _network_test(entries: Iterable[str]) -> Callable[[str], bool]:
         )
     groups = sorted(by_length.items())
 
+    parsed: dict[str, tuple[int, int, int] | None] = {}  # address text -> (version, bits, int); bounded
+
     def test(value: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(value.strip("[]"))
-        except ValueError:
+        if value in parsed:
+            found = parsed[value]
+        else:
+            try:
+                addr = ipaddress.ip_address(value.strip("[]"))
+                found = (addr.version, addr.max_prefixlen, int(addr))
+            except ValueError:
+                found = None
+            if len(parsed) >= 65536:
+                parsed.clear()
+            parsed[value] = found
+        if found is None:
             return False
-        as_int = int(addr)
-        bits = addr.max_prefixlen
-        return any(
-            version == addr.version and (as_int >> (bits - length)) in keys
-            for (version, length), keys in groups
-        )
+        version, bits, as_int = found
+        return any(v == version and (as_int >> (bits - length)) in keys for (v, length), keys in groups)
 
     return test
 
@@ -290,34 +319,92 @@ def _any(parts: Sequence[Predicate]) -> Predicate:
     return lambda r: any(p(r) for p in tup)
 
 
-def _path_index_key(match: dict[str, Any]) -> tuple[str, str] | None:
-    """('exact'|'prefix', literal) when the rule's top level requires a case-sensitive path literal."""
-    raw = match.get("request.path")
-    if not isinstance(raw, dict) or raw.get("ignore_case"):
-        return None
-    if isinstance(raw.get("exact"), str) and len(raw) == 1:
-        return ("exact", raw["exact"])
-    if isinstance(raw.get("prefix"), str) and len(raw) == 1 and raw["prefix"]:
-        return ("prefix", raw["prefix"])
+_REGEX_META = frozenset("\\.^$|?*+()[]{}")
+IndexKey = tuple[str, str, tuple[str, ...]]  # (kind, attribute, literals)
+
+
+def _literal_prefix(pattern: str, *, glob: bool) -> str:
+    """The literal text every match must start with ('' when unknown)."""
+    if glob:
+        cut = min((i for i, ch in enumerate(pattern) if ch in "*?"), default=len(pattern))
+        return pattern[:cut]
+    if "|" in pattern or pattern.startswith("^"):
+        return ""
+    out: list[str] = []
+    for ch in pattern:
+        if ch in _REGEX_META:
+            if ch in "?*{" and out:
+                out.pop()  # the last literal may be optional or repeated
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+def _index_key(match: dict[str, Any], lists: Mapping[str, ListDoc]) -> IndexKey | None:
+    """A literal the rule's top level requires: path exact/prefix first, else any exact/in matcher."""
+    path = match.get("request.path")
+    if isinstance(path, dict) and not path.get("ignore_case") and len(path) == 1:
+        op, value = next(iter(path.items()))
+        if op == "exact" and isinstance(value, str):
+            return ("path_exact", "request.path", (value,))
+        prefix = ""
+        if op == "prefix" and isinstance(value, str):
+            prefix = value
+        elif op in ("regex", "glob") and isinstance(value, str):
+            prefix = _literal_prefix(value, glob=op == "glob")
+        if prefix.startswith("/"):
+            return ("path_prefix", "request.path", (prefix,))
+    for attribute, raw in match.items():
+        if attribute in ("all", "any", "not", "request.path") or not isinstance(raw, dict):
+            continue
+        if raw.get("ignore_case") or len(raw) != 1:
+            continue
+        op, value = next(iter(raw.items()))
+        if op == "exact" and isinstance(value, str):
+            return ("value", check_attribute(attribute), (value,))
+        if op == "in" and isinstance(value, list) and all(isinstance(v, str) for v in value) and value:
+            return ("value", check_attribute(attribute), tuple(value))
+        listed = lists.get(value) if op == "in_list" and isinstance(value, str) else None
+        if listed is not None and listed.kind == "string" and listed.entries:
+            return ("value", check_attribute(attribute), tuple(listed.entries))
     return None
 
 
-def _build_index(rules: Sequence[tuple[CompiledRule, tuple[str, str] | None]]) -> StageIndex:
+def _build_index(rules: Sequence[tuple[CompiledRule, IndexKey | None]], *, jwt_header: str) -> StageIndex:
     always: list[CompiledRule] = []
     exact: dict[str, list[CompiledRule]] = {}
-    prefix: dict[str, list[CompiledRule]] = {}
+    prefixes: dict[str, list[CompiledRule]] = {}
+    values: dict[str, dict[str, list[CompiledRule]]] = {}
     for rule, key in rules:
         if key is None:
             always.append(rule)
-        elif key[0] == "exact":
-            exact.setdefault(key[1], []).append(rule)
+            continue
+        kind, attribute, literals = key
+        if kind == "path_exact":
+            exact.setdefault(literals[0], []).append(rule)
+        elif kind == "path_prefix":
+            prefixes.setdefault(literals[0], []).append(rule)
         else:
-            prefix.setdefault(key[1], []).append(rule)
+            table = values.setdefault(attribute, {})
+            for literal in dict.fromkeys(literals):
+                table.setdefault(literal, []).append(rule)
+    by_segment: dict[str, list[tuple[str, tuple[CompiledRule, ...]]]] = {}
+    short: list[tuple[str, tuple[CompiledRule, ...]]] = []
+    for prefix, group in prefixes.items():
+        cut = prefix.find("/", 1)
+        if cut > 0:
+            by_segment.setdefault(prefix[1:cut], []).append((prefix, tuple(group)))
+        else:
+            short.append((prefix, tuple(group)))
     return StageIndex(
         always=tuple(always),
         by_exact={k: tuple(v) for k, v in exact.items()},
-        by_prefix={k: tuple(v) for k, v in prefix.items()},
-        prefix_lengths=tuple(sorted({len(k) for k in prefix})),
+        by_segment={k: tuple(v) for k, v in by_segment.items()},
+        short=tuple(short),
+        by_value=tuple(
+            (attributes.getter(attribute, jwt_header=jwt_header), {k: tuple(v) for k, v in table.items()})
+            for attribute, table in values.items()
+        ),
         size=len(rules),
     )
 
@@ -384,7 +471,7 @@ def compile_snapshot(
                 raise PolicyError(f"list {listed.name!r}: field entries: {exc}") from None
     limits = {x.name: _compile_limit(x, jwt_header) for x in document.limits}
     used: set[str] = set()
-    staged: dict[str, list[tuple[CompiledRule, tuple[str, str] | None]]] = {
+    staged: dict[str, list[tuple[CompiledRule, IndexKey | None]]] = {
         "deny": [],
         "rate_limit": [],
         "allow": [],
@@ -411,7 +498,7 @@ def compile_snapshot(
             decision=_decision_for(rule),
             limit=limit,
         )
-        staged[rule.action].append((compiled, _path_index_key(rule.match)))
+        staged[rule.action].append((compiled, _index_key(rule.match, lists)))
     default = (
         Decision(kind="allow", status=200, rule_id="default")
         if default_decision == "allow"
@@ -420,9 +507,9 @@ def compile_snapshot(
     referenced = tuple(sorted(used))
     return Snapshot(
         revision=revision,
-        deny=_build_index(staged["deny"]),
-        rate_limit=_build_index(staged["rate_limit"]),
-        allow=_build_index(staged["allow"]),
+        deny=_build_index(staged["deny"], jwt_header=jwt_header),
+        rate_limit=_build_index(staged["rate_limit"], jwt_header=jwt_header),
+        allow=_build_index(staged["allow"], jwt_header=jwt_header),
         default=default,
         referenced=referenced,
         cache_key_getters=tuple(attributes.getter(a, jwt_header=jwt_header) for a in referenced),

@@ -14,8 +14,8 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2  # type: ignore[import-untyped]
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from policy.service import PolicyService
@@ -67,7 +67,8 @@ def check_input(request: Any) -> CheckInput:
         path=http.path,
         host=http.host,
         scheme=http.scheme,
-        request_id=http.id,
+        # http.id is Envoy's numeric stream id; x-request-id is what access logs carry.
+        request_id=http.headers.get("x-request-id") or http.id,
         headers=http.headers,
         source_address=source.address.socket_address.address,
         source_principal=source.principal,

@@ -96,6 +96,7 @@ class Spool:
             return 0
         used = self.size_bytes
         chunks: list[bytes] = []
+        chunk_len = 0
         written = 0
         for key, value in records:
             frame_len = _FRAME.size + (len(key) if key is not None else 0) + len(value)
@@ -106,10 +107,21 @@ class Spool:
                 chunks.append(key)
             chunks.append(value)
             used += frame_len
+            chunk_len += frame_len
             written += 1
-        if written:
+            if self._segment_fill() + chunk_len >= self.segment_bytes:
+                self._write(b"".join(chunks))
+                chunks, chunk_len = [], 0
+        if chunks:
             self._write(b"".join(chunks))
         return written
+
+    def _segment_fill(self) -> int:
+        """Bytes in the segment the next write goes to (0 when it will start a new one)."""
+        if self._writer is None:
+            return 0
+        size = self._sizes.get(self._writer_seq, 0)
+        return size if size < self.segment_bytes else 0
 
     def _write(self, data: bytes) -> None:
         if self._writer is None or self._sizes.get(self._writer_seq, 0) >= self.segment_bytes:

@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy import case
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from remixer.calledges import call_edges
 from telemetry.pipeline import EdgeCounts
@@ -37,7 +38,12 @@ class SqlCallEdgeStore:
 
     @classmethod
     def connect(cls, url: str, *, schema: str | None = None) -> SqlCallEdgeStore:
-        engine = create_async_engine(url)
+        # SQLite: no pooled connection, so no aiosqlite worker thread polls between flushes.
+        engine = (
+            create_async_engine(url, poolclass=NullPool)
+            if url.startswith("sqlite")
+            else create_async_engine(url)
+        )
         if schema:
             engine = engine.execution_options(schema_translate_map={None: schema})
         return cls(engine)

@@ -1,6 +1,8 @@
-"""Per-batch aggregation into plain structures, merged into the running totals once per batch.
+"""Running totals per label set in plain structures: counts and per-bucket histogram counts.
 
-The exporter reads the totals at scrape time; nothing here knows Prometheus.
+The edge resolves a label set to its slot once per kind of entry (cached), then adds to plain ints;
+the exporter reads the totals at scrape time, so there is no exporter call per entry or per batch.
+Nothing here knows Prometheus.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class Aggregates:
         # Label sets that arrived after the cap was reached and were folded into the overflow series.
         self.overflowed = {"http": 0, "tcp": 0}
 
-    def add_http(self, labels: Labels, series: HttpSeries) -> None:
+    def http_slot(self, labels: Labels) -> HttpSeries:
+        """The running totals for a label set (the overflow series once the cap is reached)."""
         slot = self.http.get(labels)
         if slot is None:
             if len(self.http) >= self.max_series:
@@ -101,9 +104,9 @@ class Aggregates:
                 slot = self.http.get(labels)
             if slot is None:
                 slot = self.http[labels] = HttpSeries()
-        slot.add(series)
+        return slot
 
-    def add_tcp(self, labels: Labels, series: TcpSeries) -> None:
+    def tcp_slot(self, labels: Labels) -> TcpSeries:
         slot = self.tcp.get(labels)
         if slot is None:
             if len(self.tcp) >= self.max_series:
@@ -112,7 +115,13 @@ class Aggregates:
                 slot = self.tcp.get(labels)
             if slot is None:
                 slot = self.tcp[labels] = TcpSeries()
-        slot.add(series)
+        return slot
+
+    def add_http(self, labels: Labels, series: HttpSeries) -> None:
+        self.http_slot(labels).add(series)
+
+    def add_tcp(self, labels: Labels, series: TcpSeries) -> None:
+        self.tcp_slot(labels).add(series)
 
     def http_items(self) -> Iterable[tuple[Labels, HttpSeries]]:
         return list(self.http.items())

@@ -8,7 +8,7 @@ the next message, so a slow Kafka or spool stops the stream rather than growing 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
@@ -53,13 +53,18 @@ class AccessLogServicer:
                     consumer.malformed("undecodable")
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 if reader is None:
-                    if not message.HasField("identifier"):
+                    if not message.identifier:
                         consumer.malformed("no_identifier")
                         await context.abort(
                             grpc.StatusCode.INVALID_ARGUMENT,
                             "the first StreamAccessLogsMessage of a stream must carry the identifier",
                         )
-                    reader = self._new_reader(decoding.stream_identity(message))
+                    try:
+                        identity = decoding.stream_identity(message.identifier)
+                    except decoding.MalformedMessage as exc:
+                        consumer.malformed("undecodable")
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    reader = self._new_reader(identity)
                 await consumer.accept(reader.read(message))
         finally:
             consumer.stream_closed()
@@ -78,6 +83,3 @@ class AccessLogServicer:
         )
         server.add_generic_rpc_handlers((handler,))
         return [SERVICE_NAME]
-
-
-Handler = Callable[[AsyncIterator[bytes], Any], Awaitable[als_pb2.StreamAccessLogsResponse]]

@@ -1,21 +1,31 @@
-"""Envoy access-log protobuf -> plain facts for the core. Hot path: read few fields, cache."""
+"""Envoy access-log messages -> plain facts for the core. The hot path: read few fields, cache the rest.
+
+Messages are parsed into remixer.v1.alsview (a projection of Envoy's StreamAccessLogsMessage with the same
+field numbers): fields telemetry does not need are skipped by the parser, and the submessages it only
+caches on (response flags, TLS properties, the response code wrapper) stay raw bytes, decoded once per
+distinct value. Per entry: one memo lookup for the labels, direct updates of the running histograms, and
+one record.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy.config.core.v3 import address_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 from google.protobuf.message import DecodeError
 
+from remixer.v1 import als_view_pb2
 from telemetry.core import labels as core_labels
-from telemetry.core.aggregates import HttpSeries, TcpSeries, bucket_of
-from telemetry.structs import Derived, EntryFacts, Labels, StreamIdentity, WorkloadIdentity
+from telemetry.core.aggregates import HttpSeries, TcpSeries
+from telemetry.structs import ENVOY_BUCKETS, Derived, EntryFacts, Labels, StreamIdentity, WorkloadIdentity
 
 PEER_HEADER = "x-envoy-peer-metadata"
 MAX_MEMO = 4096
@@ -55,15 +65,16 @@ METHODS = ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TR
 # Entries that complete a request / connection; periodic and start logs are shipped but not counted.
 HTTP_COUNTED_TYPES = frozenset({0, 6})  # NotSet, DownstreamEnd
 TCP_COUNTED_TYPES = frozenset({0, 3})  # NotSet, TcpConnectionEnd
+View = als_view_pb2.StreamAccessLogsMessage
 
 
 class MalformedMessage(ValueError):
     """A StreamAccessLogsMessage that cannot be parsed or breaks the protocol."""
 
 
-def parse_message(data: bytes) -> als_pb2.StreamAccessLogsMessage:
+def parse_message(data: bytes) -> als_view_pb2.StreamAccessLogsMessage:
     try:
-        return als_pb2.StreamAccessLogsMessage.FromString(data)
+        return View.FromString(data)
     except DecodeError as exc:
         raise MalformedMessage(f"not a StreamAccessLogsMessage ({len(data)} bytes): {exc}") from None
 
@@ -72,8 +83,11 @@ def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
-def stream_identity(message: als_pb2.StreamAccessLogsMessage) -> StreamIdentity:
-    ident = message.identifier
+def stream_identity(raw_identifier: bytes) -> StreamIdentity:
+    try:
+        ident = als_pb2.StreamAccessLogsMessage.Identifier.FromString(raw_identifier)
+    except DecodeError as exc:
+        raise MalformedMessage(f"the stream identifier is not decodable: {exc}") from None
     node = ident.node
     metadata = struct_to_dict(node.metadata) if node.HasField("metadata") else {}
     return StreamIdentity(
@@ -83,9 +97,77 @@ def stream_identity(message: als_pb2.StreamAccessLogsMessage) -> StreamIdentity:
     )
 
 
-def flags_text(flags: accesslog_pb2.ResponseFlags) -> str:
-    codes = [FLAG_CODES.get(f.name, f.name) for f, value in flags.ListFields() if value]
-    return ",".join(codes) or "-"
+class _BoundedCache(dict[Any, Any]):
+    def remember(self, key: Any, value: Any) -> Any:
+        if len(self) >= MAX_MEMO:
+            self.clear()
+        self[key] = value
+        return value
+
+
+_FLAGS = _BoundedCache()
+_CODES = _BoundedCache()
+_TLS = _BoundedCache()
+_ADDRESSES = _BoundedCache()
+
+
+def flags_text(raw: bytes) -> str:
+    """Serialized ResponseFlags -> Envoy's short codes joined by ',' ('-' when none)."""
+    text = _FLAGS.get(raw)
+    if text is None:
+        try:
+            flags = accesslog_pb2.ResponseFlags.FromString(raw)
+            codes = [FLAG_CODES.get(f.name, f.name) for f, value in flags.ListFields() if value]
+        except DecodeError:
+            codes = []
+        text = _FLAGS.remember(raw, ",".join(codes) or "-")
+    return str(text)
+
+
+def response_code(raw: bytes) -> int:
+    code = _CODES.get(raw)
+    if code is None:
+        try:
+            code = wrappers_pb2.UInt32Value.FromString(raw).value
+        except DecodeError:
+            code = 0
+        _CODES.remember(raw, code)
+    return int(code)
+
+
+def tls_facts(raw: bytes) -> tuple[str, str, bool, str]:
+    """Serialized TLSProperties -> (peer URI SAN, local URI SAN, peer presented a certificate, SNI)."""
+    found = _TLS.get(raw)
+    if found is None:
+        try:
+            tls = accesslog_pb2.TLSProperties.FromString(raw)
+        except DecodeError:
+            return "", "", False, ""
+        peer = tls.peer_certificate_properties
+        peer_uri = next((s.uri for s in peer.subject_alt_name if s.uri), "")
+        local_uri = next((s.uri for s in tls.local_certificate_properties.subject_alt_name if s.uri), "")
+        mtls = bool(peer.subject_alt_name) or bool(peer.subject)
+        found = _TLS.remember(raw, (peer_uri, local_uri, mtls, tls.tls_sni_hostname))
+    return found  # type: ignore[no-any-return]
+
+
+def address_text(raw: bytes) -> str:
+    found = _ADDRESSES.get(raw)
+    if found is None:
+        try:
+            sock = address_pb2.Address.FromString(raw).socket_address
+            found = f"{sock.address}:{sock.port_value}" if sock.address else ""
+        except DecodeError:
+            found = ""
+        _ADDRESSES.remember(raw, found)
+    return str(found)
+
+
+def _pair(pairs: Sequence[Any], key: str) -> str:
+    for pair in pairs:
+        if pair.key == key:
+            return str(pair.value)
+    return ""
 
 
 class PeerCache:
@@ -93,11 +175,11 @@ class PeerCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._cache: dict[str | bytes, WorkloadIdentity | None] = {}
+        self._cache = _BoundedCache()
 
     def from_header(self, value: str) -> WorkloadIdentity | None:
         if value in self._cache:
-            return self._cache[value]
+            return self._cache[value]  # type: ignore[no-any-return]
         peer = None
         if len(value) <= self.max_bytes:
             try:
@@ -105,24 +187,22 @@ class PeerCache:
                 peer = core_labels.workload_identity(struct_to_dict(struct))
             except (DecodeError, binascii.Error, ValueError):
                 peer = None
-        return self._remember(value, peer)
+        return self._cache.remember(value, peer)  # type: ignore[no-any-return]
 
-    def from_any(self, type_url: str, value: bytes) -> WorkloadIdentity | None:
-        if value in self._cache:
-            return self._cache[value]
+    def from_any(self, raw_any: bytes) -> WorkloadIdentity | None:
+        if raw_any in self._cache:
+            return self._cache[raw_any]  # type: ignore[no-any-return]
         peer = None
-        if type_url.endswith("google.protobuf.Struct") and len(value) <= self.max_bytes:
+        if len(raw_any) <= self.max_bytes:
             try:
-                peer = core_labels.workload_identity(struct_to_dict(struct_pb2.Struct.FromString(value)))
+                packed = any_pb2.Any.FromString(raw_any)
+                if packed.type_url.endswith("google.protobuf.Struct"):
+                    peer = core_labels.workload_identity(
+                        struct_to_dict(struct_pb2.Struct.FromString(packed.value))
+                    )
             except (DecodeError, ValueError):
                 peer = None
-        return self._remember(value, peer)
-
-    def _remember(self, key: str | bytes, peer: WorkloadIdentity | None) -> WorkloadIdentity | None:
-        if len(self._cache) >= MAX_MEMO:
-            self._cache.clear()
-        self._cache[key] = peer
-        return peer
+        return self._cache.remember(raw_any, peer)  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True, eq=False)
@@ -133,21 +213,23 @@ class EntryKind:
     labels: Labels  # after the settings' drops / rewrites
     tcp_labels: Labels
     record_prefix: Any  # the record encoder's cached identity part
+    flags: str = "-"
+    response_code: int = 0
+    http: HttpSeries | None = None  # the running totals these entries add to (cap already applied)
+    tcp: TcpSeries | None = None
 
 
 @dataclass(slots=True)
 class BatchResult:
-    """One StreamAccessLogsMessage, aggregated: what the pipeline applies in one go."""
+    """One StreamAccessLogsMessage: entry counts per kind (for edges and misses), and its records."""
 
-    http: dict[EntryKind, HttpSeries] = field(default_factory=dict)
-    tcp: dict[EntryKind, TcpSeries] = field(default_factory=dict)
+    counts: dict[EntryKind, int] = field(default_factory=dict)
     records: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     entries: int = 0
     kind: str = "http"
 
 
-# (derived, stream) -> final labels, tcp labels, record prefix
-KindBuilder = Callable[[StreamIdentity, Derived], EntryKind]
+KindBuilder = Callable[[StreamIdentity, Derived, EntryFacts], EntryKind]
 RecordEncoder = Callable[[Any, dict[str, Any]], bytes]
 
 
@@ -173,18 +255,18 @@ class StreamReader:
         self._max_field = max_field
         self._path_label = path_label
         self._memo: dict[tuple[Any, ...], EntryKind] = {}
-        # Which response carries the peer's metadata header depends on the side we report from.
+        # Which side's headers carry the peer's metadata depends on the side we report from.
         self._peer_in_response_default = fallback_reporter == "source"
 
     def _new_kind(self, key: tuple[Any, ...], facts: EntryFacts) -> EntryKind:
         derived = core_labels.derive(self.identity, facts, fallback_reporter=self._fallback)
-        kind = self._build_kind(self.identity, derived)
+        kind = self._build_kind(self.identity, derived, facts)
         if len(self._memo) >= MAX_MEMO:
             self._memo.clear()
         self._memo[key] = kind
         return kind
 
-    def read(self, message: als_pb2.StreamAccessLogsMessage) -> BatchResult:
+    def read(self, message: als_view_pb2.StreamAccessLogsMessage) -> BatchResult:
         which = message.WhichOneof("log_entries")
         if which == "http_logs":
             return self._read_http(message.http_logs.log_entry)
@@ -192,35 +274,44 @@ class StreamReader:
             return self._read_tcp(message.tcp_logs.log_entry)
         return BatchResult()
 
-    def _peer(
-        self, common: accesslog_pb2.AccessLogCommon, header: str, outbound: bool
-    ) -> WorkloadIdentity | None:
+    def _peer(self, common: Any, header: str, outbound: bool) -> WorkloadIdentity | None:
         if header:
             return self._peers.from_header(header)
-        objects = common.filter_state_objects
-        if objects:
-            name = "upstream_peer" if outbound else "downstream_peer"
-            if name in objects:
-                obj = objects[name]
-                return self._peers.from_any(obj.type_url, obj.value)
+        name = "upstream_peer" if outbound else "downstream_peer"
+        for pair in common.filter_state_objects:
+            if pair.key == name:
+                return self._peers.from_any(pair.value)
         return None
 
-    @staticmethod
-    def _tls(common: accesslog_pb2.AccessLogCommon) -> tuple[str, str, bool]:
-        tls = common.tls_properties
-        peer_cert = tls.peer_certificate_properties
-        peer_uri = next((s.uri for s in peer_cert.subject_alt_name if s.uri), "")
-        local_uri = next((s.uri for s in tls.local_certificate_properties.subject_alt_name if s.uri), "")
-        mtls = bool(peer_cert.subject_alt_name) or bool(peer_cert.subject)
-        return peer_uri, local_uri, mtls
+    def _http_kind(self, key: tuple[Any, ...], common: Any, request: Any, response: Any) -> EntryKind:
+        cluster, authority, raw_code, raw_flags, raw_tls, peer_header, grpc_status, path, outbound = key
+        tls = tls_facts(raw_tls) if raw_tls else ("", "", False, "")
+        facts = EntryFacts(
+            upstream_cluster=cluster,
+            authority=authority,
+            response_code=response_code(raw_code) if raw_code else 0,
+            grpc_status=grpc_status,
+            response_flags=flags_text(raw_flags) if raw_flags else "-",
+            protocol="grpc" if grpc_status else "http",
+            peer=self._peer(common, peer_header, outbound),
+            peer_principal=tls[0],
+            local_principal=tls[1],
+            mtls=tls[2],
+            request_path=path,
+        )
+        return self._new_kind(key, facts)
 
     def _read_http(self, entries: Any) -> BatchResult:
         result = BatchResult(kind="http")
-        series_by_kind = result.http
+        counts = result.counts
         records = result.records
+        memo = self._memo
         encode = self._encode
         max_field = self._max_field
+        path_label = self._path_label
         peer_default = self._peer_in_response_default
+        buckets = ENVOY_BUCKETS
+        counted_types = HTTP_COUNTED_TYPES
         for entry in entries:
             common = entry.common_properties
             request = entry.request
@@ -230,36 +321,31 @@ class StreamReader:
                 peer_default and not cluster.startswith("inbound|")
             )
             headers = response.response_headers if outbound else request.request_headers
-            peer_header = headers.get(PEER_HEADER, "") if headers else ""
+            peer_header = _pair(headers, PEER_HEADER) if headers else ""
             trailers = response.response_trailers
-            grpc_status = trailers.get("grpc-status", "") if trailers else ""
+            grpc_status = _pair(trailers, "grpc-status") if trailers else ""
             if not grpc_status and response.response_headers:
-                grpc_status = response.response_headers.get("grpc-status", "")
-            flags = flags_text(common.response_flags) if common.HasField("response_flags") else "-"
-            tls = self._tls(common) if common.HasField("tls_properties") else None
-            code = response.response_code.value
-            authority = request.authority
+                grpc_status = _pair(response.response_headers, "grpc-status")
             filter_state = bool(common.filter_state_objects)
-            path = self._path_label(request.path) if self._path_label is not None else None
-            key = (cluster, authority, code, grpc_status, flags, peer_header, tls, filter_state, path)
-            kind = self._memo.get(key)
+            raw_code = response.response_code
+            authority = request.authority
+            raw_flags = common.response_flags
+            path = path_label(request.path) if path_label is not None else None
+            key = (
+                cluster,
+                authority,
+                raw_code,
+                raw_flags,
+                common.tls_properties,
+                peer_header,
+                grpc_status,
+                path,
+                outbound if filter_state else None,
+            )
+            kind = memo.get(key)
             if kind is None:
-                kind = self._new_kind(
-                    key,
-                    EntryFacts(
-                        upstream_cluster=cluster,
-                        authority=authority,
-                        response_code=code,
-                        grpc_status=grpc_status,
-                        response_flags=flags,
-                        protocol="grpc" if grpc_status else "http",
-                        peer=self._peer(common, peer_header, outbound),
-                        peer_principal=tls[0] if tls else "",
-                        local_principal=tls[1] if tls else "",
-                        mtls=tls[2] if tls else False,
-                        request_path=path,
-                    ),
-                )
+                kind = self._http_kind(key, common, request, response)
+            counts[kind] = counts.get(kind, 0) + 1
             duration = common.duration
             duration_ms = duration.seconds * 1000 + duration.nanos / 1e6
             if not duration_ms:
@@ -267,16 +353,14 @@ class StreamReader:
                 duration_ms = last.seconds * 1000 + last.nanos / 1e6
             request_bytes = request.request_headers_bytes + request.request_body_bytes
             response_bytes = response.response_headers_bytes + response.response_body_bytes
-            if common.access_log_type in HTTP_COUNTED_TYPES:
-                series = series_by_kind.get(kind)
-                if series is None:
-                    series = series_by_kind[kind] = HttpSeries()
+            series = kind.http
+            if series is not None and common.access_log_type in counted_types:
                 series.count += 1
-                series.duration[bucket_of(duration_ms)] += 1
+                series.duration[bisect_left(buckets, duration_ms)] += 1
                 series.duration_sum += duration_ms
-                series.request_bytes[bucket_of(request_bytes)] += 1
+                series.request_bytes[bisect_left(buckets, request_bytes)] += 1
                 series.request_sum += request_bytes
-                series.response_bytes[bucket_of(response_bytes)] += 1
+                series.response_bytes[bisect_left(buckets, response_bytes)] += 1
                 series.response_sum += response_bytes
             if encode is not None:
                 start = common.start_time
@@ -291,13 +375,15 @@ class StreamReader:
                                 "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
                                 "duration_ms": duration_ms,
                                 "upstream_cluster": cluster,
-                                "response_flags": flags,
+                                "response_flags": kind.flags,
                                 "request_id": request.request_id,
-                                "method": METHODS[method] if method < len(METHODS) else "",
-                                "authority": authority[:max_field],
+                                "method": METHODS[method] if 0 <= method < len(METHODS) else "",
+                                "authority": authority
+                                if len(authority) <= max_field
+                                else authority[:max_field],
                                 "path": req_path if len(req_path) <= max_field else req_path[:max_field],
                                 "user_agent": request.user_agent[:max_field],
-                                "response_code": code,
+                                "response_code": kind.response_code,
                                 "grpc_status": grpc_status,
                                 "request_bytes": request_bytes,
                                 "response_bytes": response_bytes,
@@ -311,40 +397,38 @@ class StreamReader:
     def _read_tcp(self, entries: Any) -> BatchResult:
         result = BatchResult(kind="tcp")
         encode = self._encode
+        peer_default = self._peer_in_response_default
         for entry in entries:
             common = entry.common_properties
             props = entry.connection_properties
             cluster = common.upstream_cluster
-            outbound = cluster.startswith("outbound|") or (
-                self._peer_in_response_default and not cluster.startswith("inbound|")
-            )
-            flags = flags_text(common.response_flags) if common.HasField("response_flags") else "-"
-            tls = self._tls(common) if common.HasField("tls_properties") else None
-            sni = common.tls_properties.tls_sni_hostname if tls else ""
-            upstream = common.upstream_remote_address.socket_address
-            authority = sni or (f"{upstream.address}:{upstream.port_value}" if upstream.address else "")
+            raw_tls = common.tls_properties
+            raw_flags = common.response_flags
             filter_state = bool(common.filter_state_objects)
-            key = ("tcp", cluster, authority, flags, tls, filter_state)
+            outbound = cluster.startswith("outbound|") or (
+                peer_default and not cluster.startswith("inbound|")
+            )
+            upstream_raw = common.upstream_remote_address
+            key = ("tcp", cluster, raw_flags, raw_tls, upstream_raw, outbound if filter_state else None)
             kind = self._memo.get(key)
             if kind is None:
-                kind = self._new_kind(
-                    key,
-                    EntryFacts(
-                        upstream_cluster=cluster,
-                        authority=authority,
-                        response_flags=flags,
-                        protocol="tcp",
-                        peer=self._peer(common, "", outbound),
-                        peer_principal=tls[0] if tls else "",
-                        local_principal=tls[1] if tls else "",
-                        mtls=tls[2] if tls else False,
-                    ),
+                tls = tls_facts(raw_tls) if raw_tls else ("", "", False, "")
+                upstream = address_text(upstream_raw) if upstream_raw else ""
+                facts = EntryFacts(
+                    upstream_cluster=cluster,
+                    authority=tls[3] or upstream,
+                    response_flags=flags_text(raw_flags) if raw_flags else "-",
+                    protocol="tcp",
+                    peer=self._peer(common, "", outbound),
+                    peer_principal=tls[0],
+                    local_principal=tls[1],
+                    mtls=tls[2],
                 )
+                kind = self._new_kind(key, facts)
+            result.counts[kind] = result.counts.get(kind, 0) + 1
             sent, received = props.sent_bytes, props.received_bytes
-            if common.access_log_type in TCP_COUNTED_TYPES:
-                series = result.tcp.get(kind)
-                if series is None:
-                    series = result.tcp[kind] = TcpSeries()
+            series = kind.tcp
+            if series is not None and common.access_log_type in TCP_COUNTED_TYPES:
                 series.sent += sent
                 series.received += received
                 series.opened += 1
@@ -361,7 +445,7 @@ class StreamReader:
                                 "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
                                 "duration_ms": duration.seconds * 1000 + duration.nanos / 1e6,
                                 "upstream_cluster": cluster,
-                                "response_flags": flags,
+                                "response_flags": kind.flags,
                                 "sent_bytes": sent,
                                 "received_bytes": received,
                             },

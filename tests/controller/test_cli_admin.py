@@ -41,6 +41,7 @@ def mesh_url(prometheus_factory: PrometheusFactory) -> str:
     now = time.time()
     series = [
         call(now, source=("shop", "frontend-v1"), service=("shop", "cart")),
+        call(now, source=("shop", "frontend-v1"), service=("shop", "cart"), code="503", rate=0.5),
         call(now, source=("shop", "cart-v1"), service=("data", "redis"), protocol="tcp"),
         call(now, source=("unknown", "unknown"), service=("shop", "frontend"), reporter="destination"),
     ]
@@ -141,6 +142,13 @@ def test_graph_api(mesh_url: str) -> None:
     client = TestClient(app)
     body = client.get("/v1/graph", params={"view": "workload"}).json()
     assert {n["id"] for n in body["nodes"]} >= {"wl_shop_frontend-v1", "wl_shop_cart-v1", "unknown_source"}
+    to_cart = [
+        e for e in body["edges"] if (e["source"], e["target"]) == ("wl_shop_frontend-v1", "wl_shop_cart-v1")
+    ]
+    assert len(to_cart) == 1
+    assert to_cart[0]["protocol"] == "http"
+    # 1.5 req/s of which 0.5 are 503s (rates are extrapolated by Prometheus, so compare the ratio).
+    assert abs(to_cart[0]["error_rate"] / to_cart[0]["request_rate"] - 1 / 3) < 0.02
     assert (
         client.get("/v1/graph", params={"format": "dot"})
         .headers["content-type"]
@@ -150,11 +158,14 @@ def test_graph_api(mesh_url: str) -> None:
     assert client.get("/v1/graph", params={"view": "nope"}).status_code == 400
     down = FastAPI()
     down.include_router(
-        admin_router(ControllerSettings(prometheus_url="http://127.0.0.1:9", prometheus_retries=0))
+        admin_router(
+            ControllerSettings(prometheus_url="http://reader:s3cret@127.0.0.1:9", prometheus_retries=0)
+        )
     )
     answer = TestClient(down).get("/v1/graph")
     assert answer.status_code == 503
     assert "unreachable" in answer.json()["detail"]
+    assert "s3cret" not in answer.text
 
 
 def _free_port() -> int:
@@ -274,3 +285,65 @@ async def test_store_migrates_and_round_trips_on_postgresql() -> None:
         async with admin.begin() as connection:
             await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await admin.dispose()
+
+
+_SHIM = """
+import argparse, sys
+from controller import cli
+from controller.settings import ControllerSettings
+parser = argparse.ArgumentParser()
+cli.add_arguments(parser)
+sys.exit(cli.run(parser.parse_args(sys.argv[1:]), ControllerSettings()))
+"""
+
+
+def test_loop_command_serves_metrics_and_stops_on_sigterm(mesh_url: str, tmp_path: Path) -> None:
+    import signal
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _SHIM,
+            "loop",
+            "--prometheus-url",
+            mesh_url,
+            "--sink",
+            f"dir:{tmp_path / 'out'}",
+            "--data-dir",
+            str(tmp_path),
+            "--interval",
+            "1s",
+            "--metrics-address",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        body = ""
+        while 'remixer_controller_runs_total{outcome="nothing-to-write"}' not in body:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, body
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                continue
+        assert 'remixer_controller_xds_clusters{scope="before"}' in body
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert sorted(p.name for p in (tmp_path / "out").glob("*/*.yaml")) == [
+        "remixer-cart-v1.yaml",
+        "remixer-frontend-v1.yaml",
+    ]

@@ -217,3 +217,35 @@ def test_fake_api_server_semantics(fake_kube: tuple[FakeKube, str]) -> None:
     assert kube.handle("DELETE", path + "?dryRun=All", {}, b"")[0] == 200
     assert kube.handle("DELETE", path, {}, b"")[0] == 200
     assert kube.handle("GET", path, {}, b"")[0] == 404
+
+
+async def test_namespace_defaults_keep_istio_s_one_selectorless_sidecar_rule(
+    mesh: tuple[str, float], fake_kube: tuple[FakeKube, str], tmp_path: Path
+) -> None:
+    prom_url, now = mesh
+    kube, api_url = fake_kube
+    # The pay namespace already has a person's namespace-wide Sidecar (under another name).
+    kube.put("networking.istio.io/v1", "sidecars", _human_sidecar("pay", "pay-wide", None))
+    settings = ControllerSettings(
+        prometheus_url=prom_url, kubernetes_api_url=api_url, namespace_default_sidecar=True
+    )
+    summary = await run_at(settings, sink="kube", data_dir=tmp_path, now=now)
+    assert summary.outcome == "wrote", summary.message
+    stored = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in kube.items()}
+    assert "shop/default" in stored
+    assert "pay/default" not in stored
+    shop_default = stored["shop/default"]
+    assert "workloadSelector" not in shop_default["spec"]
+    assert hosts(shop_default) == sorted(
+        [
+            "./*",
+            "istio-system/*",
+            f"data/{fqdn('redis', 'data')}",
+            f"pay/{fqdn('billing', 'pay')}",
+            f"shop/{fqdn('cart', 'shop')}",
+        ]
+    )
+    skipped = {c.name: c.reason for c in summary.changes if c.action == "skipped" and c.namespace == "pay"}
+    assert "selector-less Sidecar (pay-wide)" in skipped["default"]
+    # Selector Sidecars still go to pay: Istio prefers them over the namespace-wide one.
+    assert "pay/remixer-billing" in stored

@@ -9,8 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
+from controller.adapters.prometheus import parse_vector
+from controller.errors import SourceUnavailable
 from controller.settings import ControllerSettings
 from remixer.calledges import call_edges
 from remixer.calledges import metadata as call_edges_metadata
@@ -192,7 +198,8 @@ async def test_passthrough_calls_from_the_call_edge_table_are_discovered(
     prom = prometheus_factory(
         openmetrics=openmetrics_text([call(now, source=("shop", "frontend-v1"), service=("shop", "cart"))])
     )
-    database = tmp_path / "controller.db"
+    # Telemetry's default location: DATA_DIR/edges.db, found without any setting.
+    database = tmp_path / "edges.db"
     engine = create_engine(f"sqlite:///{database}")
     call_edges_metadata.create_all(engine)
     seen = dt.datetime.fromtimestamp(now - 30, tz=dt.UTC)
@@ -301,3 +308,71 @@ async def test_a_workload_with_thousands_of_callees(
     listed = hosts(read_dir_sidecars(out)["big/remixer-hub-v1"])
     assert len(listed) == 3001
     assert listed == sorted(listed)
+
+
+async def test_dir_sink_prunes_only_its_own_files_and_namespace_filter_limits_the_run(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    series = [
+        call(now, source=("shop", "frontend-v1"), service=("shop", "cart")),
+        call(now, source=("pay", "billing-v1"), service=("data", "ledger")),
+    ]
+    prom = prometheus_factory(openmetrics=openmetrics_text(series))
+    out = tmp_path / "out"
+    (out / "shop").mkdir(parents=True)
+    ours = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {
+            "name": "remixer-retired",
+            "namespace": "shop",
+            "labels": {"app.kubernetes.io/managed-by": "remixer-controller"},
+        },
+        "spec": {
+            "workloadSelector": {"labels": {"app": "retired"}},
+            "egress": [{"hosts": ["istio-system/*", "x/y"]}],
+        },
+    }
+    theirs = {**ours, "metadata": {"name": "hand-made", "namespace": "shop"}}
+    theirs["spec"] = {"workloadSelector": {"labels": {"app": "legacy"}}, "egress": [{"hosts": ["*/*"]}]}
+    (out / "shop" / "remixer-retired.yaml").write_text(yaml.safe_dump(ours))
+    (out / "shop" / "hand-made.yaml").write_text(yaml.safe_dump(theirs))
+    (out / "pay").mkdir()
+    (out / "pay" / "remixer-old.yaml").write_text(
+        yaml.safe_dump({**ours, "metadata": {**ours["metadata"], "name": "remixer-old", "namespace": "pay"}})
+    )
+    # A full run first (2 edges) into another directory, sharing the store: the shop-only run below
+    # sees 1 edge, which must be compared with shop-only history, not with the full run.
+    full = await run_at(_settings(prom.url), sink=f"dir:{tmp_path / 'full'}", data_dir=tmp_path, now=now)
+    assert full.edges == 2
+    summary = await run_at(
+        _settings(prom.url, max_removed_percent=100),
+        sink=f"dir:{out}",
+        data_dir=tmp_path,
+        now=now,
+        namespaces=["shop"],
+    )
+    assert summary.outcome == "wrote", summary.message
+    assert sorted(read_dir_sidecars(out)) == ["pay/remixer-old", "shop/hand-made", "shop/remixer-frontend-v1"]
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+        max_leaves=12,
+    )
+)
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_malformed_prometheus_results_are_rejected_never_misread(result: object) -> None:
+    try:
+        rows = parse_vector(result, "http://prom")
+    except SourceUnavailable as error:
+        message = str(error)
+        rows = None
+    if rows is None:
+        assert "malformed" in message
+        return
+    assert isinstance(result, list)
+    assert all(isinstance(row.value, float) for row in rows)

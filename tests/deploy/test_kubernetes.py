@@ -30,6 +30,7 @@ SECRET_STAND_INS = {
     "policy-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/remixer",
     "controller-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/remixer",
     "redis-url": "redis://redis.db.svc:6379/0",
+    "call-edges-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/edges",
 }
 
 
@@ -60,6 +61,23 @@ def test_every_core_object_validates_for_the_stated_kubernetes_version(built: li
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         checked += 1
     assert checked >= 10
+
+
+def test_the_validator_really_rejects_a_misspelt_field() -> None:
+    bad = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {
+                "metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "i", "readOnlyRootFS": True}]},
+            },
+        },
+    }
+    with pytest.raises(kubernetes_validate.ValidationError, match="readOnlyRootFS"):
+        kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
 
 
 def test_no_object_kind_escapes_validation(built: list[dict[str, Any]]) -> None:
@@ -273,3 +291,18 @@ def test_configmap_holds_only_values_that_differ_from_the_defaults() -> None:
         for part in dotted.split("."):
             default = default[part]
         assert str(value) != str(default), f"{dotted} repeats its default"
+
+
+def test_in_production_the_controller_reads_the_call_edges_telemetry_writes() -> None:
+    built = kustomize_build("kubernetes/overlays/production")
+
+    def secret_key(name: str, var: str) -> str:
+        for pod_name, template in pod_specs(built):
+            if pod_name == name:
+                env = {e["name"]: e for e in template["spec"]["containers"][0].get("env", [])}
+                return str(env[var]["valueFrom"]["secretKeyRef"]["key"])
+        raise AssertionError(name)
+
+    written = secret_key("Deployment/remixer-telemetry", "REMIXER_TELEMETRY__CALL_EDGES__DATABASE_URL")
+    read = secret_key("CronJob/remixer-controller", "REMIXER_CONTROLLER__CALL_EDGES_DATABASE_URL")
+    assert written == read == "call-edges-database-url"

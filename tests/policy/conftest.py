@@ -26,7 +26,7 @@ from remixer.parts import PartContext, Record
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-ADMIN_TOKEN = "test-admin-token"  # noqa: S105
+ADMIN_TOKEN = "test-admin-token"
 
 
 class MemorySink:

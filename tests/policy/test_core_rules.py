@@ -184,7 +184,7 @@ def test_default_deny_status_is_configurable() -> None:
 
 def test_explain_traces_every_rule_considered() -> None:
     snap = compile_doc(
-        {"rules": [rule("a", "deny", {"request.method": {"exact": "POST"}}), rule("b", "allow", {})]}
+        {"rules": [rule("a", "deny", {"request.method": {"prefix": "PO"}}), rule("b", "allow", {})]}
     )
     trace = matching.evaluate(snap, CheckInput(method="GET"), explain=True).trace
     assert [(s.stage, s.rule_id, s.matched) for s in trace] == [("deny", "a", False), ("allow", "b", True)]
@@ -247,9 +247,32 @@ def test_path_index_returns_the_same_decisions_as_a_linear_scan() -> None:
     many = [rule(f"p{i}", "deny", {"request.path": {"prefix": f"/svc{i}/"}}) for i in range(100)]
     many += [rule(f"e{i}", "deny", {"request.path": {"exact": f"/x{i}"}}) for i in range(50)]
     many += [rule("m", "deny", {"request.method": {"exact": "TRACE"}}, priority=5)]
+    many += [rule("short", "deny", {"request.path": {"prefix": "/sv"}, "request.method": {"exact": "X"}})]
+    many += [rule("re", "deny", {"request.path": {"regex": "/rx/v[0-9]+"}})]
     snap = compile_doc({"rules": many})
-    assert snap.deny.by_prefix and snap.deny.by_exact and snap.deny.always
+    assert snap.deny.by_segment
+    assert snap.deny.by_exact
+    assert snap.deny.by_value
     assert decide(snap, path="/svc7/a").decision.rule_id == "p7"
     assert decide(snap, path="/x3").decision.rule_id == "e3"
     assert decide(snap, path="/x3/more").decision.rule_id == "default"
     assert decide(snap, path="/svc7/a", method="TRACE").decision.rule_id == "p7"  # priority 5 runs later
+    assert decide(snap, path="/other", method="TRACE").decision.rule_id == "m"
+    assert decide(snap, path="/svc", method="X").decision.rule_id == "short"
+    assert decide(snap, path="/rx/v12").decision.rule_id == "re"
+    assert decide(snap, path="/rx/v").decision.rule_id == "default"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "glob", "prefix"),
+    [
+        ("/api/v[0-9]+/x", False, "/api/v"),
+        ("/api/vs?", False, "/api/v"),
+        ("/a|/b", False, ""),
+        ("/users/.*", False, "/users/"),
+        ("/files/**/x", True, "/files/"),
+        ("/f?le", True, "/f"),
+    ],
+)
+def test_literal_prefixes_of_patterns(pattern: str, glob: bool, prefix: str) -> None:
+    assert rules._literal_prefix(pattern, glob=glob) == prefix

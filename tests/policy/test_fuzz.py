@@ -80,6 +80,18 @@ DOCUMENT: dict[str, Any] = {
             "match": {"request.path": {"glob": "/api/**"}},
             "allow": {"headers": {"x-a": "1"}},
         },
+        {
+            "id": "m",
+            "action": "deny",
+            "match": {"request.method": {"in": ["DELETE", "get"]}},
+            "dry_run": True,
+        },
+        {
+            "id": "u",
+            "action": "deny",
+            "match": {"request.headers.x-user": {"exact": "badbot"}, "request.method": {"exact": "POST"}},
+        },
+        {"id": "g2", "action": "allow", "match": {"request.path": {"glob": "/svc1?/**"}}},
         {"id": "auth", "action": "allow", "match": {"request.headers.authorization": {"prefix": "Bearer "}}},
         {"id": "q", "action": "allow", "match": {"request.query.token": {"present": True}}},
     ],
@@ -134,10 +146,11 @@ def _linear(snapshot: rules.Snapshot, req: CheckInput) -> tuple[str, tuple[str, 
     """The reference: every rule of each stage in order, no index."""
 
     def stage(index: rules.StageIndex) -> list[rules.CompiledRule]:
-        everything = list(index.always)
-        for group in (*index.by_exact.values(), *index.by_prefix.values()):
-            everything.extend(group)
-        return sorted(everything, key=lambda r: r.ordinal)
+        groups = [index.always, *index.by_exact.values(), *(g for _, g in index.short)]
+        groups += [g for bucket in index.by_segment.values() for _, g in bucket]
+        groups += [g for _, table in index.by_value for g in table.values()]
+        unique = {r.ordinal: r for group in groups for r in group}
+        return [unique[k] for k in sorted(unique)]
 
     dry: list[str] = []
     for rule in stage(snapshot.deny):
@@ -218,7 +231,8 @@ def test_evaluator_and_servicer_on_generated_requests(
     expected = result.decision
     assert response.dynamic_metadata["rule"] == expected.rule_id
     if expected.allowed:
-        assert response.status.code == 0 and response.HasField("ok_response")
+        assert response.status.code == 0
+        assert response.HasField("ok_response")
     else:
         assert response.status.code == 7
         assert response.denied_response.status.code == expected.status

@@ -25,7 +25,8 @@ def test_token_bucket_bursts_then_refills() -> None:
     assert admitted == [True] * 10 + [False] * 2
     assert verdict.retry_after == pytest.approx(0.1)
     state, verdict = quotas.take_from_bucket(state, requests=10, period=1.0, now=100.25)
-    assert verdict.allowed and verdict.remaining == 1
+    assert verdict.allowed
+    assert verdict.remaining == 1
 
 
 def test_sliding_window_has_no_boundary_double_burst() -> None:

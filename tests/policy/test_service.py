@@ -109,7 +109,8 @@ async def test_store_outage_keeps_serving_the_last_snapshot(policy_factory: Poli
     assert run.metric("remixer_policy_store_staleness_seconds") >= 0.5
     assert run.metric("remixer_policy_reload_errors_total", source="store") >= 1
     readiness = run.part.readiness()
-    assert readiness.ready and "store read" in readiness.detail
+    assert readiness.ready
+    assert "store read" in readiness.detail
     with sqlite3.connect(db) as conn:
         conn.execute("ALTER TABLE policy_revision_away RENAME TO policy_revision")
     await asyncio.sleep(0.5)
@@ -156,7 +157,8 @@ async def test_decision_log_records_and_sampling(policy_factory: PolicyFactory) 
     await run.part.service.check(CheckInput(path="/admin", request_id="rid-1", method="GET"))
     await asyncio.sleep(0.35)
     records = run.sinks.sink("decisions").records
-    assert records and records[-1][0] == b"rid-1"
+    assert records
+    assert records[-1][0] == b"rid-1"
     assert b'"decision":"deny"' in records[-1][1]
     quiet = await policy_factory(policy=LIMITED, decision_log_sample=0.0)
     await quiet.part.service.check(CheckInput(path="/admin"))

@@ -79,6 +79,33 @@ class TansuBroker:
         return self.process is not None and self.process.poll() is None
 
 
+async def read_topic(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) the topic holds right now, from the beginning (a fresh consumer, no group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[tuple[bytes | None, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        await consumer.topics()  # metadata refresh
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return records
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while time.monotonic() < deadline:
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= ends[tp] for tp in tps):
+                break
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for messages in batch.values():
+                records.extend((m.key, m.value) for m in messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
 async def consume(
     bootstrap: str,
     topic: str,
@@ -86,33 +113,15 @@ async def consume(
     until: Callable[[list[tuple[bytes | None, bytes]]], bool],
     timeout: float = 30.0,
 ) -> list[tuple[bytes | None, bytes]]:
-    """Every (key, value) of `topic` from the beginning, until `until(records)` holds or the timeout passes."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
+    """Re-read `topic` from the beginning until `until(records)` holds or the timeout passes."""
+    deadline = time.monotonic() + timeout
     records: list[tuple[bytes | None, bytes]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        partitions: set[int] | None = None
-        while partitions is None and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await consumer.topics()  # refresh metadata
-                partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await asyncio.sleep(0.2)
-        if partitions is None:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # the broker may be (re)starting
+            records = await read_topic(bootstrap, topic, timeout=max(deadline - time.monotonic(), 1.0))
+        if until(records):
             return records
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        while not until(records) and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for messages in batch.values():
-                records.extend((m.key, m.value) for m in messages)
-    finally:
-        await consumer.stop()
+        await asyncio.sleep(0.3)
     return records
 
 

@@ -6,6 +6,19 @@ from typing import Any
 
 from remixer import envoy
 
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+PEER_HEADER = "x-envoy-peer-metadata"
+
+
+def http_access_log(cluster: str) -> list[dict[str, Any]]:
+    """Envoy's gRPC HTTP access logger, also logging the metadata-exchange header and gRPC status."""
+    logger = envoy.http_grpc_access_log(cluster, log_name="http_envoy_accesslog", flush="0.1s")
+    config = logger["typed_config"]
+    config["additional_request_headers_to_log"] = [PEER_HEADER]
+    config["additional_response_headers_to_log"] = [PEER_HEADER, "grpc-status"]
+    config["additional_response_trailers_to_log"] = ["grpc-status"]
+    return [logger]
+
 
 def istio_node(
     *, workload: str, namespace: str, app: str, version: str = "v1", cluster_id: str = "Kubernetes"
@@ -41,7 +54,7 @@ def tcp_proxy_listener(
                     {
                         "name": "envoy.filters.network.tcp_proxy",
                         "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "@type": TCP_PROXY,
                             "stat_prefix": name,
                             "cluster": cluster,
                             "access_log": access_log,
@@ -69,7 +82,7 @@ def sidecar_bootstrap(
     the server sidecar (inbound listener -> inbound|port||) and a TCP proxy; all log to remixer over ALS."""
     outbound_cluster = f"outbound|{service_port}||{service}"
     inbound_cluster = f"inbound|{service_port}||"
-    http_log = [envoy.http_grpc_access_log("remixer_als", log_name="http_envoy_accesslog", flush="0.1s")]
+    http_log = http_access_log("remixer_als")
     listeners = [
         envoy.http_listener(
             "outbound",

@@ -49,8 +49,8 @@ class RunningTelemetry:
                     out.append({**sample.labels, "__value__": str(sample.value)})
         return out
 
-    async def wait_for(self, check: Callable[[], bool], timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, check: Callable[[], bool], within: float = 15.0) -> None:
+        deadline = time.monotonic() + within
         while not check():
             if time.monotonic() > deadline:
                 raise AssertionError("condition not met in time")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import urllib.request
 from pathlib import Path
+
+from google.protobuf import struct_pb2
 
 from remixer.echo import EchoServer
 from remixer.envoy import free_port
@@ -15,8 +18,30 @@ from tests.telemetry.bootstraps import istio_node, sidecar_bootstrap
 from tests.telemetry.harness import running_telemetry
 
 
-def _get(port: int, path: str, *, host: str | None = None, request_id: str = "") -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+def peer_metadata_header(workload: str, namespace: str, app: str) -> str:
+    """What Istio's metadata exchange puts in x-envoy-peer-metadata: a base64 protobuf Struct."""
+    struct = struct_pb2.Struct()
+    struct.update(
+        {
+            "NAME": f"{workload}-xyz",
+            "NAMESPACE": namespace,
+            "WORKLOAD_NAME": workload,
+            "CLUSTER_ID": "Kubernetes",
+            "LABELS": {"app": app, "version": "v1"},
+        }
+    )
+    return base64.b64encode(struct.SerializeToString()).decode()
+
+
+def _get(
+    port: int,
+    path: str,
+    *,
+    host: str | None = None,
+    request_id: str = "",
+    headers: dict[str, str] | None = None,
+) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
     if host:
         req.add_header("Host", host)
     if request_id:
@@ -50,9 +75,13 @@ async def test_http_and_tcp_metrics_from_real_envoy(
         proxy = await asyncio.to_thread(envoy_factory, boot)
         for i in range(5):
             assert await asyncio.to_thread(_get, outbound, f"/items/{i}", request_id=f"out-{i}") == 200
+        peer = {"x-envoy-peer-metadata": peer_metadata_header("reviews-v1", "bookinfo", "reviews")}
         for i in range(3):
             host = "echo.default.svc.cluster.local:8080"
-            assert await asyncio.to_thread(_get, inbound, "/in", host=host, request_id=f"in-{i}") == 200
+            code = await asyncio.to_thread(
+                _get, inbound, "/in", host=host, request_id=f"in-{i}", headers=peer
+            )
+            assert code == 200
         for _ in range(2):
             await asyncio.to_thread(_tcp_roundtrip, tcp)
 
@@ -92,7 +121,10 @@ async def test_http_and_tcp_metrics_from_real_envoy(
         assert float(dest["__value__"]) == 3
         assert dest["destination_workload"] == "productpage-v1"
         assert dest["destination_workload_namespace"] == "bookinfo"
-        assert dest["source_workload"] == "unknown"
+        # The caller's identity came from the metadata-exchange header Envoy logged.
+        assert dest["source_workload"] == "reviews-v1"
+        assert dest["source_workload_namespace"] == "bookinfo"
+        assert dest["source_app"] == "reviews"
         assert dest["destination_service"] == "echo.default.svc.cluster.local"
         assert dest["connection_security_policy"] == "none"
 

@@ -36,11 +36,11 @@ async def _send(port: int, ids: list[str]) -> None:
     await asyncio.to_thread(run)
 
 
-async def _consume_ids(broker: TansuBroker, want: set[str], timeout: float) -> set[str]:
+async def _consume_ids(broker: TansuBroker, want: set[str], within: float) -> set[str]:
     def done(records: list[tuple[bytes | None, bytes]]) -> bool:
         return want <= {decode_json(v)["request_id"] for _, v in records}
 
-    records = await consume(broker.bootstrap, TOPIC, until=done, timeout=timeout)
+    records = await consume(broker.bootstrap, TOPIC, until=done, timeout=within)
     return {decode_json(v)["request_id"] for _, v in records}
 
 
@@ -70,7 +70,7 @@ async def test_every_request_id_reaches_kafka_across_a_broker_outage(
 
         before = [f"before-{i}" for i in range(50)]
         await _send(outbound, before)
-        assert before and set(before) <= await _consume_ids(kafka_broker, set(before), timeout=30)
+        assert set(before) <= await _consume_ids(kafka_broker, set(before), within=30)
 
         kafka_broker.stop()
         outage_started = time.monotonic()
@@ -90,11 +90,11 @@ async def test_every_request_id_reaches_kafka_across_a_broker_outage(
         await _send(outbound, after)
         # Memory storage: the restarted broker is empty, so what it holds came from the spool and after.
         want = set(during) | set(after)
-        seen = await _consume_ids(kafka_broker, want, timeout=60)
+        seen = await _consume_ids(kafka_broker, want, within=60)
         missing = want - seen
         assert not missing, f"{len(missing)} request ids never reached Kafka, e.g. {sorted(missing)[:5]}"
         dropped = tel.value(
             "remixer_shipping_records_dropped_total", {"stream": "access-logs", "reason": "spool_full"}
         )
         assert dropped == 0
-        await tel.wait_for(lambda: tel.hub.streams[0].spool.empty, timeout=10)
+        await tel.wait_for(lambda: tel.hub.streams[0].spool.empty, within=10)

@@ -35,6 +35,7 @@ def upgrade() -> None:
         "controller_runs",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("at", sa.Float, nullable=False),
+        sa.Column("scope", sa.String(2000), nullable=False),
         sa.Column("edges", sa.Integer, nullable=False),
         sa.Column("written", sa.Integer, nullable=False),
     )

@@ -1,0 +1,1 @@
+"""Alembic migrations of the policy tables (version table alembic_version_policy)."""

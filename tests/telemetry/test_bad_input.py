@@ -1,0 +1,252 @@
+"""Bad input on the ALS stream: a clear gRPC status for the offending stream, other streams carry on,
+nothing crashes. Hypothesis fuzzes the decoder with >= 10k generated messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2
+from google.protobuf import struct_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from remixer.parts import PartContext
+from telemetry.app import TelemetryPart
+from telemetry.edge import decoding
+from telemetry.settings import TelemetrySettings
+from tests.telemetry.harness import RunningTelemetry, running_telemetry
+
+METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+
+
+def identifier(
+    node_id: str = "sidecar~10.0.0.1~web-1.shop~shop.svc.cluster.local",
+) -> als_pb2.StreamAccessLogsMessage:
+    msg = als_pb2.StreamAccessLogsMessage()
+    msg.identifier.log_name = "http_envoy_accesslog"
+    msg.identifier.node.id = node_id
+    meta = struct_pb2.Struct()
+    meta.update({"NAMESPACE": "shop", "WORKLOAD_NAME": "web", "LABELS": {"app": "web"}})
+    msg.identifier.node.metadata.CopyFrom(meta)
+    return msg
+
+
+def http_message(entries: Sequence[accesslog_pb2.HTTPAccessLogEntry], *, first: bool = False) -> bytes:
+    msg = identifier() if first else als_pb2.StreamAccessLogsMessage()
+    msg.http_logs.log_entry.extend(entries)
+    return msg.SerializeToString()
+
+
+def entry(code: int = 200, cluster: str = "outbound|80||cart.shop.svc.cluster.local", **request: object):
+    e = accesslog_pb2.HTTPAccessLogEntry()
+    e.common_properties.upstream_cluster = cluster
+    e.response.response_code.value = code
+    e.request.request_method = base_pb2.GET
+    for key, value in request.items():
+        if isinstance(value, dict):
+            getattr(e.request, key).update(value)
+        else:
+            setattr(e.request, key, value)
+    return e
+
+
+async def send(tel: RunningTelemetry, messages: Sequence[bytes]) -> grpc.aio.AioRpcError | None:
+    async with grpc.aio.insecure_channel(tel.target) as channel:
+        call = channel.stream_unary(METHOD, request_serializer=None, response_deserializer=None)()
+        try:
+            for message in messages:
+                await call.write(message)
+            await call.done_writing()
+            await call
+        except grpc.aio.AioRpcError as exc:
+            return exc
+    return None
+
+
+def received(tel: RunningTelemetry) -> float:
+    return tel.value("remixer_telemetry_entries_received_total", {"kind": "http"})
+
+
+async def test_garbage_is_refused_and_other_streams_carry_on(tmp_path: Path) -> None:
+    async with running_telemetry(tmp_path) as tel:
+        error = await send(tel, [b"\xff\xfe garbage \x00\x01"])
+        assert error is not None
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "StreamAccessLogsMessage" in (error.details() or "")
+        assert tel.value("remixer_telemetry_messages_malformed_total", {"reason": "undecodable"}) == 1
+        # A good stream after (and the server) is unaffected.
+        assert await send(tel, [http_message([entry()], first=True), http_message([entry(404)] * 3)]) is None
+        assert received(tel) == 4
+
+
+async def test_a_stream_without_identifier_is_refused(tmp_path: Path) -> None:
+    async with running_telemetry(tmp_path) as tel:
+        error = await send(tel, [http_message([entry()])])
+        assert error is not None
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "identifier" in (error.details() or "")
+        assert tel.value("remixer_telemetry_messages_malformed_total", {"reason": "no_identifier"}) == 1
+        assert received(tel) == 0
+
+
+async def test_garbage_midstream_keeps_what_came_before(tmp_path: Path) -> None:
+    async with running_telemetry(tmp_path) as tel:
+        good = http_message([entry()] * 5, first=True)
+        error = await send(tel, [good, good[: len(good) // 2]])  # truncated second message
+        assert error is not None
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert received(tel) == 5
+
+
+async def test_odd_but_valid_input_is_counted_with_unknown_labels(tmp_path: Path) -> None:
+    async with running_telemetry(tmp_path) as tel:
+        bare = accesslog_pb2.HTTPAccessLogEntry()  # every optional field missing
+        huge_header = entry(request_headers={"x-envoy-peer-metadata": "A" * 1_000_000})
+        huge_path = entry(path="/p/" + "x" * 1_000_000)
+        # An unknown field (number 999, varint) appended to a valid message: parsers must skip it.
+        unknown = http_message([entry()]) + b"\xb8\x3e\x01"
+        assert await send(tel, [http_message([bare, huge_header, huge_path], first=True), unknown]) is None
+        assert received(tel) == 4
+        series = [s for s in tel.samples("istio_requests_total") if s["destination_service"] == "unknown"]
+        assert series
+        assert series[0]["response_code"] == "0"
+        assert series[0]["destination_workload"] == "unknown"
+        assert tel.value("remixer_telemetry_label_misses_total", {"label": "destination_service"}) >= 1
+        # The record of the 1 MB path is truncated, not refused.
+        sink = tel.hub.sink("access-logs")
+        await tel.hub.close()
+        records, _ = sink.spool.read(max_records=10, max_bytes=10 << 20)
+        paths = [len(json.loads(v)["path"]) for _, v in records]
+        assert max(paths) == TelemetrySettings().record_max_field_bytes
+
+
+# ---- fuzzing the decoder (no network: >= 10k messages in seconds) -------------------------------
+
+
+class _NoSinks:
+    def sink(self, stream: str) -> None:
+        return None
+
+
+async def _no_guard() -> None:
+    return None
+
+
+@pytest.fixture(scope="module")
+def reader() -> decoding.StreamReader:
+    context = PartContext(
+        data_dir=Path("/nonexistent"),
+        registry=CollectorRegistry(),
+        records=_NoSinks(),
+        require_writer=_no_guard,
+    )  # type: ignore[arg-type]
+    part = TelemetryPart(TelemetrySettings(call_edges={"enabled": False}), context)  # type: ignore[arg-type]
+    return part._new_reader(decoding.stream_identity(identifier().identifier.SerializeToString()))
+
+
+def _decode(reader: decoding.StreamReader, data: bytes) -> None:
+    try:
+        message = decoding.parse_message(data)
+    except decoding.MalformedMessage:
+        return
+    if message.identifier:
+        try:
+            decoding.stream_identity(message.identifier)
+        except decoding.MalformedMessage:
+            return
+    result = reader.read(message)
+    assert result.entries >= 0
+    for _, value in result.records:
+        json.loads(value)
+
+
+def fuzz(examples: int) -> settings:
+    return settings(
+        max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+
+
+# 5000 + 2000 + 3000 = 10k generated messages.
+
+
+@fuzz(5000)
+@given(st.binary(max_size=600))
+def test_fuzz_random_bytes(reader: decoding.StreamReader, data: bytes) -> None:
+    _decode(reader, data)
+
+
+texts = st.text(max_size=30)
+entries = st.builds(
+    lambda cluster, authority, code, path, flags, header, tls_uri, kind: _entry(
+        cluster, authority, code, path, flags, header, tls_uri, kind
+    ),
+    st.one_of(
+        texts, st.sampled_from(["outbound|80||a.b.svc.cluster.local", "inbound|80||", "PassthroughCluster"])
+    ),
+    texts,
+    st.integers(0, 2**32 - 1),
+    st.text(max_size=80),
+    st.booleans(),
+    st.one_of(st.none(), texts, st.just("e30=")),
+    st.one_of(st.none(), texts),
+    st.integers(0, 20),
+)
+
+
+def _entry(cluster, authority, code, path, flags, header, tls_uri, kind):  # type: ignore[no-untyped-def]
+    e = accesslog_pb2.HTTPAccessLogEntry()
+    c = e.common_properties
+    c.upstream_cluster = cluster
+    c.access_log_type = kind % 14
+    e.request.authority = authority
+    e.request.path = path
+    e.response.response_code.value = code
+    if flags:
+        c.response_flags.upstream_connection_failure = True
+        c.response_flags.unauthorized_details.reason = 1
+    if header is not None:
+        e.request.request_headers["x-envoy-peer-metadata"] = header
+        e.response.response_headers["x-envoy-peer-metadata"] = header
+        e.response.response_trailers["grpc-status"] = header[:2]
+    if tls_uri is not None:
+        c.tls_properties.peer_certificate_properties.subject_alt_name.add(uri=tls_uri)
+        c.tls_properties.tls_sni_hostname = tls_uri
+    return e
+
+
+@fuzz(2000)
+@given(st.lists(entries, min_size=1, max_size=8), st.booleans())
+def test_fuzz_structured_messages(
+    reader: decoding.StreamReader, batch: list[accesslog_pb2.HTTPAccessLogEntry], tcp: bool
+) -> None:
+    msg = als_pb2.StreamAccessLogsMessage()
+    if tcp:
+        for e in batch:
+            t = msg.tcp_logs.log_entry.add()
+            t.common_properties.CopyFrom(e.common_properties)
+            t.connection_properties.sent_bytes = len(e.request.path)
+    else:
+        msg.http_logs.log_entry.extend(batch)
+    data = msg.SerializeToString()
+    message = decoding.parse_message(data)
+    result = reader.read(message)
+    assert result.entries == len(batch)
+    _decode(reader, data)
+
+
+@fuzz(3000)
+@given(st.data())
+def test_fuzz_mutated_valid_messages(reader: decoding.StreamReader, data: st.DataObject) -> None:
+    base = bytearray(http_message([entry(), entry(503, path="/x/1")], first=True))
+    for _ in range(data.draw(st.integers(1, 6))):
+        pos = data.draw(st.integers(0, len(base) - 1))
+        base[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(base)))
+    _decode(reader, bytes(base[:cut]))
