@@ -267,7 +267,7 @@ def bare_sink() -> Iterator[tuple[int, int]]:
 
 
 class _BareServicer(als_pb2_grpc.AccessLogServiceServicer):
-    async def StreamAccessLogs(self, request_iterator, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def StreamAccessLogs(self, request_iterator, context):  # type: ignore[no-untyped-def]
         async for _ in request_iterator:
             pass
         return als_pb2.StreamAccessLogsResponse()
@@ -329,7 +329,7 @@ def measure_remixer(
 
 def measure_bare(pid: int, port: int, messages: list[bytes], args: argparse.Namespace) -> dict[str, float]:
     cpu0 = cpu_seconds(pid)
-    sent, wall = asyncio.run(drive(port, messages, streams=args.streams, seconds=args.seconds))
+    sent, _ = asyncio.run(drive(port, messages, streams=args.streams, seconds=args.seconds))
     time.sleep(0.3)
     cpu = cpu_seconds(pid) - cpu0
     return {"sent": sent, "cpu": cpu, "per_core": sent / cpu if cpu else 0.0}
@@ -376,12 +376,14 @@ def main() -> int:
     rem = [r["per_core"] for r in remixer_runs]
     for run in remixer_runs:
         print(
-            f"remixer run: sent={run['sent']:.0f} received={run['received']:.0f} kafka_acked={run['shipped']:.0f} "
+            f"remixer run: sent={run['sent']:.0f} received={run['received']:.0f} "
+            f"kafka_acked={run['shipped']:.0f} "
             f"cpu={run['cpu']:.2f}s wall={run['wall']:.2f}s -> {run['per_core']:,.0f} entries/CPU-s, "
             f"{run['wall_rate']:,.0f} entries/s wall, rss={run['rss']:.0f} MB"
         )
     print(
-        f"bare sink per core: median {statistics.median(bare):,.0f} (min {min(bare):,.0f}, max {max(bare):,.0f})"
+        f"bare sink per core: median {statistics.median(bare):,.0f} "
+        f"(min {min(bare):,.0f}, max {max(bare):,.0f})"
     )
     print(
         f"remixer per core:   median {statistics.median(rem):,.0f} (min {min(rem):,.0f}, max {max(rem):,.0f})"
@@ -390,7 +392,8 @@ def main() -> int:
     lost = half["sent"] - half["received"]
     unshipped = half["sent"] - half["shipped"]
     print(
-        f"at 50% of max ({max_rate / 2:,.0f} entries/s): sent={half['sent']:.0f} received={half['received']:.0f} "
+        f"at 50% of max ({max_rate / 2:,.0f} entries/s): sent={half['sent']:.0f} "
+        f"received={half['received']:.0f} "
         f"kafka_acked={half['shipped']:.0f} lost={lost:.0f} unshipped={unshipped:.0f} "
         f"spooled={spooled:.0f} dropped={dropped:.0f}"
     )

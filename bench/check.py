@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -145,7 +146,8 @@ def check_requests(count: int, *, seed: int) -> list[bytes]:
         if rng.random() < 0.1:
             path = f"/search/?q=item{rng.randrange(1000)}&page={rng.randrange(5)}"
         else:
-            path = f"/{svc}/v{rng.randrange(40)}/items/{rng.randrange(100000)}?currency=EUR&page={rng.randrange(9)}"
+            item = rng.randrange(100000)
+            path = f"/{svc}/v{rng.randrange(40)}/items/{item}?currency=EUR&page={rng.randrange(9)}"
         request_id = f"{rng.getrandbits(64):016x}-{n:08x}"
         msg = external_auth_pb2.CheckRequest()
         attrs = msg.attributes
@@ -201,14 +203,14 @@ async def serve_bare(port_file: Path) -> None:
     from google.rpc import status_pb2
 
     class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-        async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def Check(self, request: Any, context: Any) -> Any:
             return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=0))
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AllowAll(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    port_file.write_text(json.dumps({"grpc": port}))
+    port_file.write_text(json.dumps({"grpc": port}))  # noqa: ASYNC240 (once, before serving)
     await server.wait_for_termination()
 
 
@@ -247,7 +249,8 @@ async def serve_remixer(port_file: Path, policy_file: Path, cache_size: int, ext
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await part.start()
-    port_file.write_text(json.dumps({"grpc": port, "http": part.http_port}))  # type: ignore[attr-defined]
+    ports = {"grpc": port, "http": part.http_port}  # type: ignore[attr-defined]
+    port_file.write_text(json.dumps(ports))  # noqa: ASYNC240 (once, before serving)
     await server.wait_for_termination()
 
 
@@ -369,6 +372,50 @@ def drive(
     return {"rate": rate, "cpu_us": used / max(1, result["count"]) * 1e6, "errors": result["errors"]}
 
 
+def _shape(path: str, method: str = "GET") -> bytes:
+    """One Envoy-shaped CheckRequest for h2load (which repeats a single body)."""
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    msg = external_auth_pb2.CheckRequest.FromString(check_requests(1, seed=5)[0])
+    http = msg.attributes.request.http
+    http.path = http.headers[":path"] = path
+    http.method = http.headers[":method"] = method
+    return bytes(msg.SerializeToString())
+
+
+def drive_h2load(
+    server_pid: int, mode: str, port: int, request: bytes, args: argparse.Namespace
+) -> dict[str, float]:
+    """h2load (nghttp2, C) as the load client: cheap enough that the server, not the client, saturates."""
+    if mode == "grpc":
+        body = Path(tempfile.mkstemp(suffix=".grpc")[1])
+        body.write_bytes(b"\x00" + len(request).to_bytes(4, "big") + request)
+        target = f"http://127.0.0.1:{port}/envoy.service.auth.v3.Authorization/Check"
+        extra = ["-c", "2", "-m", str(max(1, args.concurrency // 2)), "-d", str(body)]
+        extra += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    else:
+        head = request.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+        _, path, _ = head[0].split(" ")
+        target = f"http://127.0.0.1:{port}{path}"
+        extra = ["--h1", "-c", str(args.concurrency), "-m", "1"]
+        for line in head[1:]:
+            name, _, value = line.partition(": ")
+            if name not in ("content-length",):
+                extra += ["-H", f"{name}: {value}"]
+    before = cpu_seconds(server_pid)
+    out = subprocess.run(
+        ["h2load", "-D", str(int(args.duration)), "-t", "1", *extra, target],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    used = cpu_seconds(server_pid) - before
+    done = int(out.split("requests: ")[1].split(" done")[0].split(",")[-1].strip())
+    failed = int(out.split(" succeeded, ")[1].split(" failed")[0])
+    rate = float(out.split("finished in ")[1].split(", ")[1].split(" req/s")[0])
+    return {"rate": rate, "cpu_us": used / max(1, done) * 1e6, "errors": failed}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -377,6 +424,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (HTTP: connections)")
     parser.add_argument("--distinct", type=int, default=20000, help="distinct requests in the no-cache run")
+    parser.add_argument(
+        "--load",
+        choices=["auto", "h2load", "python"],
+        default="auto",
+        help="load client: h2load (nghttp2-client; one request shape per case, the server saturates) or a "
+        "Python asyncio client process (varied requests; on 2 cores it often saturates first). auto: h2load "
+        "when installed",
+    )
     parser.add_argument("--serve", choices=["bare", "remixer"], help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--policy-file", type=Path, help=argparse.SUPPRESS)
@@ -434,6 +489,16 @@ def main() -> None:
             workdir, "remixer-cached", "remixer", "--policy-file", str(policy_file), "--cache-size", "100000"
         ),
     }
+    use_h2load = args.load == "h2load" or (args.load == "auto" and shutil.which("h2load") is not None)
+    plain_shape = _shape("/catalog/v12/items/4711?currency=EUR&page=2")
+    quota_shape = _shape("/search/?q=item7&page=1")
+    shapes = {
+        "varied": plain_shape,
+        "repeating": plain_shape,
+        "quota": quota_shape,
+        "varied-http": http_requests([plain_shape])[0],
+        "repeating-http": http_requests([plain_shape])[0],
+    }
     cases = [
         ("bare grpc allow-all", "bare", "grpc", "grpc", "varied"),
         ("remixer grpc, 200 rules, no cache", "remixer", "grpc", "grpc", "varied"),
@@ -442,15 +507,28 @@ def main() -> None:
         ("remixer http, 200 rules, no cache", "remixer", "http", "http", "varied-http"),
         ("remixer http, cache hits", "remixer-cached", "http", "http", "repeating-http"),
     ]
+    if use_h2load:
+        cases.insert(
+            2, ("remixer grpc, quota rule (never cached)", "remixer-cached", "grpc", "grpc", "quota")
+        )
+
+    def measure(
+        server: str, mode: str, port_key: str, reqs: str, settings: argparse.Namespace
+    ) -> dict[str, float]:
+        proc, ports = servers[server]
+        if use_h2load:
+            return drive_h2load(proc.pid, mode, ports[port_key], shapes[reqs], settings)
+        return drive(proc.pid, mode, ports[port_key], files[reqs], settings)
+
+    print(f"load client: {'h2load' if use_h2load else 'python asyncio subprocess'}", file=sys.stderr)
     results: dict[str, list[dict[str, float]]] = {c[0]: [] for c in cases}
     try:
-        for _, server, mode, port_key, reqs in cases[:4]:  # warm-up: fills pools, caches, the quota log
-            proc, ports = servers[server]
-            drive(proc.pid, mode, ports[port_key], files[reqs], argparse.Namespace(duration=1, concurrency=8))
+        warmup = argparse.Namespace(duration=1, concurrency=8)
+        for _, server, mode, port_key, reqs in cases:  # warm-up: pools, caches, the quota log
+            measure(server, mode, port_key, reqs, warmup)
         for round_no in range(args.repeat):
             for name, server, mode, port_key, reqs in cases:
-                proc, ports = servers[server]
-                results[name].append(drive(proc.pid, mode, ports[port_key], files[reqs], args))
+                results[name].append(measure(server, mode, port_key, reqs, args))
             print(f"round {round_no + 1}/{args.repeat} done", file=sys.stderr)
     finally:
         for proc, _ in servers.values():
@@ -460,12 +538,12 @@ def main() -> None:
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
-    print(f"{'case':40} {'req/s (median, min-max)':>30} {'server CPU µs/call':>20} errors")
+    print(f"{'case':42} {'req/s (median, min-max)':>28} {'server CPU µs/call':>20} errors")
     for name, *_ in cases:
         rates = [r["rate"] for r in results[name]]
         errors = sum(r["errors"] for r in results[name])
         print(
-            f"{name:40} {median(name, 'rate'):>12.0f} ({min(rates):.0f}-{max(rates):.0f})"
+            f"{name:42} {median(name, 'rate'):>12.0f} ({min(rates):.0f}-{max(rates):.0f})"
             f"{median(name, 'cpu_us'):>18.0f} {errors:>8.0f}"
         )
     bare = median("bare grpc allow-all", "rate")

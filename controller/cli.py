@@ -209,7 +209,11 @@ async def _loop(args: argparse.Namespace, settings: ControllerSettings, data_dir
             running.add_signal_handler(signum, stop.set)
     try:
         await loop(
-            composition.reconciler, interval=parse_duration(settings.interval), stop=stop, force=args.force
+            composition.reconciler,
+            interval=parse_duration(settings.interval),
+            stop=stop,
+            force=args.force,
+            dry_run=args.dry_run,
         )
     finally:
         await composition.close()
@@ -249,6 +253,10 @@ def summary_dict(summary: RunSummary) -> dict[str, Any]:
             "endpoints_before": shrink.endpoints_before,
             "endpoints_after": shrink.endpoints_after,
             "endpoint_reduction": round(shrink.endpoint_reduction, 4),
+            "per_sidecar": [
+                {"sidecar": name, "clusters_before": before, "clusters_after": after}
+                for name, before, after in shrink.per_sidecar
+            ],
         },
         **summary.extra,
     }

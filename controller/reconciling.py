@@ -84,8 +84,11 @@ async def observe_sources(
     )
     by_reporter: dict[str, list[CallEdge]] = {"source": [], "destination": []}
     error_edges: list[CallEdge] = []
+    answers: list[tuple[promql.Query, list[QueryRow]]] = []
     for query in queries:
-        rows: list[QueryRow] = await asyncio.to_thread(metrics_source.query, query.promql, at=now)
+        answers.append((query, await asyncio.to_thread(metrics_source.query, query.promql, at=now)))
+    namespaces_seen = set().union(*(edge_rows.namespaces_in(rows) for _, rows in answers))
+    for query, rows in answers:
         protocol: structs.Protocol = "tcp" if query.kind.startswith("tcp") else "http"
         found = edge_rows.edges_from_rows(
             rows,
@@ -93,6 +96,7 @@ async def observe_sources(
             protocol=protocol,
             cluster_domain=settings.cluster_domain,
             stats=stats if query.kind != "errors" else edge_rows.RowStats(),
+            known_namespaces=namespaces_seen,
         )
         (error_edges if query.kind == "errors" else by_reporter[query.reporter]).extend(found)
     merged = edge_rows.merge_reporters(
@@ -103,7 +107,10 @@ async def observe_sources(
         table_rows = await call_edges.read(since=now - window)
         covered = {(edge.source, edge.destination_host) for edge in merged}
         for edge in edge_rows.edges_from_call_edge_rows(
-            table_rows, cluster_domain=settings.cluster_domain, stats=stats
+            table_rows,
+            cluster_domain=settings.cluster_domain,
+            stats=stats,
+            known_namespaces=namespaces_seen | {row.source_namespace for row in table_rows},
         ):
             if (edge.source, edge.destination_host) not in covered and (
                 not wanted or edge.source.namespace in wanted
@@ -260,11 +267,12 @@ async def loop(
     stop: asyncio.Event,
     clock: Callable[[], float] = time.time,
     force: bool = False,
+    dry_run: bool = False,
 ) -> int:
     """Run forever (until `stop`): every interval, the same logic as run-once. Returns the run count."""
     count = 0
     while not stop.is_set():
-        await reconciler.run_once(now=clock(), force=force)
+        await reconciler.run_once(now=clock(), force=force, dry_run=dry_run)
         count += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)

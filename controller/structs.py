@@ -103,6 +103,8 @@ class ShrinkEstimate:
     clusters_after: int
     endpoints_before: int
     endpoints_after: int
+    # Per Sidecar ("ns/name"): clusters one of its proxies receives before and after scoping.
+    per_sidecar: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def cluster_reduction(self) -> float:

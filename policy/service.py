@@ -22,7 +22,7 @@ import yaml
 from policy.adapters.base import BackendUnavailable, PolicyStore, QuotaBackend
 from policy.adapters.memory import MemoryQuotas
 from policy.adapters.metrics import PolicyMetrics
-from policy.core import documents, matching, quotas, rules
+from policy.core import attributes, documents, matching, quotas, rules
 from policy.core.caching import DecisionCache
 from policy.settings import PolicySettings
 from policy.structs import CheckInput, Decision, PolicyError, QuotaVerdict
@@ -31,6 +31,8 @@ from remixer.parts import Readiness, RecordSink
 __all__ = ["DecisionLog", "PolicyService"]
 
 log = logging.getLogger("remixer.policy")
+
+_MAX_CACHED_VALUE = 2048
 
 
 class DecisionLog:
@@ -70,12 +72,14 @@ class DecisionLog:
 def _record(
     at: float, req: CheckInput, decision: Decision, dry_run: Sequence[str], cached: bool, latency: float
 ) -> tuple[bytes | None, bytes]:
-    from policy.core.attributes import principal
-
     value = {
         "time": at,
-        "request_id": req.request_id,
-        "source": {"address": req.source_address, "principal": principal(req), "service": req.source_service},
+        "request_id": req.request_id[:256],
+        "source": {
+            "address": req.source_address[:64],
+            "principal": attributes.principal(req)[:512],
+            "service": req.source_service[:256],
+        },
         "destination": {"host": req.host, "service": req.destination_service, "port": req.destination_port},
         "method": req.method,
         "path": req.path[:2048],
@@ -86,7 +90,7 @@ def _record(
         "cached": cached,
         "latency_seconds": round(latency, 6),
     }
-    return (req.request_id.encode() or None, orjson.dumps(value))
+    return (req.request_id[:256].encode() or None, orjson.dumps(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +282,8 @@ class PolicyService:
             self._record(req, snapshot.default, (), False, started)
             return snapshot.default
         if not evaluation.quotas:
-            if key is not None and cache is self._cache:
+            # Giant attribute values (64 KiB headers) would make the cache a memory sink: not cached.
+            if key is not None and all(v is None or len(v) <= _MAX_CACHED_VALUE for v in key):
                 cache.put(key, evaluation.decision, evaluation.dry_run_rules, time.monotonic())
             self._record(req, evaluation.decision, evaluation.dry_run_rules, False, started)
             return evaluation.decision

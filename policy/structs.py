@@ -10,6 +10,7 @@ __all__ = [
     "CheckInput",
     "Decision",
     "DecisionKind",
+    "ItemOwnedByFile",
     "PolicyError",
     "QuotaVerdict",
     "TraceStep",
@@ -20,6 +21,10 @@ DecisionKind = Literal["allow", "deny", "rate_limited"]
 
 class PolicyError(ValueError):
     """A policy document (rule, list or limit) is invalid; the message names the item and the field."""
+
+
+class ItemOwnedByFile(PolicyError):
+    """The item comes from a policy file (GitOps): change the file, not the API."""
 
 
 @dataclass(slots=True, eq=False)

@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "controller":
         from controller import cli as controller_cli
 
-        return controller_cli.run(args, settings.controller)
+        return controller_cli.run(args, settings.controller, data_dir=settings.server.data_dir)
     from remixer.demo import run_demo
 
     return run_demo(settings, requests=args.requests, keep_running=args.keep_running)

@@ -85,7 +85,11 @@ class TelemetryPart:
             derived=derived,
             labels=labels,
             tcp_labels=tcp,
-            record_prefix=self._encoder.prefix(stream, derived) if self._encoder else None,
+            record_prefix=(
+                self._encoder.prefix(stream, derived, facts, self.settings.record_max_field_bytes)
+                if self._encoder
+                else None
+            ),
             flags=facts.response_flags,
             response_code=facts.response_code,
             http=None if is_tcp else self.aggregates.http_slot(labels),

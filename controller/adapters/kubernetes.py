@@ -13,7 +13,7 @@ import httpx2
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.config import models
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.apps_v1 import DaemonSet, Deployment, StatefulSet
 from lightkube.resources.core_v1 import Service
 
 from controller.core.shrink import ServiceInfo
@@ -75,15 +75,18 @@ class KubeSink:
             raise SinkFailed(f"cannot write Sidecars: {_describe(error)}") from None
 
     def workloads(self) -> dict[WorkloadRef, WorkloadInfo]:
-        """Deployment pod selectors: the exact labels that select each workload's pods."""
-        try:
-            deployments = list(self.client.list(Deployment, namespace="*"))
-        except (ApiError, httpx2.HTTPError) as error:
-            raise SourceUnavailable(f"cannot list Deployments: {_describe(error)}") from None
+        """Pod selectors of Deployments, StatefulSets and DaemonSets (Istio names their pods' workload
+        after them): the exact labels that select each workload's pods."""
+        owners: list[Any] = []
+        for kind in (Deployment, StatefulSet, DaemonSet):
+            try:
+                owners.extend(self.client.list(kind, namespace="*"))
+            except (ApiError, httpx2.HTTPError) as error:
+                raise SourceUnavailable(f"cannot list {kind.__name__}s: {_describe(error)}") from None
         infos = {}
-        for deployment in deployments:
-            metadata = deployment.metadata
-            spec: Any = deployment.spec
+        for owner in owners:
+            metadata = owner.metadata
+            spec: Any = owner.spec
             labels = (spec.selector.matchLabels if spec and spec.selector else None) or {}
             if metadata is None or not metadata.name or not metadata.namespace or not labels:
                 continue

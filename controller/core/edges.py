@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from controller.structs import CallEdge, Protocol, QueryRow, Reporter, WorkloadRef
@@ -57,17 +57,55 @@ def known(value: str | None) -> bool:
     return bool(value) and value != UNKNOWN
 
 
-def service_host(service: str, service_namespace: str | None, cluster_domain: str) -> str | None:
-    """A destination service as a Sidecar egress host `ns/fqdn`; None when it cannot be one."""
+def service_host(
+    service: str,
+    service_namespace: str | None,
+    cluster_domain: str,
+    source_namespace: str | None = None,
+    known_namespaces: Collection[str] = frozenset(),
+) -> str | None:
+    """A destination service as a Sidecar egress host `ns/fqdn`; None when it cannot be one.
+
+    Names taken from a Host header may be short; they are completed the way Kubernetes DNS
+    resolves them for the caller (slime's accesslog rules): `name` in the caller's namespace,
+    `name.ns.svc` with the cluster domain, `name.ns` when `ns` is a namespace seen in the telemetry.
+    """
     if not known(service) or service in EGRESS_CLUSTERS or looks_like_ip(service) or not is_fqdn(service):
         return None
-    if known(service_namespace) and service_namespace is not None:
-        return f"{service_namespace}/{service}" if is_namespace(service_namespace) else None
+    namespace = service_namespace if known(service_namespace) else None
+    if namespace is not None and not is_namespace(namespace):
+        return None
     parts = service.split(".")
-    # name.ns.svc.<domain> names its namespace; other names (ServiceEntry hosts) are any-namespace.
-    if len(parts) >= 4 and ".".join(parts[2:]) == f"svc.{cluster_domain}":
+    suffix = f"svc.{cluster_domain}"
+    if len(parts) == 1:
+        home = namespace or (source_namespace if known(source_namespace) else None)
+        return f"{home}/{service}.{home}.{suffix}" if home and is_namespace(home) else None
+    if (len(parts) == 3 and parts[2] == "svc") or (
+        len(parts) == 2 and parts[1] in {namespace, *known_namespaces}
+    ):
+        return f"{parts[1]}/{parts[0]}.{parts[1]}.{suffix}" if is_namespace(parts[1]) else None
+    if len(parts) >= 4 and ".".join(parts[2:]) == suffix:
         return f"{parts[1]}/{service}"
-    return f"*/{service}"
+    # Other names (ServiceEntry hosts) live in any namespace unless telemetry said which.
+    return f"{namespace or '*'}/{service}"
+
+
+NAMESPACE_LABELS = (
+    "source_workload_namespace",
+    "destination_service_namespace",
+    "destination_workload_namespace",
+)
+
+
+def namespaces_in(rows: Iterable[QueryRow]) -> set[str]:
+    """Every valid namespace the telemetry mentions: lets `name.ns` host names be read as services."""
+    found = set()
+    for row in rows:
+        for label in NAMESPACE_LABELS:
+            value = row.labels.get(label, UNKNOWN)
+            if known(value) and is_namespace(value):
+                found.add(value)
+    return found
 
 
 def is_scopable(edge: CallEdge) -> bool:
@@ -98,14 +136,22 @@ def _source(labels: Mapping[str, str], stats: RowStats) -> WorkloadRef | None:
     return WorkloadRef(namespace, workload)
 
 
-def _destination_node(labels: Mapping[str, str], cluster_domain: str, stats: RowStats) -> str | None:
+def _destination_node(
+    labels: Mapping[str, str], cluster_domain: str, stats: RowStats, known_namespaces: Collection[str]
+) -> str | None:
     service = labels.get("destination_service", UNKNOWN)
     if service in EGRESS_CLUSTERS:
         return service
     if not known(service) or looks_like_ip(service):
         # Kiali: one unknown service node per namespace (it still shows in the graph, never in a scope).
         return f"{UNKNOWN}:{labels.get('destination_service_namespace', UNKNOWN)}"
-    host = service_host(service, labels.get("destination_service_namespace"), cluster_domain)
+    host = service_host(
+        service,
+        labels.get("destination_service_namespace"),
+        cluster_domain,
+        labels.get("source_workload_namespace"),
+        known_namespaces,
+    )
     if host is None:
         stats.bad_destination += 1
     return host
@@ -140,6 +186,7 @@ def edges_from_rows(
     protocol: Protocol,
     cluster_domain: str,
     stats: RowStats,
+    known_namespaces: Collection[str] = frozenset(),
 ) -> list[CallEdge]:
     edges: list[CallEdge] = []
     for row in rows:
@@ -147,7 +194,7 @@ def edges_from_rows(
         source = _source(labels, stats)
         if source is None:
             continue
-        host = _destination_node(labels, cluster_domain, stats)
+        host = _destination_node(labels, cluster_domain, stats, known_namespaces)
         if host is None:
             continue
         edges.append(
@@ -236,7 +283,11 @@ class CallEdgeRow:
 
 
 def edges_from_call_edge_rows(
-    rows: Iterable[CallEdgeRow], *, cluster_domain: str, stats: RowStats
+    rows: Iterable[CallEdgeRow],
+    *,
+    cluster_domain: str,
+    stats: RowStats,
+    known_namespaces: Collection[str] = frozenset(),
 ) -> list[CallEdge]:
     """The call-edge table sees calls that went through PassthroughCluster: the first call to a
     service not yet in a scope. Those become edges like any other."""
@@ -245,7 +296,9 @@ def edges_from_call_edge_rows(
         if not is_namespace(row.source_namespace) or not is_workload_name(row.source_workload):
             stats.bad_source += 1
             continue
-        host = service_host(row.destination_service, None, cluster_domain)
+        host = service_host(
+            row.destination_service, None, cluster_domain, row.source_namespace, known_namespaces
+        )
         if host is None:
             stats.bad_destination += 1
             continue

@@ -63,13 +63,16 @@ def estimate(
     scoped = 0
     clusters_after = 0
     endpoints_after = 0
+    per_sidecar = []
     for spec in specs:
         if spec.selector is None:
             continue
         visible = _visible(spec.namespace, spec.hosts, index)
         count = max(1, len(spec.workloads))
         scoped += count
-        clusters_after += count * sum(info.ports for info in visible)
+        proxy_clusters = sum(info.ports for info in visible)
+        per_sidecar.append((f"{spec.namespace}/{spec.name}", all_clusters, proxy_clusters))
+        clusters_after += count * proxy_clusters
         endpoints_after += count * sum(info.endpoints * info.ports for info in visible)
     unscoped = max(0, workloads - scoped)
     return ShrinkEstimate(
@@ -78,4 +81,5 @@ def estimate(
         clusters_after=clusters_after + unscoped * all_clusters,
         endpoints_before=workloads * all_endpoints,
         endpoints_after=endpoints_after + unscoped * all_endpoints,
+        per_sidecar=tuple(per_sidecar),
     )

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from policy.adapters.base import AuditEntry, BackendUnavailable, ItemKind, StoredPolicy, Validator
-from policy.structs import PolicyError
+from policy.structs import ItemOwnedByFile, PolicyError
 
 __all__ = ["SqlPolicyStore", "async_url", "metadata"]
 
@@ -149,6 +149,7 @@ class SqlPolicyStore:
     ) -> int:
         async with self._engine.begin() as conn:
             rev = await _bump(conn)
+            await _refuse_file_owned(conn, kind, name, origin)
             data = await _read_all(conn)
             section = data[_SECTIONS[kind]]
             key = _KEY[kind]
@@ -193,6 +194,7 @@ class SqlPolicyStore:
             if exists is None:
                 return None
             rev = await _bump(conn)
+            await _refuse_file_owned(conn, kind, name, "api")
             data = await _read_all(conn)
             key = _KEY[kind]
             data[_SECTIONS[kind]] = [x for x in data[_SECTIONS[kind]] if x.get(key) != name]
@@ -253,6 +255,14 @@ class SqlPolicyStore:
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+
+async def _refuse_file_owned(conn: AsyncConnection, kind: str, name: str, origin: str) -> None:
+    owner = (
+        await conn.execute(sa.select(items.c.origin).where(items.c.kind == kind, items.c.name == name))
+    ).scalar()
+    if owner is not None and owner != origin and str(owner).startswith("file:"):
+        raise ItemOwnedByFile(f"{kind} {name!r} is defined by {owner[5:]}: change it there")
 
 
 async def _current_revision(conn: AsyncConnection) -> int:

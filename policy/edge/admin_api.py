@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from policy.adapters.base import BackendUnavailable, ItemKind
 from policy.core import documents
 from policy.service import PolicyService
-from policy.structs import CheckInput, PolicyError
+from policy.structs import CheckInput, ItemOwnedByFile, PolicyError
 
 __all__ = ["EvaluateRequest", "build_router"]
 
@@ -104,6 +104,8 @@ def build_router(service: PolicyService, *, require_writer: Callable[..., Awaita
     async def _write(coro: Awaitable[int | None]) -> int | None:
         try:
             revision = await coro
+        except ItemOwnedByFile as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
         except PolicyError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         except BackendUnavailable as exc:

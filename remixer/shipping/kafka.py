@@ -135,8 +135,8 @@ class KafkaLink:
                 key = record[0]
                 index = self._partitioner(key, partitions, partitions) if key else partitions[0]
                 by_partition[index].append(record)
+        futures: list[asyncio.Future[Any]] = []
         try:
-            futures = []
             for partition, chunk in by_partition.items():
                 batch = producer.create_batch()
                 for key, value in chunk:
@@ -148,6 +148,8 @@ class KafkaLink:
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
             await asyncio.wait_for(asyncio.gather(*futures), self.settings.send_timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
+            for future in futures:  # abandoned: their late failures are expected, not news
+                future.add_done_callback(_retrieve)
             raise ShipFailed(f"Kafka send to {topic} failed: {exc!r}") from None
 
     async def disconnect(self) -> None:
@@ -159,3 +161,8 @@ class KafkaLink:
     async def _stop(producer: AIOKafkaProducer) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(producer.stop(), 5)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

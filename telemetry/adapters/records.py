@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from remixer.v1 import access_record_pb2
-from telemetry.structs import LABEL_INDEX, Derived, StreamIdentity
+from telemetry.structs import LABEL_INDEX, Derived, EntryFacts, StreamIdentity
 
 IDENTITY_LABELS = (
     "reporter",
@@ -27,20 +27,31 @@ IDENTITY_LABELS = (
 )
 
 
-def identity_fields(stream: StreamIdentity, derived: Derived) -> dict[str, Any]:
+def identity_fields(
+    stream: StreamIdentity, derived: Derived, facts: EntryFacts, max_field: int
+) -> dict[str, Any]:
+    """The fields every entry of one kind shares: who reported, the identity labels, and the label-deciding
+    entry fields (cluster, flags, and for HTTP authority, code, gRPC status)."""
     labels = derived.labels
     fields: dict[str, Any] = {"node_id": stream.node_id, "log_name": stream.log_name}
-    fields["kind"] = "tcp" if labels[LABEL_INDEX["request_protocol"]] == "tcp" else "http"
+    is_tcp = labels[LABEL_INDEX["request_protocol"]] == "tcp"
+    fields["kind"] = "tcp" if is_tcp else "http"
     for name in IDENTITY_LABELS:
         fields[name] = labels[LABEL_INDEX[name]]
+    fields["upstream_cluster"] = facts.upstream_cluster[:max_field]
+    fields["response_flags"] = facts.response_flags
+    if not is_tcp:
+        fields["authority"] = facts.authority[:max_field]
+        fields["response_code"] = facts.response_code
+        fields["grpc_status"] = facts.grpc_status
     return fields
 
 
 class JsonRecords:
     """One JSON object per entry: the identity fields, then the entry's own."""
 
-    def prefix(self, stream: StreamIdentity, derived: Derived) -> bytes:
-        return orjson.dumps(identity_fields(stream, derived))[:-1] + b","
+    def prefix(self, stream: StreamIdentity, derived: Derived, facts: EntryFacts, max_field: int) -> bytes:
+        return orjson.dumps(identity_fields(stream, derived, facts, max_field))[:-1] + b","
 
     @staticmethod
     def encode(prefix: bytes, fields: dict[str, Any]) -> bytes:
@@ -50,8 +61,9 @@ class JsonRecords:
 class ProtobufRecords:
     """remixer.v1.AccessRecord in binary: identity part serialized once, concatenated per entry."""
 
-    def prefix(self, stream: StreamIdentity, derived: Derived) -> bytes:
-        return access_record_pb2.AccessRecord(**identity_fields(stream, derived)).SerializeToString()
+    def prefix(self, stream: StreamIdentity, derived: Derived, facts: EntryFacts, max_field: int) -> bytes:
+        fields = identity_fields(stream, derived, facts, max_field)
+        return access_record_pb2.AccessRecord(**fields).SerializeToString()
 
     @staticmethod
     def encode(prefix: bytes, fields: dict[str, Any]) -> bytes:

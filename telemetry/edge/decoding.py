@@ -320,13 +320,14 @@ class StreamReader:
             outbound = cluster.startswith("outbound|") or (
                 peer_default and not cluster.startswith("inbound|")
             )
-            headers = response.response_headers if outbound else request.request_headers
+            response_headers = response.response_headers
+            headers = response_headers if outbound else request.request_headers
             peer_header = _pair(headers, PEER_HEADER) if headers else ""
             trailers = response.response_trailers
             grpc_status = _pair(trailers, "grpc-status") if trailers else ""
-            if not grpc_status and response.response_headers:
-                grpc_status = _pair(response.response_headers, "grpc-status")
-            filter_state = bool(common.filter_state_objects)
+            if not grpc_status and response_headers:
+                grpc_status = _pair(response_headers, "grpc-status")
+            filter_state = False if peer_header else bool(common.filter_state_objects)
             raw_code = response.response_code
             authority = request.authority
             raw_flags = common.response_flags
@@ -374,17 +375,10 @@ class StreamReader:
                             {
                                 "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
                                 "duration_ms": duration_ms,
-                                "upstream_cluster": cluster,
-                                "response_flags": kind.flags,
                                 "request_id": request.request_id,
                                 "method": METHODS[method] if 0 <= method < len(METHODS) else "",
-                                "authority": authority
-                                if len(authority) <= max_field
-                                else authority[:max_field],
                                 "path": req_path if len(req_path) <= max_field else req_path[:max_field],
                                 "user_agent": request.user_agent[:max_field],
-                                "response_code": kind.response_code,
-                                "grpc_status": grpc_status,
                                 "request_bytes": request_bytes,
                                 "response_bytes": response_bytes,
                             },
@@ -444,8 +438,6 @@ class StreamReader:
                             {
                                 "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
                                 "duration_ms": duration.seconds * 1000 + duration.nanos / 1e6,
-                                "upstream_cluster": cluster,
-                                "response_flags": kind.flags,
                                 "sent_bytes": sent,
                                 "received_bytes": received,
                             },

@@ -25,6 +25,8 @@ Obj = dict[str, Any]
 KINDS = {
     ("networking.istio.io/v1", "sidecars"): "Sidecar",
     ("apps/v1", "deployments"): "Deployment",
+    ("apps/v1", "statefulsets"): "StatefulSet",
+    ("apps/v1", "daemonsets"): "DaemonSet",
     ("v1", "services"): "Service",
 }
 _PATH = re.compile(

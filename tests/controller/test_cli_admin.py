@@ -125,6 +125,9 @@ def test_json_summary_dry_run_and_graph_export(
     assert summary["outcome"] == "dry-run"
     assert [c["sidecar"] for c in summary["changes"]] == ["remixer-cart-v1", "remixer-frontend-v1"]
     assert summary["xds_estimate"]["clusters_before"] >= summary["xds_estimate"]["clusters_after"]
+    per_sidecar = {p["sidecar"]: p for p in summary["xds_estimate"]["per_sidecar"]}
+    assert per_sidecar["shop/remixer-frontend-v1"]["clusters_after"] == 1
+    assert per_sidecar["shop/remixer-frontend-v1"]["clusters_before"] == 3
     assert not out_dir.exists()
     assert "wl_shop_frontend-v1" in nx.read_graphml(graph_file).nodes
     code, out, _ = run_cli(

@@ -375,3 +375,23 @@ def test_durations() -> None:
     for bad in ("", "5", "0s", "1h30m", "-1s"):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
+
+
+def test_short_service_names_are_completed_like_kubernetes_dns() -> None:
+    def host(service: str, namespace: str | None = None, source: str | None = "shop") -> str | None:
+        return edges.service_host(service, namespace, "cluster.local", source)
+
+    assert host("reviews") == "shop/reviews.shop.svc.cluster.local"
+    assert host("reviews", source=None) is None
+    assert host("reviews", "books") == "books/reviews.books.svc.cluster.local"
+    assert host("reviews.books.svc") == "books/reviews.books.svc.cluster.local"
+    assert host("reviews.books", "books") == "books/reviews.books.svc.cluster.local"
+    assert edges.service_host("reviews.books", None, "cluster.local", "shop", {"books"}) == (
+        "books/reviews.books.svc.cluster.local"
+    )
+    assert host("reviews.books.svc.cluster.local") == "books/reviews.books.svc.cluster.local"
+    assert host("example.com") == "*/example.com"
+    assert host("api.example.com", "egress") == "egress/api.example.com"
+    assert host("10.0.0.1") is None
+    assert host("PassthroughCluster") is None
+    assert host("bad name") is None

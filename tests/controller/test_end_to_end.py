@@ -35,7 +35,7 @@ async def _allow(*_args: Any, **_kwargs: Any) -> None:
 
 
 def _client_sidecar(
-    *, admin_port: int, als_port: int, outbound_port: int, upstream_port: int
+    *, admin_port: int, als_port: int, outbound_port: int, passthrough_port: int, upstream_port: int
 ) -> dict[str, Any]:
     cluster = f"outbound|9080||{SERVICE}"
     node = {
@@ -55,23 +55,39 @@ def _client_sidecar(
             },
         },
     }
-    listener = envoy.http_listener(
+    access_log = [envoy.http_grpc_access_log("remixer_als", log_name="http_envoy_accesslog", flush="0.1s")]
+    outbound = envoy.http_listener(
         "outbound",
         outbound_port,
         route_cluster=cluster,
         http_filters=[],
-        access_log=[envoy.http_grpc_access_log("remixer_als", log_name="http_envoy_accesslog", flush="0.1s")],
-        stat_prefix="outbound",
+        access_log=access_log,
+        stat_prefix="out",
+    )
+    # A service not yet in scope: Istio sends such calls through PassthroughCluster (original destination).
+    passthrough = envoy.http_listener(
+        "passthrough",
+        passthrough_port,
+        route_cluster="PassthroughCluster",
+        http_filters=[],
+        access_log=access_log,
+        stat_prefix="passthrough",
     )
     clusters = [
         envoy.grpc_cluster("remixer_als", "127.0.0.1", als_port),
         envoy.http_cluster(cluster, "127.0.0.1", upstream_port),
+        envoy.http_cluster("PassthroughCluster", "127.0.0.1", upstream_port),
     ]
-    return envoy.bootstrap(admin_port=admin_port, listeners=[listener], clusters=clusters, node=node)
+    return envoy.bootstrap(
+        admin_port=admin_port, listeners=[outbound, passthrough], clusters=clusters, node=node
+    )
 
 
-def _get(port: int) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/reviews/1", timeout=5) as response:
+def _get(port: int, host: str | None = None) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/reviews/1")
+    if host:
+        request.add_header("Host", host)
+    with urllib.request.urlopen(request, timeout=5) as response:
         response.read()
         return int(response.status)
 
@@ -99,7 +115,8 @@ async def test_sidecar_from_prometheus_scraping_remixer_fed_by_real_envoy(
     registry = CollectorRegistry()
     hub = build_record_sinks(ShippingSettings(), data_dir=tmp_path, registry=registry)
     context = PartContext(data_dir=tmp_path, registry=registry, records=hub, require_writer=_allow)
-    part = build_part(TelemetrySettings(), context)
+    telemetry_settings = TelemetrySettings.model_validate({"call_edges": {"flush_interval_s": 0.2}})
+    part = build_part(telemetry_settings, context)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     part.register_grpc(server)
     als_port = server.add_insecure_port("127.0.0.1:0")
@@ -109,11 +126,12 @@ async def test_sidecar_from_prometheus_scraping_remixer_fed_by_real_envoy(
     httpd, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     try:
         prom = prometheus_factory(scrape_targets=[f"127.0.0.1:{metrics_port}"], scrape_interval="1s")
-        outbound = free_port()
+        outbound, passthrough = free_port(), free_port()
         boot = _client_sidecar(
             admin_port=free_port(),
             als_port=als_port,
             outbound_port=outbound,
+            passthrough_port=passthrough,
             upstream_port=echo_upstream.port,
         )
         await asyncio.to_thread(envoy_factory, boot)
@@ -126,15 +144,24 @@ async def test_sidecar_from_prometheus_scraping_remixer_fed_by_real_envoy(
         await _until(
             lambda: _query(prom.url, f'rate(istio_requests_total{{destination_service="{SERVICE}"}}[1m]) > 0')
         )
+        # One call to ratings through PassthroughCluster: too few for a rate, but telemetry's call-edge
+        # table (its default DATA_DIR/edges.db, which the controller finds by itself) recorded it.
+        assert await asyncio.to_thread(_get, passthrough, "ratings.bookinfo:9080") == 200
+        edges_db = tmp_path / "edges.db"
+        await _until(lambda: edges_db.exists() and b"ratings" in edges_db.read_bytes(), seconds=15)
 
         out = tmp_path / "sidecars"
         settings = ControllerSettings(prometheus_url=prom.url, window="5m")
-        summary = await run_at(settings, sink=f"dir:{out}", data_dir=tmp_path / "controller", now=time.time())
+        summary = await run_at(settings, sink=f"dir:{out}", data_dir=tmp_path, now=time.time())
         assert summary.outcome == "wrote", summary.message
         found = read_dir_sidecars(out)
         assert list(found) == ["bookinfo/remixer-productpage-v1"]
         sidecar = found["bookinfo/remixer-productpage-v1"]
-        assert hosts(sidecar) == [f"bookinfo/{SERVICE}", "istio-system/*"]
+        assert hosts(sidecar) == [
+            "bookinfo/ratings.bookinfo.svc.cluster.local",
+            f"bookinfo/{SERVICE}",
+            "istio-system/*",
+        ]
         assert sidecar["spec"]["workloadSelector"]["labels"] == {"app": "productpage", "version": "v1"}
     finally:
         httpd.shutdown()

@@ -69,7 +69,9 @@ async def test_server_side_apply_prune_and_people_s_sidecars(
     prom_url, now = mesh
     kube, api_url = fake_kube
     kube.put("apps/v1", "deployments", _deployment("shop", "frontend", {"app": "frontend", "tier": "web"}))
-    kube.put("apps/v1", "deployments", _deployment("shop", "cart", {"app": "cart"}))
+    cart = _deployment("shop", "cart", {"app": "cart", "role": "store"})
+    cart["kind"] = "StatefulSet"
+    kube.put("apps/v1", "statefulsets", cart)
     for namespace, name in (("shop", "cart"), ("pay", "billing"), ("data", "redis"), ("data", "ledger")):
         kube.put("v1", "services", _service(namespace, name, ports=2))
     for extra in range(30):
@@ -98,6 +100,10 @@ async def test_server_side_apply_prune_and_people_s_sidecars(
     assert_valid_sidecar({k: frontend[k] for k in ("apiVersion", "kind", "metadata", "spec")})
     # Kubernetes' own pod selector beats the metrics' app/version labels.
     assert frontend["spec"]["workloadSelector"]["labels"] == {"app": "frontend", "tier": "web"}
+    assert stored["shop/remixer-cart"]["spec"]["workloadSelector"]["labels"] == {
+        "app": "cart",
+        "role": "store",
+    }
     assert hosts(frontend) == [
         "istio-system/*",
         f"pay/{fqdn('billing', 'pay')}",

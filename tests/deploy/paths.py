@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,14 +20,33 @@ ISTIO_CRDS = SHARED / "istio-crds"
 # The Kubernetes version every core object is validated against (kubernetes-validate's schemas).
 KUBERNETES_VERSION = "1.30.0"
 
-KUSTOMIZATIONS = ["kubernetes/base", "kubernetes/overlays/dev", "kubernetes/overlays/production", "istio"]
+
+# Secret keys the manifests reference, with stand-in values of the right shape for settings validation.
+SECRET_STAND_INS = {
+    "admin-token": "stand-in-admin-token",
+    "kafka-username": "remixer",
+    "kafka-password": "stand-in",
+    "policy-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/remixer",
+    "controller-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/remixer",
+    "redis-url": "redis://redis.db.svc:6379/0",
+    "call-edges-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/edges",
+}
 
 
+@functools.cache
 def kubectl() -> str:
-    """kubectl carries kustomize (v5) built in; every machine image of this project ships it."""
+    """kubectl with kustomize v4+ built in (components, `labels`); this project's machine image has it."""
     path = shutil.which("kubectl")
     if path is None:
-        raise RuntimeError("kubectl not found: install it (it provides `kubectl kustomize`)")
+        raise RuntimeError("kubectl not found: install kubectl (>= 1.21) for `kubectl kustomize`")
+    version = subprocess.run(
+        [path, "version", "--client", "-o", "json"], capture_output=True, text=True, check=False, timeout=30
+    )
+    kustomize = json.loads(version.stdout or "{}").get("kustomizeVersion", "v0")
+    if int(kustomize.lstrip("v").split(".")[0]) < 4:
+        raise RuntimeError(
+            f"{path} embeds kustomize {kustomize}; deploy/ needs v4 or newer (kubectl >= 1.21)"
+        )
     return path
 
 

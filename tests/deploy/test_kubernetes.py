@@ -16,22 +16,11 @@ import yaml
 from remixer import cli
 from remixer.settings import Settings, load
 
-from .paths import DEPLOY, KUBERNETES_VERSION, kustomize_build
+from .paths import DEPLOY, KUBERNETES_VERSION, SECRET_STAND_INS, kustomize_build
 
 K8S_TREES = ["kubernetes/base", "kubernetes/overlays/dev", "kubernetes/overlays/production"]
 ISTIO_GROUPS = {"networking.istio.io", "security.istio.io", "telemetry.istio.io"}
 OPERATOR_GROUP = "monitoring.coreos.com"  # checked in test_alerts (PrometheusRule) and below (PodMonitor)
-
-# Secret keys the manifests reference, with stand-in values of the right shape for settings validation.
-SECRET_STAND_INS = {
-    "admin-token": "stand-in-admin-token",
-    "kafka-username": "remixer",
-    "kafka-password": "stand-in",
-    "policy-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/remixer",
-    "controller-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/remixer",
-    "redis-url": "redis://redis.db.svc:6379/0",
-    "call-edges-database-url": "postgresql+asyncpg://remixer:pw@postgres.db.svc:5432/edges",
-}
 
 
 def group(obj: dict[str, Any]) -> str:
@@ -84,6 +73,13 @@ def test_no_object_kind_escapes_validation(built: list[dict[str, Any]]) -> None:
     operator_kinds = {o["kind"] for o in built if group(o) == OPERATOR_GROUP}
     assert operator_kinds <= {"PodMonitor", "PrometheusRule"}
     assert not [o for o in built if group(o) in ISTIO_GROUPS], "Istio objects live in deploy/istio"
+
+
+def test_every_namespaced_object_lands_in_the_remixer_namespace(built: list[dict[str, Any]]) -> None:
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    for obj in built:
+        expected = None if obj["kind"] in cluster_scoped else "remixer"
+        assert obj["metadata"].get("namespace") == expected, f"{obj['kind']}/{obj['metadata']['name']}"
 
 
 def test_podmonitor_scrapes_the_admin_port(built: list[dict[str, Any]]) -> None:

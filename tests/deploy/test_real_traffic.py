@@ -32,7 +32,8 @@ from tests.realparts.kafka import TansuBroker
 from tests.realparts.prometheus import PrometheusServer
 from tests.realparts.remixer import RemixerServer, remixer_config
 
-from .paths import DEPLOY, REPO
+from .paths import DEPLOY, REPO, kustomize_build, load_yaml_docs
+from .schemas import crd_validators
 
 ENVOY_EXAMPLE = DEPLOY / "envoy/envoy-remixer.yaml"
 DASHBOARDS = sorted((DEPLOY / "grafana/dashboards").glob("*.json"))
@@ -73,6 +74,7 @@ class _EchoTcpHandler(socketserver.BaseRequestHandler):
 
 @dataclass
 class Stack:
+    workdir: Path
     remixer: RemixerServer
     envoy: EnvoyProcess
     prometheus: PrometheusServer
@@ -191,7 +193,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus.start()
         envoy.start()
         stack = Stack(
-            remixer, envoy, prometheus, ports, time.time(), f"http://127.0.0.1:{controller_metrics}/metrics"
+            workdir,
+            remixer,
+            envoy,
+            prometheus,
+            ports,
+            time.time(),
+            f"http://127.0.0.1:{controller_metrics}/metrics",
         )
         _send_traffic(ports)
         _wait_for(stack, 'istio_requests_total{reporter="source",response_code="503"}')
@@ -204,6 +212,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "-m",
                 "remixer",
                 "controller",
+                # The ConfigMap's settings file, as the Kubernetes controller pods use it.
+                "--config",
+                str(DEPLOY / "kubernetes/base/remixer.yaml"),
                 "loop",
                 "--prometheus-url",
                 prometheus.url,
@@ -345,3 +356,37 @@ def test_every_metric_the_alerts_and_dashboards_use_is_one_remixer_exports(stack
     used = {name for expr in alerts + panels for name in re.findall(r"\b((?:istio|remixer)_[a-z_]+)\b", expr)}
     assert len(used) >= 30
     assert not used - exported, f"used but never exported by remixer: {sorted(used - exported)}"
+
+
+def test_the_controller_with_the_configmap_settings_writes_valid_sidecars_keeping_remixer_in_scope(
+    stack: Stack,
+) -> None:
+    validators = crd_validators()
+    files = sorted((stack.workdir / "sidecars").rglob("*.yaml"))
+    assert files, "the controller loop wrote no Sidecar"
+    for path in files:
+        for sidecar in load_yaml_docs(path):
+            errors = [
+                e.message for e in validators[(sidecar["apiVersion"], sidecar["kind"])].iter_errors(sidecar)
+            ]
+            assert not errors, f"{path.name}: {errors}"
+            hosts = {h for egress in sidecar["spec"]["egress"] for h in egress["hosts"]}
+            assert {"istio-system/*", "remixer/*"} <= hosts, f"{path.name}: {sorted(hosts)}"
+
+
+def test_the_cronjob_command_runs_once_against_real_prometheus_data(stack: Stack, tmp_path: Path) -> None:
+    """The CronJob's args as written, with only the cluster-specific values swapped for the test's."""
+    (cron,) = [o for o in kustomize_build("kubernetes/base") if o["kind"] == "CronJob"]
+    args = list(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    swaps = {
+        "/etc/remixer/remixer.yaml": str(DEPLOY / "kubernetes/base/remixer.yaml"),
+        "/var/lib/remixer": str(tmp_path / "state"),
+        "kube": f"dir:{tmp_path / 'sidecars'}",  # no API server here: the dir sink writes the same objects
+    }
+    args = [swaps.get(a, a) for a in args]
+    args[args.index("--prometheus-url") + 1] = stack.prometheus.url
+    done = subprocess.run(
+        [sys.executable, "-m", "remixer", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted((tmp_path / "sidecars").rglob("*.yaml")), done.stdout

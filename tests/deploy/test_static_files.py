@@ -170,5 +170,18 @@ def test_the_image_build_context_is_enough_to_build_remixer(tmp_path: Path) -> N
     # Alembic migrations are code the image runs at start: every card's must be in the wheel.
     for migrations in REPO.glob("*/migrations/versions"):
         card = migrations.parent.parent.name
-        scripts = {f"{card}/migrations/versions/{p.name}" for p in migrations.glob("[0-9]*.py")}
+        scripts = {f"{card}/migrations/versions/{p.name}" for p in migrations.glob("*.py")}
         assert scripts <= names, f"missing from the image: {sorted(scripts - names)}"
+
+
+def test_readme_explains_every_file_in_deploy() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    unexplained = []
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_dir() or "__pycache__" in path.parts or path.name == "README.md":
+            continue
+        relative = path.relative_to(DEPLOY)
+        # A file is explained when the README names it (by its own name or its folder's path).
+        if path.name not in readme and f"{relative.parent}/" not in readme:
+            unexplained.append(str(relative))
+    assert not unexplained, f"deploy/README.md does not mention: {unexplained}"

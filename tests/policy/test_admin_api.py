@@ -36,10 +36,12 @@ async def test_writes_need_the_bearer_token(running: RunningPolicy) -> None:
 
 async def test_crud_bumps_the_revision_and_writes_the_audit_trail(running: RunningPolicy) -> None:
     admin = running.admin
+    team = await admin.put("/v1/lists/team", json={"kind": "string", "entries": ["ann"]}, headers=AUTH)
+    assert team.status_code == 200
     start = (await admin.get("/v1/policy/revision")).json()
     created = await admin.put(
         "/v1/rules/vip-only",
-        json={"action": "allow", "match": {"request.headers.x-user": {"in_list": "vip"}}},
+        json={"action": "allow", "match": {"request.headers.x-user": {"in_list": "team"}}},
         headers={**AUTH, "x-remixer-actor": "alice"},
     )
     assert created.status_code == 200, created.text
@@ -47,7 +49,7 @@ async def test_crud_bumps_the_revision_and_writes_the_audit_trail(running: Runni
     assert (await admin.get("/v1/rules/vip-only")).json()["action"] == "allow"
     assert [r["id"] for r in (await admin.get("/v1/rules")).json()] == ["file-deny", "vip-only"]
 
-    listed = await admin.put("/v1/lists/vip", json={"kind": "string", "entries": ["bob"]}, headers=AUTH)
+    listed = await admin.put("/v1/lists/team", json={"kind": "string", "entries": ["bob"]}, headers=AUTH)
     assert listed.status_code == 200
     verdict = await admin.post("/v1/evaluate", json={"path": "/x", "headers": {"X-User": "bob"}})
     assert verdict.json()["rule"] == "vip-only"
@@ -64,11 +66,11 @@ async def test_crud_bumps_the_revision_and_writes_the_audit_trail(running: Runni
     assert [(a["action"], a["kind"], a["name"]) for a in audit[:4]] == [
         ("delete", "rule", "vip-only"),
         ("put", "limit", "per-user"),
-        ("put", "list", "vip"),
+        ("put", "list", "team"),
         ("put", "rule", "vip-only"),
     ]
     assert audit[3]["actor"].startswith("api:alice@")
-    assert audit[3]["body"]["match"] == {"request.headers.x-user": {"in_list": "vip"}}
+    assert audit[3]["body"]["match"] == {"request.headers.x-user": {"in_list": "team"}}
 
 
 @pytest.mark.parametrize(
@@ -99,12 +101,27 @@ async def test_invalid_writes_are_refused_with_422_and_change_nothing(
     assert (await running.admin.get("/v1/policy/revision")).json()["store_revision"] == before
 
 
+async def test_items_from_policy_files_are_changed_in_the_file_not_the_api(running: RunningPolicy) -> None:
+    for response in (
+        await running.admin.put("/v1/rules/file-deny", json={"action": "allow"}, headers=AUTH),
+        await running.admin.delete("/v1/rules/file-deny", headers=AUTH),
+    ):
+        assert response.status_code == 409
+        assert "is defined by" in response.json()["detail"]
+    assert (await running.admin.get("/v1/rules/file-deny")).json()["action"] == "deny"
+
+
 async def test_deleting_a_list_a_rule_uses_is_refused(running: RunningPolicy) -> None:
     rule = {"action": "deny", "match": {"request.headers.x-user": {"in_list": "vip"}}}
     assert (await running.admin.put("/v1/rules/uses-vip", json=rule, headers=AUTH)).status_code == 200
-    refused = await running.admin.delete("/v1/lists/vip", headers=AUTH)
+    assert (
+        await running.admin.put("/v1/lists/api-list", json={"entries": ["x"]}, headers=AUTH)
+    ).status_code == 200
+    rule = {"action": "deny", "match": {"request.headers.x-user": {"in_list": "api-list"}}}
+    assert (await running.admin.put("/v1/rules/uses-api-list", json=rule, headers=AUTH)).status_code == 200
+    refused = await running.admin.delete("/v1/lists/api-list", headers=AUTH)
     assert refused.status_code == 422
-    assert "list 'vip' does not exist" in refused.json()["detail"]
+    assert "list 'api-list' does not exist" in refused.json()["detail"]
 
 
 async def test_evaluate_explains_without_enforcing(running: RunningPolicy) -> None:

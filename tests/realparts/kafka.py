@@ -79,13 +79,18 @@ class TansuBroker:
         return self.process is not None and self.process.poll() is None
 
 
-async def read_topic(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list[tuple[bytes | None, bytes]]:
+KafkaRecords = list[tuple[bytes | None, bytes]]
+
+
+async def read_topic(bootstrap: str, topic: str, *, within: float = 10.0) -> KafkaRecords:
     """Every (key, value) the topic holds right now, from the beginning (a fresh consumer, no group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     records: list[tuple[bytes | None, bytes]] = []
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         await consumer.topics()  # metadata refresh
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
@@ -110,15 +115,15 @@ async def consume(
     bootstrap: str,
     topic: str,
     *,
-    until: Callable[[list[tuple[bytes | None, bytes]]], bool],
-    timeout: float = 30.0,
-) -> list[tuple[bytes | None, bytes]]:
-    """Re-read `topic` from the beginning until `until(records)` holds or the timeout passes."""
-    deadline = time.monotonic() + timeout
-    records: list[tuple[bytes | None, bytes]] = []
+    until: Callable[[KafkaRecords], bool],
+    within: float = 30.0,
+) -> KafkaRecords:
+    """Re-read `topic` from the beginning until `until(records)` holds or `within` seconds pass."""
+    deadline = time.monotonic() + within
+    records: KafkaRecords = []
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):  # the broker may be (re)starting
-            records = await read_topic(bootstrap, topic, timeout=max(deadline - time.monotonic(), 1.0))
+            records = await read_topic(bootstrap, topic, within=max(deadline - time.monotonic(), 1.0))
         if until(records):
             return records
         await asyncio.sleep(0.3)

@@ -40,7 +40,7 @@ async def _consume_ids(broker: TansuBroker, want: set[str], within: float) -> se
     def done(records: list[tuple[bytes | None, bytes]]) -> bool:
         return want <= {decode_json(v)["request_id"] for _, v in records}
 
-    records = await consume(broker.bootstrap, TOPIC, until=done, timeout=within)
+    records = await consume(broker.bootstrap, TOPIC, until=done, within=within)
     return {decode_json(v)["request_id"] for _, v in records}
 
 

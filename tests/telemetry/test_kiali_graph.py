@@ -1,4 +1,4 @@
-"""A real Prometheus scrapes remixer's metrics; Kiali's workload-graph queries (lazyxds.md §5) find the edges."""
+"""A real Prometheus scrapes remixer; Kiali's workload-graph queries (lazyxds.md §5) find the edges."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
@@ -70,19 +71,20 @@ async def send_round(tel: RunningTelemetry) -> None:
     productpage = peer_header("productpage-v1", "productpage")
     reviews = peer_header("reviews-v1", "reviews")
     ratings = peer_header("ratings-v1", "ratings")
+    to_reviews = call(
+        "outbound|9080||reviews.bookinfo.svc.cluster.local", "reviews:9080", response_peer=reviews
+    )
+    from_productpage = call("inbound|9080||", "reviews:9080", request_peer=productpage)
+    to_ratings = call(
+        "outbound|9080||ratings.bookinfo.svc.cluster.local", "ratings:9080", response_peer=ratings, code=503
+    )
     streams = [
         # productpage's sidecar: client side of productpage -> reviews
-        ("productpage-v1", "productpage",
-         [call("outbound|9080||reviews.bookinfo.svc.cluster.local", "reviews:9080", response_peer=reviews)] * 10),
+        ("productpage-v1", "productpage", [to_reviews] * 10),
         # reviews' sidecar: server side of productpage -> reviews, client side of reviews -> ratings
-        ("reviews-v1", "reviews",
-         [call("inbound|9080||", "reviews:9080", request_peer=productpage)] * 10
-         + [call("outbound|9080||ratings.bookinfo.svc.cluster.local", "ratings:9080", response_peer=ratings,
-                 code=503)] * 4),
-    ]  # fmt: skip
+        ("reviews-v1", "reviews", [from_productpage] * 10 + [to_ratings] * 4),
+    ]
     async with asyncio.timeout(10):
-        import grpc
-
         async with grpc.aio.insecure_channel(tel.target) as channel:
             for workload, app, entries in streams:
                 rpc = channel.stream_unary(METHOD, request_serializer=None, response_deserializer=None)()
@@ -101,11 +103,10 @@ def query(url: str, promql: str) -> list[dict[str, Any]]:
 
 
 def edges(rows: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    keys = ("source_workload", "destination_workload", "destination_service_name", "response_code")
     return {
-        (m["metric"]["source_workload"], m["metric"]["destination_workload"], m["metric"]["destination_service_name"],
-         m["metric"]["response_code"])
-        for m in rows
-    }  # fmt: skip
+        (m["metric"][keys[0]], m["metric"][keys[1]], m["metric"][keys[2]], m["metric"][keys[3]]) for m in rows
+    }
 
 
 async def test_kiali_workload_graph_queries(tmp_path: Path, prometheus_factory: PrometheusFactory) -> None:
@@ -114,14 +115,17 @@ async def test_kiali_workload_graph_queries(tmp_path: Path, prometheus_factory: 
         http_server, thread = start_http_server(port, addr="127.0.0.1", registry=tel.registry)
         try:
             prometheus = await asyncio.to_thread(prometheus_factory, scrape_targets=[f"127.0.0.1:{port}"])
-            await send_round(tel)
-            await asyncio.sleep(2.5)  # two scrapes, so rate() sees an increase
-            await send_round(tel)
             ns = "bookinfo"
-            outgoing = f'sum(rate(istio_requests_total{{reporter="source",source_workload_namespace="{ns}"}} [60s])) by ({GROUP_BY}) > 0'
-            incoming = f'sum(rate(istio_requests_total{{reporter="destination",destination_workload_namespace="{ns}"}} [60s])) by ({GROUP_BY}) > 0'
+            # Kiali's queries 3 (outgoing, source-reported) and 2 (incoming, destination-reported).
+            source = f'reporter="source",source_workload_namespace="{ns}"'
+            dest = f'reporter="destination",destination_workload_namespace="{ns}"'
+            outgoing = f"sum(rate(istio_requests_total{{{source}}} [60s])) by ({GROUP_BY}) > 0"
+            incoming = f"sum(rate(istio_requests_total{{{dest}}} [60s])) by ({GROUP_BY}) > 0"
             deadline = time.monotonic() + 20
             while True:
+                # Keep traffic flowing until Prometheus has scraped an increase (rate() > 0).
+                await send_round(tel)
+                await asyncio.sleep(1.0)
                 out_rows = await asyncio.to_thread(query, prometheus.url, outgoing)
                 in_rows = await asyncio.to_thread(query, prometheus.url, incoming)
                 if (len(out_rows) >= 2 and in_rows) or time.monotonic() > deadline:

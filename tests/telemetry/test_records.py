@@ -1,0 +1,94 @@
+"""Access-log records: JSON by default, protobuf optional, both exactly the documented schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2
+from prometheus_client import CollectorRegistry
+
+from remixer.parts import PartContext
+from remixer.v1 import access_record_pb2
+from telemetry.app import TelemetryPart
+from telemetry.edge import decoding
+from telemetry.settings import CallEdgeSettings, TelemetrySettings
+
+SCHEMA = {f.name for f in access_record_pb2.AccessRecord.DESCRIPTOR.fields}
+
+
+class _NoSinks:
+    def sink(self, stream: str) -> None:
+        return None
+
+
+async def _no_guard() -> None:
+    return None
+
+
+def read_records(encoding: str) -> list[tuple[bytes | None, bytes]]:
+    context = PartContext(
+        data_dir=Path("/nonexistent"),
+        registry=CollectorRegistry(),
+        records=_NoSinks(),
+        require_writer=_no_guard,
+    )  # type: ignore[arg-type]
+    settings = TelemetrySettings(record_encoding=encoding, call_edges=CallEdgeSettings(enabled=False))  # type: ignore[arg-type]
+    part = TelemetryPart(settings, context)
+    first = als_pb2.StreamAccessLogsMessage()
+    first.identifier.log_name = "http_envoy_accesslog"
+    first.identifier.node.id = "sidecar~10.0.0.1~web-1.shop~shop.svc.cluster.local"
+    http = accesslog_pb2.HTTPAccessLogEntry()
+    http.common_properties.upstream_cluster = "outbound|8080||cart.shop.svc.cluster.local"
+    http.common_properties.start_time.FromMilliseconds(1_700_000_000_123)
+    http.common_properties.duration.FromMilliseconds(42)
+    http.common_properties.response_flags.upstream_request_timeout = True
+    http.request.authority = "cart:8080"
+    http.request.path = "/cart/7"
+    http.request.request_id = "req-1"
+    http.request.request_method = 3
+    http.request.request_headers_bytes = 100
+    http.response.response_code.value = 504
+    http.response.response_body_bytes = 24
+    first.http_logs.log_entry.append(http)
+    reader = part._new_reader(decoding.stream_identity(first.identifier.SerializeToString()))
+    result = reader.read(decoding.parse_message(first.SerializeToString()))
+    tcp = als_pb2.StreamAccessLogsMessage()
+    entry = tcp.tcp_logs.log_entry.add()
+    entry.common_properties.upstream_cluster = "outbound|5432||db.shop.svc.cluster.local"
+    entry.connection_properties.sent_bytes = 10
+    entry.connection_properties.received_bytes = 20
+    more = reader.read(decoding.parse_message(tcp.SerializeToString()))
+    return result.records + more.records
+
+
+def test_json_records_follow_the_schema() -> None:
+    (http_key, http_value), (tcp_key, tcp_value) = read_records("json")
+    http, tcp = json.loads(http_value), json.loads(tcp_value)
+    assert http_key == b"cart.shop.svc.cluster.local"
+    assert tcp_key == b"db.shop.svc.cluster.local"
+    assert set(http) <= SCHEMA
+    assert set(tcp) <= SCHEMA
+    assert http["request_id"] == "req-1"
+    assert http["method"] == "POST"
+    assert http["response_code"] == 504
+    assert http["response_flags"] == "UT"
+    assert http["authority"] == "cart:8080"
+    assert http["start_time_ms"] == 1_700_000_000_123
+    assert http["duration_ms"] == 42
+    assert http["request_bytes"] == 100
+    assert http["reporter"] == "source"
+    assert http["destination_service"] == "cart.shop.svc.cluster.local"
+    assert http["source_workload_namespace"] == "shop"
+    assert (tcp["kind"], tcp["sent_bytes"], tcp["received_bytes"]) == ("tcp", 10, 20)
+    assert "request_id" not in tcp
+
+
+def test_protobuf_records_decode_to_the_same_values() -> None:
+    (_, http_value), (_, tcp_value) = read_records("protobuf")
+    http = access_record_pb2.AccessRecord.FromString(http_value)
+    assert (http.request_id, http.response_code, http.path, http.kind) == ("req-1", 504, "/cart/7", "http")
+    assert http.destination_service == "cart.shop.svc.cluster.local"
+    tcp = access_record_pb2.AccessRecord.FromString(tcp_value)
+    assert (tcp.kind, tcp.sent_bytes) == ("tcp", 10)
