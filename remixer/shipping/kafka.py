@@ -120,11 +120,23 @@ class KafkaLink:
         finally:
             await admin.close()
 
+    async def _learn_topic(self, producer: AIOKafkaProducer, topic: str) -> list[int]:
+        """A stream that appeared after connecting: make sure its topic exists and learn its partitions."""
+        await asyncio.wait_for(self._ensure_topics([topic]), self.settings.send_timeout_s)
+        parts = await asyncio.wait_for(producer.partitions_for(topic), self.settings.send_timeout_s)
+        self._partitions[topic] = sorted(parts)
+        return self._partitions[topic]
+
     async def send(self, topic: str, records: Sequence[Record]) -> None:
         producer = self._producer
         if producer is None:
             raise ShipFailed("not connected")
-        partitions = self._partitions.get(topic) or [0]
+        partitions = self._partitions.get(topic)
+        if not partitions:
+            try:
+                partitions = await self._learn_topic(producer, topic)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                raise ShipFailed(f"Kafka topic {topic} unavailable: {exc!r}") from None
         if self.settings.partitions:
             partitions = partitions[: self.settings.partitions]
         by_partition: dict[int, list[Record]] = defaultdict(list)

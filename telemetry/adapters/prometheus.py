@@ -119,11 +119,6 @@ class TelemetryStats:
             "Access-log records handed to the shipping queue (Kafka or spool).",
             registry=registry,
         )
-        self.records_dropped = Counter(
-            "remixer_telemetry_records_dropped",
-            "Access-log records the shipping queue refused.",
-            registry=registry,
-        )
         self.batch_entries = Histogram(
             "remixer_telemetry_batch_entries",
             "Entries per StreamAccessLogs message.",
