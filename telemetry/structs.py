@@ -60,7 +60,8 @@ class WorkloadIdentity:
     app: str = UNKNOWN
     version: str = UNKNOWN
     canonical_service: str = UNKNOWN
-    canonical_revision: str = UNKNOWN
+    # Istio reports "latest" when a workload has no canonical revision (or is not known at all).
+    canonical_revision: str = "latest"
     cluster: str = UNKNOWN
 
 

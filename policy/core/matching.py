@@ -11,6 +11,7 @@ Dry-run rules are evaluated at every stage and reported, never enforced.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from policy.core.attributes import path_only
@@ -18,6 +19,8 @@ from policy.core.rules import CompiledLimit, CompiledRule, Snapshot, StageIndex
 from policy.structs import CheckInput, Decision, TraceStep
 
 __all__ = ["Evaluation", "QuotaRequest", "evaluate", "quota_key"]
+
+_MAX_KEY = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,11 @@ def quota_key(limit: CompiledLimit, req: CheckInput) -> str:
     for get in limit.descriptor:
         value = get(req)
         values.append("" if value is None else value if isinstance(value, str) else ",".join(value))
-    return limit.name + "|" + "|".join(values)
+    key = limit.name + "|" + "|".join(values)
+    # Descriptor values come off the wire (headers can be 64 KiB): bound what a counter key holds.
+    if len(key) > _MAX_KEY:
+        key = limit.name + "#" + hashlib.sha256(key.encode(errors="replace")).hexdigest()
+    return key
 
 
 def _scan(

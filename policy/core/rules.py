@@ -16,7 +16,7 @@ from typing import Any
 import re2
 from pydantic import ValidationError
 
-from policy.core import attributes
+from policy.core import attributes, indexing
 from policy.core.documents import (
     LimitDoc,
     ListDoc,
@@ -26,98 +26,17 @@ from policy.core.documents import (
     check_attribute,
     describe,
 )
+from policy.core.indexing import CompiledLimit, CompiledRule, Predicate, StageIndex
 from policy.structs import CheckInput, Decision, PolicyError
 
 __all__ = ["CompiledLimit", "CompiledRule", "Predicate", "Snapshot", "StageIndex", "compile_snapshot"]
 
-Predicate = Callable[[CheckInput], bool]
 
 _MAX_PATTERN = 2048
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.max_mem = 1 << 20
 _RE2_OPTIONS.log_errors = False
 _UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
-_COMBINATORS = ("all", "any", "not")
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledLimit:
-    name: str
-    requests: int
-    period: float  # seconds
-    algorithm: str  # token_bucket | sliding_window
-    shadow: bool
-    descriptor: tuple[attributes.Getter, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRule:
-    rule_id: str
-    stage: str  # deny | rate_limit | allow
-    ordinal: int  # position in evaluation order within its stage
-    dry_run: bool
-    predicate: Predicate
-    decision: Decision | None  # deny/allow: the prebuilt outcome
-    limit: CompiledLimit | None  # rate_limit: what to consume
-
-
-@dataclass(frozen=True, slots=True)
-class StageIndex:
-    """Rules of one stage, bucketed by a literal value their top-level conjunction requires.
-
-    - by_exact: request.path exact literals;
-    - by_segment: path prefixes keyed by their first path segment ('/shop/cart/' -> 'shop'),
-      each bucket a list of (prefix, rules) tested with startswith; short prefixes go in `short`;
-    - by_value: (attribute getter, {value: rules}) for `exact`/`in` matchers on any other attribute;
-    - always: rules with no usable literal.
-    A request gathers only the buckets its values select, then runs those rules in evaluation order.
-    """
-
-    always: tuple[CompiledRule, ...]
-    by_exact: Mapping[str, tuple[CompiledRule, ...]]
-    by_segment: Mapping[str, tuple[tuple[str, tuple[CompiledRule, ...]], ...]]
-    short: tuple[tuple[str, tuple[CompiledRule, ...]], ...]
-    by_value: tuple[tuple[attributes.Getter, Mapping[str, tuple[CompiledRule, ...]]], ...]
-    size: int
-
-    def candidates(self, path: str, req: CheckInput) -> Sequence[CompiledRule]:
-        """Rules that may match (path without query), in evaluation order."""
-        found: list[tuple[CompiledRule, ...]] = []
-        if self.always:
-            found.append(self.always)
-        if self.by_exact:
-            hit = self.by_exact.get(path)
-            if hit:
-                found.append(hit)
-        if self.by_segment:
-            cut = path.find("/", 1)
-            bucket = self.by_segment.get(path[1:cut] if cut > 0 else path[1:])
-            if bucket:
-                for prefix, group in bucket:
-                    if path.startswith(prefix):
-                        found.append(group)
-        for prefix, group in self.short:
-            if path.startswith(prefix):
-                found.append(group)
-        for get, table in self.by_value:
-            value = get(req)
-            if value is not None:
-                if isinstance(value, str):
-                    hit = table.get(value)
-                    if hit:
-                        found.append(hit)
-                else:
-                    found.extend(table[v] for v in set(value) if v in table)
-        if not found:
-            return ()
-        if len(found) == 1:
-            return found[0]
-        unique = {r.ordinal: r for group in found for r in group}
-        return [unique[k] for k in sorted(unique)]
-
-
-def _ordinal(rule: CompiledRule) -> int:
-    return rule.ordinal
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,96 +238,6 @@ def _any(parts: Sequence[Predicate]) -> Predicate:
     return lambda r: any(p(r) for p in tup)
 
 
-_REGEX_META = frozenset("\\.^$|?*+()[]{}")
-IndexKey = tuple[str, str, tuple[str, ...]]  # (kind, attribute, literals)
-
-
-def _literal_prefix(pattern: str, *, glob: bool) -> str:
-    """The literal text every match must start with ('' when unknown)."""
-    if glob:
-        cut = min((i for i, ch in enumerate(pattern) if ch in "*?"), default=len(pattern))
-        return pattern[:cut]
-    if "|" in pattern or pattern.startswith("^"):
-        return ""
-    out: list[str] = []
-    for ch in pattern:
-        if ch in _REGEX_META:
-            if ch in "?*{" and out:
-                out.pop()  # the last literal may be optional or repeated
-            break
-        out.append(ch)
-    return "".join(out)
-
-
-def _index_key(match: dict[str, Any], lists: Mapping[str, ListDoc]) -> IndexKey | None:
-    """A literal the rule's top level requires: path exact/prefix first, else any exact/in matcher."""
-    path = match.get("request.path")
-    if isinstance(path, dict) and not path.get("ignore_case") and len(path) == 1:
-        op, value = next(iter(path.items()))
-        if op == "exact" and isinstance(value, str):
-            return ("path_exact", "request.path", (value,))
-        prefix = ""
-        if op == "prefix" and isinstance(value, str):
-            prefix = value
-        elif op in ("regex", "glob") and isinstance(value, str):
-            prefix = _literal_prefix(value, glob=op == "glob")
-        if prefix.startswith("/"):
-            return ("path_prefix", "request.path", (prefix,))
-    for attribute, raw in match.items():
-        if attribute in ("all", "any", "not", "request.path") or not isinstance(raw, dict):
-            continue
-        if raw.get("ignore_case") or len(raw) != 1:
-            continue
-        op, value = next(iter(raw.items()))
-        if op == "exact" and isinstance(value, str):
-            return ("value", check_attribute(attribute), (value,))
-        if op == "in" and isinstance(value, list) and all(isinstance(v, str) for v in value) and value:
-            return ("value", check_attribute(attribute), tuple(value))
-        listed = lists.get(value) if op == "in_list" and isinstance(value, str) else None
-        if listed is not None and listed.kind == "string" and listed.entries:
-            return ("value", check_attribute(attribute), tuple(listed.entries))
-    return None
-
-
-def _build_index(rules: Sequence[tuple[CompiledRule, IndexKey | None]], *, jwt_header: str) -> StageIndex:
-    always: list[CompiledRule] = []
-    exact: dict[str, list[CompiledRule]] = {}
-    prefixes: dict[str, list[CompiledRule]] = {}
-    values: dict[str, dict[str, list[CompiledRule]]] = {}
-    for rule, key in rules:
-        if key is None:
-            always.append(rule)
-            continue
-        kind, attribute, literals = key
-        if kind == "path_exact":
-            exact.setdefault(literals[0], []).append(rule)
-        elif kind == "path_prefix":
-            prefixes.setdefault(literals[0], []).append(rule)
-        else:
-            table = values.setdefault(attribute, {})
-            for literal in dict.fromkeys(literals):
-                table.setdefault(literal, []).append(rule)
-    by_segment: dict[str, list[tuple[str, tuple[CompiledRule, ...]]]] = {}
-    short: list[tuple[str, tuple[CompiledRule, ...]]] = []
-    for prefix, group in prefixes.items():
-        cut = prefix.find("/", 1)
-        if cut > 0:
-            by_segment.setdefault(prefix[1:cut], []).append((prefix, tuple(group)))
-        else:
-            short.append((prefix, tuple(group)))
-    return StageIndex(
-        always=tuple(always),
-        by_exact={k: tuple(v) for k, v in exact.items()},
-        by_segment={k: tuple(v) for k, v in by_segment.items()},
-        short=tuple(short),
-        by_value=tuple(
-            (attributes.getter(attribute, jwt_header=jwt_header), {k: tuple(v) for k, v in table.items()})
-            for attribute, table in values.items()
-        ),
-        size=len(rules),
-    )
-
-
 def _decision_for(rule: RuleDoc) -> Decision | None:
     if rule.action == "deny":
         deny = rule.deny
@@ -471,7 +300,7 @@ def compile_snapshot(
                 raise PolicyError(f"list {listed.name!r}: field entries: {exc}") from None
     limits = {x.name: _compile_limit(x, jwt_header) for x in document.limits}
     used: set[str] = set()
-    staged: dict[str, list[tuple[CompiledRule, IndexKey | None]]] = {
+    staged: dict[str, list[tuple[CompiledRule, indexing.IndexKey | None]]] = {
         "deny": [],
         "rate_limit": [],
         "allow": [],
@@ -498,7 +327,7 @@ def compile_snapshot(
             decision=_decision_for(rule),
             limit=limit,
         )
-        staged[rule.action].append((compiled, _index_key(rule.match, lists)))
+        staged[rule.action].append((compiled, indexing.index_key(rule.match, lists)))
     default = (
         Decision(kind="allow", status=200, rule_id="default")
         if default_decision == "allow"
@@ -507,9 +336,9 @@ def compile_snapshot(
     referenced = tuple(sorted(used))
     return Snapshot(
         revision=revision,
-        deny=_build_index(staged["deny"], jwt_header=jwt_header),
-        rate_limit=_build_index(staged["rate_limit"], jwt_header=jwt_header),
-        allow=_build_index(staged["allow"], jwt_header=jwt_header),
+        deny=indexing.build_index(staged["deny"], jwt_header=jwt_header),
+        rate_limit=indexing.build_index(staged["rate_limit"], jwt_header=jwt_header),
+        allow=indexing.build_index(staged["allow"], jwt_header=jwt_header),
         default=default,
         referenced=referenced,
         cache_key_getters=tuple(attributes.getter(a, jwt_header=jwt_header) for a in referenced),

@@ -105,6 +105,10 @@ class AuthorizationHandler:
             )
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        # As the generated code does: registered methods are looked up in C, not through a Python
+        # generic handler per call.
+        if hasattr(server, "add_registered_method_handlers"):
+            server.add_registered_method_handlers(SERVICE_NAME, handlers)
         return [SERVICE_NAME]
 
     def wire(self, decision: Decision) -> bytes:

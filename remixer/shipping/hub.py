@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from operator import itemgetter
 from pathlib import Path
 
 from remixer.parts import Record
@@ -25,6 +26,8 @@ from remixer.shipping.spool import Spool
 log = logging.getLogger("remixer.shipping")
 
 KNOWN_STREAMS = {"access-logs": "access_logs", "decisions": "decisions"}
+_VALUE = itemgetter(1)
+_KEY_ALLOWANCE = 1024
 
 
 class StreamQueue:
@@ -42,7 +45,8 @@ class StreamQueue:
 
     def _admit(self, records: Sequence[Record]) -> Sequence[Record]:
         limit = self._hub.settings.kafka.max_record_bytes
-        if all(len(v) + (len(k) if k else 0) <= limit for k, v in records):
+        # Fast path at C speed: keys are short (a service name), so check the values with room to spare.
+        if not records or max(map(len, map(_VALUE, records))) + _KEY_ALLOWANCE <= limit:
             return records
         kept = [r for r in records if len(r[1]) + (len(r[0]) if r[0] else 0) <= limit]
         self._metrics.dropped("too_large", len(records) - len(kept))
@@ -149,7 +153,11 @@ class ShippingHub:
 
     def ensure_running(self) -> None:
         if self._task is None and not self.closing:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="remixer-shipper")
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # offered from outside the event loop: the next call from inside starts it
+                return
+            self._task = loop.create_task(self._run(), name="remixer-shipper")
 
     def wake(self) -> None:
         self._wake.set()
@@ -225,7 +233,8 @@ class ShippingHub:
             started = time.perf_counter()
             try:
                 await link.send(stream.topic, records)
-            except ShipFailed:
+            except (ShipFailed, asyncio.CancelledError):
+                # Not acknowledged (or close() ran out of time): keep them, ahead of what is still queued.
                 stream.to_spool(records)
                 raise
             metrics.sent(len(records), time.perf_counter() - started)

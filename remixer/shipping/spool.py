@@ -41,7 +41,7 @@ class Spool:
         self._segments: list[int] = sorted(
             int(p.name[: -len(_SUFFIX)])
             for p in directory.glob(f"*{_SUFFIX}")
-            if p.name[: -len(_SUFFIX)].isdigit()
+            if p.name[: -len(_SUFFIX)].isascii() and p.name[: -len(_SUFFIX)].isdigit()
         )
         self._sizes: dict[int, int] = {seq: self._path(seq).stat().st_size for seq in self._segments}
         self._read = self._load_position()

@@ -48,7 +48,7 @@ def workload_identity(metadata: Mapping[str, Any], node_id: str = "") -> Workloa
     if canonical == UNKNOWN:
         canonical = workload
     revision = _text(labels.get(CANONICAL_REVISION)) if labels.get(CANONICAL_REVISION) else version
-    if revision == UNKNOWN and canonical != UNKNOWN:
+    if revision == UNKNOWN:
         revision = "latest"
     return WorkloadIdentity(
         workload=workload,
@@ -70,11 +70,19 @@ class ClusterName:
     host: str
 
 
+def _port(text: str) -> int:
+    """A TCP port from text, 0 when it is not one (str.isdigit alone accepts '²', which int() refuses)."""
+    if text.isascii() and text.isdigit() and len(text) <= 5:
+        port = int(text)
+        return port if port <= 65535 else 0
+    return 0
+
+
 def parse_cluster(name: str) -> ClusterName:
     """`outbound|9080||reviews.default.svc.cluster.local`, `inbound|9080||`, or anything else."""
     parts = name.split("|")
     if len(parts) == 4 and parts[0] in ("outbound", "inbound"):
-        port = int(parts[1]) if parts[1].isdigit() else 0
+        port = _port(parts[1])
         return ClusterName(parts[0], port, parts[3])
     return ClusterName("other", 0, "")
 
@@ -86,12 +94,12 @@ def split_authority(authority: str) -> tuple[str, int]:
         end = host.find("]")
         tail = host[end + 1 :]
         host = host[1:end] if end > 0 else host
-        if tail.startswith(":") and tail[1:].isdigit():
-            port = int(tail[1:])
+        if tail.startswith(":"):
+            port = _port(tail[1:])
     elif host.count(":") == 1:
         name, _, port_text = host.partition(":")
         host = name
-        port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+        port = _port(port_text)
     return host, port
 
 
@@ -108,7 +116,7 @@ def service_name_and_namespace(host: str) -> tuple[str, str]:
     if host == UNKNOWN or not host:
         return UNKNOWN, UNKNOWN
     parts = host.split(".")
-    if len(parts) >= 3 and parts[2] == "svc":
+    if len(parts) >= 3 and parts[2] == "svc" and parts[0] and parts[1]:
         return parts[0], parts[1]
     return host, UNKNOWN
 
@@ -164,6 +172,8 @@ def derive(stream: StreamIdentity, facts: EntryFacts, *, fallback_reporter: str)
         src_principal, dst_principal = facts.local_principal, facts.peer_principal
         security = UNKNOWN
     service, service_name, service_ns, port = _destination_service(cluster, facts, reporter, node)
+    # Never an empty label value: odd hosts (".", "..svc") still read "unknown".
+    service, service_name, service_ns = service or UNKNOWN, service_name or UNKNOWN, service_ns or UNKNOWN
     is_http = facts.protocol != "tcp"
     labels: Labels = (
         reporter,

@@ -9,58 +9,23 @@ one record.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoy.config.core.v3 import address_pb2
-from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
-from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 from google.protobuf.message import DecodeError
 
 from remixer.v1 import als_view_pb2
 from telemetry.core import labels as core_labels
 from telemetry.core.aggregates import HttpSeries, TcpSeries
+from telemetry.edge import wire
 from telemetry.structs import ENVOY_BUCKETS, Derived, EntryFacts, Labels, StreamIdentity, WorkloadIdentity
 
 PEER_HEADER = "x-envoy-peer-metadata"
 MAX_MEMO = 4096
 
-# Envoy's %RESPONSE_FLAGS% short strings (ResponseFlagUtils), by ResponseFlags field name.
-FLAG_CODES: dict[str, str] = {
-    "failed_local_healthcheck": "LH",
-    "no_healthy_upstream": "UH",
-    "upstream_request_timeout": "UT",
-    "local_reset": "LR",
-    "upstream_remote_reset": "UR",
-    "upstream_connection_failure": "UF",
-    "upstream_connection_termination": "UC",
-    "upstream_overflow": "UO",
-    "no_route_found": "NR",
-    "delay_injected": "DI",
-    "fault_injected": "FI",
-    "rate_limited": "RL",
-    "unauthorized_details": "UAEX",
-    "rate_limit_service_error": "RLSE",
-    "downstream_connection_termination": "DC",
-    "upstream_retry_limit_exceeded": "URX",
-    "stream_idle_timeout": "SI",
-    "invalid_envoy_request_headers": "IH",
-    "downstream_protocol_error": "DPE",
-    "upstream_max_stream_duration_reached": "UMSDR",
-    "response_from_cache_filter": "RFCF",
-    "no_filter_config_found": "NFCF",
-    "duration_timeout": "DT",
-    "upstream_protocol_error": "UPE",
-    "no_cluster_found": "NC",
-    "overload_manager": "OM",
-    "dns_resolution_failure": "DF",
-    "downstream_remote_reset": "DRR",
-}
 METHODS = ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 # Entries that complete a request / connection; periodic and start logs are shipped but not counted.
 HTTP_COUNTED_TYPES = frozenset({0, 6})  # NotSet, DownstreamEnd
@@ -79,130 +44,18 @@ def parse_message(data: bytes) -> als_view_pb2.StreamAccessLogsMessage:
         raise MalformedMessage(f"not a StreamAccessLogsMessage ({len(data)} bytes): {exc}") from None
 
 
-def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
-
-
 def stream_identity(raw_identifier: bytes) -> StreamIdentity:
     try:
         ident = als_pb2.StreamAccessLogsMessage.Identifier.FromString(raw_identifier)
     except DecodeError as exc:
         raise MalformedMessage(f"the stream identifier is not decodable: {exc}") from None
     node = ident.node
-    metadata = struct_to_dict(node.metadata) if node.HasField("metadata") else {}
+    metadata = wire.struct_to_dict(node.metadata) if node.HasField("metadata") else {}
     return StreamIdentity(
         node_id=node.id,
         log_name=ident.log_name,
         workload=core_labels.workload_identity(metadata, node.id),
     )
-
-
-class _BoundedCache(dict[Any, Any]):
-    def remember(self, key: Any, value: Any) -> Any:
-        if len(self) >= MAX_MEMO:
-            self.clear()
-        self[key] = value
-        return value
-
-
-_FLAGS = _BoundedCache()
-_CODES = _BoundedCache()
-_TLS = _BoundedCache()
-_ADDRESSES = _BoundedCache()
-
-
-def flags_text(raw: bytes) -> str:
-    """Serialized ResponseFlags -> Envoy's short codes joined by ',' ('-' when none)."""
-    text = _FLAGS.get(raw)
-    if text is None:
-        try:
-            flags = accesslog_pb2.ResponseFlags.FromString(raw)
-            codes = [FLAG_CODES.get(f.name, f.name) for f, value in flags.ListFields() if value]
-        except DecodeError:
-            codes = []
-        text = _FLAGS.remember(raw, ",".join(codes) or "-")
-    return str(text)
-
-
-def response_code(raw: bytes) -> int:
-    code = _CODES.get(raw)
-    if code is None:
-        try:
-            code = wrappers_pb2.UInt32Value.FromString(raw).value
-        except DecodeError:
-            code = 0
-        _CODES.remember(raw, code)
-    return int(code)
-
-
-def tls_facts(raw: bytes) -> tuple[str, str, bool, str]:
-    """Serialized TLSProperties -> (peer URI SAN, local URI SAN, peer presented a certificate, SNI)."""
-    found = _TLS.get(raw)
-    if found is None:
-        try:
-            tls = accesslog_pb2.TLSProperties.FromString(raw)
-        except DecodeError:
-            return "", "", False, ""
-        peer = tls.peer_certificate_properties
-        peer_uri = next((s.uri for s in peer.subject_alt_name if s.uri), "")
-        local_uri = next((s.uri for s in tls.local_certificate_properties.subject_alt_name if s.uri), "")
-        mtls = bool(peer.subject_alt_name) or bool(peer.subject)
-        found = _TLS.remember(raw, (peer_uri, local_uri, mtls, tls.tls_sni_hostname))
-    return found  # type: ignore[no-any-return]
-
-
-def address_text(raw: bytes) -> str:
-    found = _ADDRESSES.get(raw)
-    if found is None:
-        try:
-            sock = address_pb2.Address.FromString(raw).socket_address
-            found = f"{sock.address}:{sock.port_value}" if sock.address else ""
-        except DecodeError:
-            found = ""
-        _ADDRESSES.remember(raw, found)
-    return str(found)
-
-
-def _pair(pairs: Sequence[Any], key: str) -> str:
-    for pair in pairs:
-        if pair.key == key:
-            return str(pair.value)
-    return ""
-
-
-class PeerCache:
-    """Decoded peer metadata (base64 Struct header, or a filter-state Any) by its raw value. Bounded."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._cache = _BoundedCache()
-
-    def from_header(self, value: str) -> WorkloadIdentity | None:
-        if value in self._cache:
-            return self._cache[value]  # type: ignore[no-any-return]
-        peer = None
-        if len(value) <= self.max_bytes:
-            try:
-                struct = struct_pb2.Struct.FromString(base64.b64decode(value, validate=False))
-                peer = core_labels.workload_identity(struct_to_dict(struct))
-            except (DecodeError, binascii.Error, ValueError):
-                peer = None
-        return self._cache.remember(value, peer)  # type: ignore[no-any-return]
-
-    def from_any(self, raw_any: bytes) -> WorkloadIdentity | None:
-        if raw_any in self._cache:
-            return self._cache[raw_any]  # type: ignore[no-any-return]
-        peer = None
-        if len(raw_any) <= self.max_bytes:
-            try:
-                packed = any_pb2.Any.FromString(raw_any)
-                if packed.type_url.endswith("google.protobuf.Struct"):
-                    peer = core_labels.workload_identity(
-                        struct_to_dict(struct_pb2.Struct.FromString(packed.value))
-                    )
-            except (DecodeError, ValueError):
-                peer = None
-        return self._cache.remember(raw_any, peer)  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True, eq=False)
@@ -241,7 +94,7 @@ class StreamReader:
         identity: StreamIdentity,
         *,
         fallback_reporter: str,
-        peers: PeerCache,
+        peers: wire.PeerCache,
         build_kind: KindBuilder,
         encode: RecordEncoder | None,
         max_field: int,
@@ -285,13 +138,13 @@ class StreamReader:
 
     def _http_kind(self, key: tuple[Any, ...], common: Any, request: Any, response: Any) -> EntryKind:
         cluster, authority, raw_code, raw_flags, raw_tls, peer_header, grpc_status, path, outbound = key
-        tls = tls_facts(raw_tls) if raw_tls else ("", "", False, "")
+        tls = wire.tls_facts(raw_tls) if raw_tls else ("", "", False, "")
         facts = EntryFacts(
             upstream_cluster=cluster,
             authority=authority,
-            response_code=response_code(raw_code) if raw_code else 0,
+            response_code=wire.response_code(raw_code) if raw_code else 0,
             grpc_status=grpc_status,
-            response_flags=flags_text(raw_flags) if raw_flags else "-",
+            response_flags=wire.flags_text(raw_flags) if raw_flags else "-",
             protocol="grpc" if grpc_status else "http",
             peer=self._peer(common, peer_header, outbound),
             peer_principal=tls[0],
@@ -322,11 +175,11 @@ class StreamReader:
             )
             response_headers = response.response_headers
             headers = response_headers if outbound else request.request_headers
-            peer_header = _pair(headers, PEER_HEADER) if headers else ""
+            peer_header = wire.pair(headers, PEER_HEADER) if headers else ""
             trailers = response.response_trailers
-            grpc_status = _pair(trailers, "grpc-status") if trailers else ""
+            grpc_status = wire.pair(trailers, "grpc-status") if trailers else ""
             if not grpc_status and response_headers:
-                grpc_status = _pair(response_headers, "grpc-status")
+                grpc_status = wire.pair(response_headers, "grpc-status")
             filter_state = False if peer_header else bool(common.filter_state_objects)
             raw_code = response.response_code
             authority = request.authority
@@ -406,12 +259,12 @@ class StreamReader:
             key = ("tcp", cluster, raw_flags, raw_tls, upstream_raw, outbound if filter_state else None)
             kind = self._memo.get(key)
             if kind is None:
-                tls = tls_facts(raw_tls) if raw_tls else ("", "", False, "")
-                upstream = address_text(upstream_raw) if upstream_raw else ""
+                tls = wire.tls_facts(raw_tls) if raw_tls else ("", "", False, "")
+                upstream = wire.address_text(upstream_raw) if upstream_raw else ""
                 facts = EntryFacts(
                     upstream_cluster=cluster,
                     authority=tls[3] or upstream,
-                    response_flags=flags_text(raw_flags) if raw_flags else "-",
+                    response_flags=wire.flags_text(raw_flags) if raw_flags else "-",
                     protocol="tcp",
                     peer=self._peer(common, "", outbound),
                     peer_principal=tls[0],

@@ -76,6 +76,14 @@ class RunningPolicy:
 PolicyFactory = Callable[..., Awaitable[RunningPolicy]]
 
 
+async def eventually(check: Callable[[], bool], *, within: float = 10.0, what: str = "condition") -> None:
+    """Poll instead of sleeping a fixed time: the CI machine is shared and sometimes slow."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"{what} not met within {within}s"
+        await asyncio.sleep(0.05)
+
+
 def write_policy(directory: Path, document: dict[str, Any] | str) -> Path:
     path = directory / f"policy-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(document if isinstance(document, str) else yaml.safe_dump(document, sort_keys=False))
@@ -86,7 +94,9 @@ def write_policy(directory: Path, document: dict[str, Any] | str) -> Path:
 async def policy_factory(tmp_path: Path) -> AsyncIterator[PolicyFactory]:
     running: list[RunningPolicy] = []
 
-    async def start(*, policy: dict[str, Any] | str | None = None, **overrides: Any) -> RunningPolicy:
+    async def start(
+        *, policy: dict[str, Any] | str | None = None, records: Any = None, **overrides: Any
+    ) -> RunningPolicy:
         files = [write_policy(tmp_path, policy)] if policy is not None else []
         settings = PolicySettings(
             **{"policy_files": files, "http_address": "127.0.0.1:0", "reload_interval": 0.2, **overrides}
@@ -96,7 +106,7 @@ async def policy_factory(tmp_path: Path) -> AsyncIterator[PolicyFactory]:
         context = PartContext(
             data_dir=tmp_path / f"data-{len(running)}",
             registry=registry,
-            records=sinks,
+            records=records if records is not None else sinks,
             require_writer=token_guard(ADMIN_TOKEN),
         )
         part = PolicyPart(settings, context)

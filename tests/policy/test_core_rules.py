@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from policy.core import documents, matching, rules
+from policy.core import documents, indexing, matching, rules
 from policy.structs import CheckInput, PolicyError
 
 
@@ -275,4 +275,21 @@ def test_path_index_returns_the_same_decisions_as_a_linear_scan() -> None:
     ],
 )
 def test_literal_prefixes_of_patterns(pattern: str, glob: bool, prefix: str) -> None:
-    assert rules._literal_prefix(pattern, glob=glob) == prefix
+    assert indexing.literal_prefix(pattern, glob=glob) == prefix
+
+
+def test_quota_keys_are_bounded_for_giant_descriptor_values() -> None:
+    snap = compile_doc(
+        {
+            "limits": [
+                {"name": "l", "requests": 1, "unit": "second", "descriptor": ["request.headers.x-user"]}
+            ],
+            "rules": [rule("lim", "rate_limit", {}, limit="l")],
+        }
+    )
+    small = decide(snap, headers={"x-user": "ann"}).quotas[0].key
+    assert small == "l|ann"
+    huge = decide(snap, headers={"x-user": "u" * 65_536}).quotas[0].key
+    other = decide(snap, headers={"x-user": "v" * 65_536}).quotas[0].key
+    assert len(huge) < 100
+    assert huge != other

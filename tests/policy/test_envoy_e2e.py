@@ -20,7 +20,7 @@ from remixer.envoy import (
     http_cluster,
     http_listener,
 )
-from tests.policy.conftest import POSTGRES_URL, REDIS_URL, PolicyFactory, RunningPolicy
+from tests.policy.conftest import POSTGRES_URL, REDIS_URL, PolicyFactory, RunningPolicy, eventually
 from tests.realparts.envoy import EnvoyFactory
 
 POLICY: dict[str, Any] = {
@@ -149,9 +149,10 @@ async def _scenario(run: RunningPolicy, envoy: Any, listen: int, *, mode: str) -
     assert stats.get("http.ingress_http.ext_authz.error", 0) == 0
     assert run.metric("remixer_policy_checks_total", decision="rate_limited", rule="limit-search") == 1
     assert run.metric("remixer_policy_checks_total", decision="deny", rule="deny-admin") == 1
-    await asyncio.sleep(0.4)  # one decision-log flush
     decisions = run.sinks.sink("decisions").records
-    assert any(b'"rule":"deny-admin"' in value for _, value in decisions)
+    await eventually(
+        lambda: any(b'"rule":"deny-admin"' in value for _, value in decisions), what="decision log"
+    )
 
 
 @pytest.mark.parametrize("mode", ["grpc", "http"])

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from policy.adapters.sql import SqlPolicyStore
 from policy.structs import CheckInput, PolicyError
-from tests.policy.conftest import POSTGRES_URL, PolicyFactory
+from tests.policy.conftest import POSTGRES_URL, PolicyFactory, eventually
 
 
 def _accept(data: object) -> None:
@@ -102,8 +102,7 @@ async def test_a_second_replica_picks_up_changes_without_restart(
     assert (await reader.part.service.check(CheckInput(path="/x"))).kind == "allow"
     rule = {"action": "deny", "match": {"request.path": {"exact": "/x"}}}
     assert (await writer.put("rules", "close-x", rule)).status_code == 200
-    for _ in range(40):
-        await asyncio.sleep(0.1)
-        if reader.part.service.snapshot.rule_count == 1:
-            break
+    await eventually(
+        lambda: reader.part.service.snapshot.rule_count == 1, what="replica picked up the change"
+    )
     assert (await reader.part.service.check(CheckInput(path="/x"))).rule_id == "close-x"

@@ -136,6 +136,7 @@ def test_plain_envoy_without_metadata_is_all_unknown_but_complete() -> None:
     assert got["destination_service"] == "unknown"
     assert got["response_code"] == "404"
     assert got["response_flags"] == "-"
+    assert got["destination_canonical_revision"] == "latest"  # as Istio reports an unknown peer
     assert derived.edge is None
     assert set(derived.misses) == {"source_workload", "destination_workload", "destination_service"}
 
@@ -159,6 +160,9 @@ def test_cluster_and_authority_parsing() -> None:
     assert labels.split_authority("Example.COM:8080") == ("example.com", 8080)
     assert labels.split_authority("[::1]:9090") == ("::1", 9090)
     assert labels.split_authority("host:notaport") == ("host", 0)
+    assert labels.split_authority("host:²") == ("host", 0)  # a digit to str.isdigit, not to int()
+    assert labels.split_authority("host:99999") == ("host", 0)
+    assert labels.parse_cluster("outbound|²||a.b.svc.cluster.local").port == 0
     assert labels.service_name_and_namespace("details.default.svc.cluster.local") == ("details", "default")
     assert labels.service_name_and_namespace("example.com") == ("example.com", "unknown")
 

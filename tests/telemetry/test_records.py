@@ -92,3 +92,41 @@ def test_protobuf_records_decode_to_the_same_values() -> None:
     assert http.destination_service == "cart.shop.svc.cluster.local"
     tcp = access_record_pb2.AccessRecord.FromString(tcp_value)
     assert (tcp.kind, tcp.sent_bytes) == ("tcp", 10)
+
+
+def test_tls_peer_san_and_filter_state_peer_feed_the_labels() -> None:
+    from google.protobuf import any_pb2, struct_pb2
+
+    context = PartContext(
+        data_dir=Path("/nonexistent"),
+        registry=CollectorRegistry(),
+        records=_NoSinks(),
+        require_writer=_no_guard,
+    )  # type: ignore[arg-type]
+    part = TelemetryPart(TelemetrySettings(call_edges=CallEdgeSettings(enabled=False)), context)
+    msg = als_pb2.StreamAccessLogsMessage()
+    msg.identifier.log_name = "http_envoy_accesslog"
+    msg.identifier.node.id = "sidecar~10.0.0.2~cart-1.shop~shop.svc.cluster.local"
+    e = msg.http_logs.log_entry.add()
+    e.common_properties.upstream_cluster = "inbound|8080||"
+    e.request.authority = "cart:8080"
+    e.response.response_code.value = 200
+    tls = e.common_properties.tls_properties
+    tls.peer_certificate_properties.subject_alt_name.add(uri="spiffe://cluster.local/ns/shop/sa/web")
+    tls.local_certificate_properties.subject_alt_name.add(uri="spiffe://cluster.local/ns/shop/sa/cart")
+    peer = struct_pb2.Struct()
+    peer.update({"NAMESPACE": "shop", "WORKLOAD_NAME": "web", "LABELS": {"app": "web"}})
+    packed = any_pb2.Any()
+    packed.Pack(peer)
+    e.common_properties.filter_state_objects["downstream_peer"].CopyFrom(packed)
+    reader = part._new_reader(decoding.stream_identity(msg.identifier.SerializeToString()))
+    reader.read(decoding.parse_message(msg.SerializeToString()))
+    (labels,) = list(part.aggregates.http)
+    got = dict(zip(part._http_policy.names, labels, strict=True))
+    assert got["reporter"] == "destination"
+    assert got["source_workload"] == "web"
+    assert got["source_principal"] == "spiffe://cluster.local/ns/shop/sa/web"
+    assert got["destination_principal"] == "spiffe://cluster.local/ns/shop/sa/cart"
+    assert got["connection_security_policy"] == "mutual_tls"
+    assert got["destination_workload_namespace"] == "shop"
+    assert got["destination_service"] == "cart.shop.svc.cluster.local"

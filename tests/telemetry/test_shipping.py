@@ -122,12 +122,16 @@ async def test_drops_are_counted_when_the_spool_is_full_or_a_record_too_large(tm
     assert spooled + full == 1000
 
 
-async def test_a_stream_added_after_connecting_gets_its_topic(tmp_path: Path, kafka_broker: TansuBroker) -> None:
+async def test_a_stream_added_after_connecting_gets_its_topic(
+    tmp_path: Path, kafka_broker: TansuBroker
+) -> None:
     registry = CollectorRegistry()
     hub = build_record_sinks(kafka_on(kafka_broker), data_dir=tmp_path, registry=registry)
     try:
         await hub.sink("access-logs").put(numbered(5))
-        await wait_until(lambda: value(registry, "remixer_shipping_records_sent_total", stream="access-logs") == 5)
+        await wait_until(
+            lambda: value(registry, "remixer_shipping_records_sent_total", stream="access-logs") == 5
+        )
         assert hub.sink("decisions").offer(numbered(7)) == 7  # policy's decision log, created later
         got = await consume(kafka_broker.bootstrap, "remixer-decisions", until=lambda r: len(r) >= 7)
         assert [v for _, v in got] == [v for _, v in numbered(7)]
