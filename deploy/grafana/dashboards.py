@@ -495,7 +495,7 @@ TELEMETRY = Dashboard(
                 "Records exported and dropped",
                 (
                     q(f"sum(rate(remixer_telemetry_records_exported_total{RATE}))", "exported"),
-                    q(f"sum(rate(remixer_telemetry_records_dropped_total{RATE}))", "dropped"),
+                    q(f'sum(rate(remixer_shipping_records_dropped_total{{stream="access-logs"}}{RATE})) or vector(0)', "dropped"),
                 ),
                 unit="ops",
             ),
