@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ import yaml
 
 from remixer import envoy
 from remixer.echo import EchoServer
+from remixer.serveproc import ServeProcess
 from remixer.settings import Settings
 
 # The metric the telemetry part increments for every access-log entry it decodes.
@@ -83,51 +83,6 @@ def demo_bootstrap(
     )
 
 
-class _Remixer:
-    """`remixer serve` as a subprocess, exactly as a user starts it."""
-
-    def __init__(self, config: Path, admin_url: str, log_path: Path) -> None:
-        self.admin_url = admin_url
-        self.log_path = log_path
-        self._config = config
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "remixer", "serve", "--config", str(self._config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"remixer serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.admin_url + "/readyz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"remixer serve not ready after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self) -> int | None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                return None
-        return proc.returncode
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def metric_value(metrics_text: str, name: str) -> float:
     """Sum of every sample of `name` (all label sets) in Prometheus text format."""
     total = 0.0
@@ -155,7 +110,7 @@ def demo_stack(settings: Settings, workdir: Path) -> Iterator[dict[str, Any]]:
     }
     config_path = workdir / "remixer.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    remixer = _Remixer(config_path, f"http://127.0.0.1:{ports['admin']}", workdir / "remixer.log")
+    remixer = ServeProcess(config_path, f"http://127.0.0.1:{ports['admin']}", workdir / "remixer.log")
     with EchoServer() as upstream:
         remixer.start()
         try:

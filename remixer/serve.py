@@ -124,7 +124,10 @@ class _Running:
     draining: bool = False
 
 
-async def run_worker(settings: Settings, *, worker_index: int = 0, reuse_port: bool = False) -> int:
+async def run_worker(
+    settings: Settings, *, worker_index: int = 0, reuse_port: bool = False, started: Any = None
+) -> int:
+    """Serve until SIGTERM/SIGINT. `started` (an Event) is set once the start succeeded or failed."""
     server = settings.server
     data_dir = server.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +159,9 @@ async def run_worker(settings: Settings, *, worker_index: int = 0, reuse_port: b
         log.error("remixer cannot start: %s", exc)
         await _shutdown(settings, running, records)
         return 1
+    finally:
+        if started is not None:
+            started.set()
     log.info(
         "remixer serving worker=%d %s",
         worker_index,
@@ -258,9 +264,9 @@ async def _shutdown(settings: Settings, running: _Running, records: Any) -> None
             await running.admin_task
 
 
-def _worker_process(settings: Settings, index: int) -> None:
+def _worker_process(settings: Settings, index: int, started: Any) -> None:
     logs.configure(settings.server.log_level, settings.server.log_format)
-    sys.exit(asyncio.run(run_worker(settings, worker_index=index, reuse_port=True)))
+    sys.exit(asyncio.run(run_worker(settings, worker_index=index, reuse_port=True, started=started)))
 
 
 def serve(settings: Settings) -> int:
@@ -274,11 +280,20 @@ def serve(settings: Settings) -> int:
         log.error("remixer cannot start: %s", exc)
         return 1
     ctx = multiprocessing.get_context("spawn")
+    started = [ctx.Event() for _ in range(settings.server.workers)]
     workers = [
-        ctx.Process(target=_worker_process, args=(settings, i), name=f"remixer-worker-{i}")
+        ctx.Process(target=_worker_process, args=(settings, i, started[i]), name=f"remixer-worker-{i}")
         for i in range(settings.server.workers)
     ]
-    for proc in workers:
+    # Worker 0 starts alone: one-time work (schema migrations of a shared SQLite file) must not race.
+    workers[0].start()
+    while not started[0].wait(0.1):
+        if not workers[0].is_alive():
+            break
+    if not workers[0].is_alive():
+        workers[0].join()
+        return workers[0].exitcode or 1
+    for proc in workers[1:]:
         proc.start()
 
     def forward(signum: int, _frame: object) -> None:
@@ -290,6 +305,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for proc in workers:
-        proc.join()
-    codes = [proc.exitcode or 0 for proc in workers]
+        if proc.pid is not None:
+            proc.join()
+    codes = [proc.exitcode or 0 for proc in workers if proc.pid is not None]
     return max(codes)

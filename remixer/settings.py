@@ -15,11 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from telemetry.settings import TelemetrySettings
 
 from controller.settings import ControllerSettings
 from policy.settings import PolicySettings
 from remixer.shipping.settings import ShippingSettings
+from telemetry.settings import TelemetrySettings
 
 PartName = Literal["policy", "telemetry", "admin"]
 ALL_PARTS: tuple[PartName, ...] = ("policy", "telemetry", "admin")

@@ -18,6 +18,7 @@ OUT = Path(__file__).resolve().parent / "dashboards"
 
 HTTP = 'istio_requests_total{reporter=~"source|waypoint"}'
 RATE = "[$__rate_interval]"
+ACCESS_LOG_DROPS = 'remixer_shipping_records_dropped_total{stream="access-logs"}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,7 +496,7 @@ TELEMETRY = Dashboard(
                 "Records exported and dropped",
                 (
                     q(f"sum(rate(remixer_telemetry_records_exported_total{RATE}))", "exported"),
-                    q(f'sum(rate(remixer_shipping_records_dropped_total{{stream="access-logs"}}{RATE})) or vector(0)', "dropped"),
+                    q(f"sum(rate({ACCESS_LOG_DROPS}{RATE})) or vector(0)", "dropped"),
                 ),
                 unit="ops",
             ),

@@ -159,9 +159,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         policy={"policy_files": [str(DEMO_POLICY)]},
         shipping={"kafka": {"enabled": True, "bootstrap_servers": [kafka.bootstrap], "linger_ms": 20}},
     )
-    remixer = RemixerServer(
-        workdir, config, remixer_ports["grpc"], remixer_ports["http_authz"], remixer_ports["admin"]
-    )
+    remixer = RemixerServer(workdir, config, remixer_ports)
     controller_metrics = free_port()
     prometheus_root = workdir / "prometheus"
     prometheus_root.mkdir()

@@ -58,10 +58,8 @@ def test_unknown_method_is_unimplemented_and_server_keeps_serving(remixer_factor
             bogus(b"\x0a\x00", timeout=5)
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
         garbage = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
-        try:  # undecodable bytes: a policy decision or a clean status, never a dead server
-            garbage(b"\xff\xff\xff\xff", timeout=5)
-        except grpc.RpcError as exc:
-            assert exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
+        # Undecodable bytes get the policy's decision (never an exception escaping to gRPC).
+        assert garbage(b"\xff\xff\xff\xff", timeout=5)
         response = external_auth_pb2_grpc.AuthorizationStub(channel).Check(check_request(), timeout=5)
         assert response.HasField("status")
     assert httpx.get(server.admin_url + "/healthz").status_code == 200

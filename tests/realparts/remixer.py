@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +12,19 @@ import pytest
 import yaml
 
 from remixer.envoy import free_port
+from remixer.serveproc import ServeProcess
 
 
-@dataclass
-class RemixerServer:
-    workdir: Path
-    config: dict[str, Any]
-    grpc_port: int
-    http_authz_port: int
-    admin_port: int
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log_path = self.workdir / "remixer.log"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+class RemixerServer(ServeProcess):
+    def __init__(self, workdir: Path, config: dict[str, Any], ports: dict[str, int]) -> None:
+        super().__init__(
+            workdir / "remixer.yaml", f"http://127.0.0.1:{ports['admin']}", workdir / "remixer.log"
+        )
+        self.workdir = workdir
+        self.config = config
+        self.grpc_port = ports["grpc"]
+        self.http_authz_port = ports["http_authz"]
+        self.admin_port = ports["admin"]
 
     @property
     def grpc_target(self) -> str:
@@ -48,53 +37,12 @@ class RemixerServer:
     def admin_token(self) -> str:
         return (self.data_dir / "admin-token").read_text().strip()
 
-    def start(self, *extra_args: str, wait: bool = True, timeout: float = 30.0) -> RemixerServer:
-        path = self.workdir / "remixer.yaml"
-        path.write_text(yaml.safe_dump(self.config))
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "remixer", "serve", "--config", str(path), *extra_args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"remixer exited {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.admin_url + "/readyz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"remixer not ready in {timeout}s:\n{self.log()}")
+    def start(self, *extra_args: str, wait: bool = True, timeout: float = 30.0) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        super().start(*extra_args, wait=wait, timeout=timeout)
 
     def metrics(self) -> str:
         return httpx.get(self.admin_url + "/metrics", timeout=5).text
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise
-        return int(proc.returncode)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 RemixerFactory = Callable[..., RemixerServer]
@@ -118,13 +66,13 @@ def remixer_config(workdir: Path, **sections: dict[str, Any]) -> tuple[dict[str,
 
 @pytest.fixture
 def remixer_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemixerFactory]:
-    """remixer_factory(policy={...}, telemetry={...}, start=True) -> a running RemixerServer."""
+    """remixer_factory(*serve_args, start=True, policy={...}, telemetry={...}) -> a RemixerServer."""
     started: list[RemixerServer] = []
 
     def make(*extra_args: str, start: bool = True, **sections: dict[str, Any]) -> RemixerServer:
         workdir = tmp_path_factory.mktemp("remixer")
         config, ports = remixer_config(workdir, **sections)
-        server = RemixerServer(workdir, config, ports["grpc"], ports["http_authz"], ports["admin"])
+        server = RemixerServer(workdir, config, ports)
         started.append(server)
         if start:
             server.start(*extra_args)
