@@ -196,8 +196,13 @@ def run_demo(settings: Settings, *, requests: int = 60, keep_running: bool = Fal
                 f"  curl -s -X POST {admin_url}/v1/evaluate -H 'content-type: application/json' "
                 '-d \'{"method": "GET", "path": "/admin/x"}\'\n'
                 f"  curl -s {admin_url}/readyz\n"
-                f"  curl -s -X DELETE {admin_url}/v1/rules/deny-admin \\\n"
-                f'      -H "authorization: Bearer $(cat {token_file})"\n'
+                "  # add a rule at runtime (writes need the admin token), then see /products/ denied:\n"
+                f"  curl -s -X PUT {admin_url}/v1/rules/deny-products \\\n"
+                "      -H 'content-type: application/json' \\\n"
+                f'      -H "authorization: Bearer $(cat {token_file})" \\\n'
+                '      -d \'{"id": "deny-products", "action": "deny",\n'
+                '           "match": {"request.path": {"prefix": "/api/v1/products"}}}\'\n'
+                f"  curl -i {base}/api/v1/products/1\n"
                 "Press Ctrl-C to stop."
             )
             stop_signals = {signal.SIGINT, signal.SIGTERM}
