@@ -18,6 +18,14 @@ class ControllerMetrics:
         self.deleted = Counter(
             "remixer_controller_sidecars_deleted_total", "Sidecars pruned.", registry=registry
         )
+        self.hosts_added = Counter(
+            "remixer_controller_hosts_added_total", "Egress hosts added to Sidecar scopes.", registry=registry
+        )
+        self.hosts_removed = Counter(
+            "remixer_controller_hosts_removed_total",
+            "Egress hosts removed from Sidecar scopes (unseen for the whole TTL).",
+            registry=registry,
+        )
         self.edges = Gauge(
             "remixer_controller_call_edges", "Call edges seen by the last run.", registry=registry
         )
@@ -58,6 +66,9 @@ class ControllerMetrics:
         self.last_success.set(now)
         self.written.inc(summary.written)
         self.deleted.inc(summary.deleted)
+        if summary.outcome == "wrote":
+            self.hosts_added.inc(sum(len(c.added) for c in summary.changes))
+            self.hosts_removed.inc(sum(len(c.removed) for c in summary.changes))
         self.edges.set(summary.edges)
         self.skipped_rows.set(summary.skipped_rows)
         if summary.shrink is not None:

@@ -584,10 +584,12 @@ CONTROLLER = Dashboard(
         ),
         (
             Panel(
-                "Sidecars written and deleted",
+                "Sidecars written and deleted, hosts added and removed",
                 (
-                    q("sum(increase(remixer_controller_sidecars_written_total[1h]))", "written"),
-                    q("sum(increase(remixer_controller_sidecars_deleted_total[1h]))", "deleted"),
+                    q("sum(increase(remixer_controller_sidecars_written_total[1h]))", "sidecars written"),
+                    q("sum(increase(remixer_controller_sidecars_deleted_total[1h]))", "sidecars deleted"),
+                    q("sum(increase(remixer_controller_hosts_added_total[1h]))", "hosts added"),
+                    q("sum(increase(remixer_controller_hosts_removed_total[1h]))", "hosts removed"),
                 ),
             ),
             Panel(

@@ -243,6 +243,11 @@ async def test_loop_repeats_the_run_and_exposes_metrics(mesh_url: str, tmp_path:
     assert runs >= 2
     assert registry.get_sample_value("remixer_controller_runs_total", {"outcome": "wrote"}) == 1
     assert registry.get_sample_value("remixer_controller_sidecars_written_total") == 2
+    # The first write adds every scoped host; the unchanged re-runs add and remove none.
+    added = registry.get_sample_value("remixer_controller_hosts_added_total")
+    assert added is not None
+    assert added >= 2
+    assert registry.get_sample_value("remixer_controller_hosts_removed_total") == 0
     before = registry.get_sample_value("remixer_controller_xds_clusters", {"scope": "before"})
     after = registry.get_sample_value("remixer_controller_xds_clusters", {"scope": "after"})
     assert before is not None
