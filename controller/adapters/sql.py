@@ -8,8 +8,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     Column,
     Connection,
@@ -31,6 +29,7 @@ from controller.core.edges import CallEdgeRow
 from controller.errors import SourceUnavailable, UsageError
 from controller.structs import StoredDependency, WorkloadInfo, WorkloadRef
 from remixer.calledges import call_edges
+from remixer.migrating import upgrade as alembic_upgrade
 
 VERSION_TABLE = "alembic_version_controller"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -90,11 +89,7 @@ def async_url(url: str) -> str:
 
 
 def _upgrade(connection: Connection, schema: str | None) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    config.attributes["schema"] = schema
-    command.upgrade(config, "head")
+    alembic_upgrade(connection, MIGRATIONS, schema=schema)
 
 
 def _insert(dialect: str, table: Table) -> Any:

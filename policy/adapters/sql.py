@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from policy.adapters.base import AuditEntry, BackendUnavailable, ItemKind, StoredPolicy, Validator
 from policy.structs import ItemOwnedByFile, PolicyError
+from remixer.migrating import upgrade as alembic_upgrade
 
 __all__ = ["SqlPolicyStore", "async_url", "metadata"]
 
@@ -101,11 +100,7 @@ class SqlPolicyStore:
             raise BackendUnavailable(f"policy store migration failed: {_brief(exc)}") from exc
 
     def _upgrade(self, sync_conn: sa.Connection) -> None:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.attributes["connection"] = sync_conn
-        cfg.attributes["schema"] = self.schema
-        command.upgrade(cfg, "head")
+        alembic_upgrade(sync_conn, MIGRATIONS, schema=self.schema)
 
     # ---- reads -------------------------------------------------------------------------------
 

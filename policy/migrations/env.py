@@ -1,21 +1,8 @@
-"""Alembic environment for the policy tables; run programmatically by SqlPolicyStore.migrate()."""
+"""Alembic environment for the policy tables (version table alembic_version_policy)."""
 
 from __future__ import annotations
 
-from alembic import context
-
 from policy.adapters.sql import metadata
+from remixer.migrating import run_env
 
-config = context.config
-connection = config.attributes["connection"]
-schema = config.attributes.get("schema")
-
-context.configure(
-    connection=connection,
-    target_metadata=metadata,
-    version_table="alembic_version_policy",
-    version_table_schema=schema,
-    transaction_per_migration=False,
-)
-with context.begin_transaction():
-    context.run_migrations()
+run_env(metadata, "alembic_version_policy", transaction_per_migration=False)

@@ -1,20 +1,8 @@
-"""Alembic environment: always run programmatically with a connection in config.attributes."""
+"""Alembic environment for the call-edge table (version table alembic_version_telemetry)."""
 
 from __future__ import annotations
 
-from alembic import context
-
 from remixer.calledges import metadata
+from remixer.migrating import run_env
 
-VERSION_TABLE = "alembic_version_telemetry"
-
-connection = context.config.attributes["connection"]
-schema = context.config.attributes.get("schema")
-context.configure(
-    connection=connection,
-    target_metadata=metadata,
-    version_table=VERSION_TABLE,
-    version_table_schema=schema,
-)
-with context.begin_transaction():
-    context.run_migrations()
+run_env(metadata, "alembic_version_telemetry")
