@@ -58,24 +58,27 @@ def check_response(decision: Decision) -> Any:
 
 
 def check_input(request: Any) -> CheckInput:
+    # Each upb sub-message access builds a wrapper object: read each one once.
     attrs = request.attributes
     http = attrs.request.http
+    headers = http.headers
     source = attrs.source
     destination = attrs.destination
+    destination_socket = destination.address.socket_address
     return CheckInput(
         method=http.method,
         path=http.path,
         host=http.host,
         scheme=http.scheme,
         # http.id is Envoy's numeric stream id; x-request-id is what access logs carry.
-        request_id=http.headers.get("x-request-id") or http.id,
-        headers=http.headers,
+        request_id=headers.get("x-request-id") or http.id,
+        headers=headers,
         source_address=source.address.socket_address.address,
         source_principal=source.principal,
         source_service=source.service,
         source_labels=source.labels,
-        destination_address=destination.address.socket_address.address,
-        destination_port=destination.address.socket_address.port_value,
+        destination_address=destination_socket.address,
+        destination_port=destination_socket.port_value,
         destination_service=destination.service,
         destination_labels=destination.labels,
         context=attrs.context_extensions,
