@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -254,6 +255,7 @@ async def serve_remixer(port_file: Path, policy_file: Path, cache_size: int, ext
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await part.start()
+    gc.freeze()  # as remixer serve does once its parts have started
     ports = {"grpc": port, "http": part.http_port}  # type: ignore[attr-defined]
     port_file.write_text(json.dumps(ports))  # noqa: ASYNC240 (once, before serving)
     await server.wait_for_termination()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,9 +77,6 @@ class PolicyPart:
             await self.http.bind(host.strip("[]"), int(port), reuse_port=self.context.reuse_port)
         try:
             await self.service.start()
-            # Everything alive now (imports, the snapshot) lives for the process: keep it out of the
-            # cyclic GC's full collections, which otherwise rescan it while Checks allocate.
-            gc.freeze()
         except BaseException:
             if self.http is not None:
                 await self.http.close(0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import multiprocessing
 import os
@@ -162,6 +163,10 @@ async def run_worker(
     finally:
         if started is not None:
             started.set()
+    # Everything alive now (imports, parts, policy snapshots) lives for the process: keep it out of
+    # the cyclic GC's full collections, which would otherwise rescan it while Checks and batches
+    # allocate. Process-wide, so done once here rather than by one part for all.
+    gc.freeze()
     log.info(
         "remixer serving worker=%d %s",
         worker_index,
