@@ -223,7 +223,11 @@ async def _start(
     if "admin" in server.parts and worker_index == 0:
         sock = bind_tcp(server.admin_address, setting="server.admin_address", reuse_port=False)
         routers: list[Any] = [r for p in running.parts for r in p.admin_routers()]
-        routers.extend(_controller_routers(settings))
+        # Imported here: only the admin worker serves the controller's graph API, and its
+        # dependencies (networkx, the Prometheus client) need not load in every worker.
+        from controller.app import admin_router
+
+        routers.append(admin_router(settings.controller))
         app = admin.build_admin_app(
             registry=registry,
             routers=routers,
@@ -238,14 +242,6 @@ async def _start(
         )
         running.admin_server = _QuietServer(config)
         running.admin_task = asyncio.create_task(running.admin_server.serve(sockets=[sock]))
-
-
-def _controller_routers(settings: Settings) -> list[Any]:
-    try:
-        from controller.app import admin_router
-    except ImportError:  # the controller card is optional in a slim policy/telemetry image
-        return []
-    return [admin_router(settings.controller)]
 
 
 async def _shutdown(settings: Settings, running: _Running, records: Any) -> None:
