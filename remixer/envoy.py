@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -330,10 +330,3 @@ def bootstrap(
         "admin": {"address": socket_address("127.0.0.1", admin_port)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
-
-
-@contextlib.contextmanager
-def running(boot: Mapping[str, Any], **kwargs: Any) -> Iterator[EnvoyProcess]:
-    proc = EnvoyProcess(boot, **kwargs)
-    with proc:
-        yield proc
