@@ -1,6 +1,7 @@
 """Benchmark the ext_authz Check path: remixer's policy vs a bare grpc.aio allow-all servicer.
 
-Same machine, same run, same client (a separate process): (a) remixer with 200 rules, lists and a
+Same machine, same run, same client (a separate process), every server with remixer serve's process
+settings (settle_heap: GC thresholds, glibc heap retention): (a) remixer with 200 rules, lists and a
 quota, decision cache off; (b) remixer with the cache hitting; (c) a bare grpc.aio servicer that
 allows everything; (d) remixer's HTTP ext_authz mode. Besides throughput it reports each server's
 CPU time per call (from /proc), which stays meaningful even when the client is the bottleneck.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import random
@@ -208,6 +208,8 @@ async def serve_bare(port_file: Path) -> None:
     from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
     from google.rpc import status_pb2
 
+    from remixer.serve import settle_heap
+
     class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
         async def Check(self, request: Any, context: Any) -> Any:
             return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=0))
@@ -216,6 +218,7 @@ async def serve_bare(port_file: Path) -> None:
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AllowAll(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    settle_heap()  # the same GC settings as remixer serve: the ratio compares the policy, not GC tuning
     port_file.write_text(json.dumps({"grpc": port}))  # noqa: ASYNC240 (once, before serving)
     await server.wait_for_termination()
 
@@ -227,6 +230,7 @@ async def serve_remixer(port_file: Path, policy_file: Path, cache_size: int, ext
     from policy.app import build_part
     from policy.settings import PolicySettings
     from remixer.parts import PartContext
+    from remixer.serve import settle_heap
 
     class DiscardSink:
         def offer(self, records: Any) -> int:
@@ -255,7 +259,7 @@ async def serve_remixer(port_file: Path, policy_file: Path, cache_size: int, ext
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await part.start()
-    gc.freeze()  # as remixer serve does once its parts have started
+    settle_heap()  # as remixer serve does once its parts have started
     ports = {"grpc": port, "http": part.http_port}  # type: ignore[attr-defined]
     port_file.write_text(json.dumps(ports))  # noqa: ASYNC240 (once, before serving)
     await server.wait_for_termination()

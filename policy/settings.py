@@ -58,7 +58,12 @@ class PolicySettings(BaseModel):
         1.0, ge=0, le=1, description="Fraction of decisions written to the decision log (1 = all, 0 = none)."
     )
     decision_log_flush_interval: float = Field(
-        0.2, gt=0, le=60, description="Seconds between decision-log batches handed to the record sink."
+        0.05,
+        gt=0,
+        le=60,
+        # Short: a few hundred records per batch reuse the same memory; longer batches measurably
+        # cost page faults on the Check path (bench/check.py). Kafka batching is the shipper's job.
+        description="Seconds between decision-log batches handed to the record sink.",
     )
     decision_log_buffer: int = Field(
         100000, ge=100, description="Decision records buffered between flushes; beyond it they are dropped."

@@ -1,7 +1,7 @@
 """Compiled rules and the per-stage index that picks the rules a request can possibly match.
 
-Rules are bucketed by a literal their top-level conjunction requires (a request.path literal, the
-first path segment of a prefix, an `exact`/`in`/`in_list` value), so a Check runs only the rules
+Rules are bucketed by a literal their top-level conjunction requires (a request.path literal, a
+path prefix in a segment trie, an `exact`/`in`/`in_list` value), so a Check runs only the rules
 that can match, in evaluation order.
 """
 
@@ -20,6 +20,7 @@ __all__ = [
     "CompiledRule",
     "IndexKey",
     "Predicate",
+    "PrefixNode",
     "StageIndex",
     "build_index",
     "index_key",
@@ -51,21 +52,49 @@ class CompiledRule:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixNode:
+    """A path-segment trie of path prefixes. A prefix '/shop/cart/v' sits at node shop -> cart with
+    the tail 'v', which the request's next segment must start with ('' for a prefix ending in '/')."""
+
+    children: Mapping[str, PrefixNode]
+    tails: tuple[tuple[str, tuple[CompiledRule, ...]], ...]
+
+    def groups(self, path: str) -> list[tuple[CompiledRule, ...]]:
+        """The rule groups whose prefix `path` starts with: one dict step per path segment."""
+        found: list[tuple[CompiledRule, ...]] = []
+        node = self
+        for segment in path[1:].split("/"):
+            for tail, group in node.tails:
+                if segment.startswith(tail):
+                    found.append(group)
+            child = node.children.get(segment)
+            if child is None:
+                break
+            node = child
+        return found
+
+    def all_groups(self) -> list[tuple[CompiledRule, ...]]:
+        below = [g for child in self.children.values() for g in child.all_groups()]
+        return [g for _, g in self.tails] + below
+
+
+_NO_PREFIXES = PrefixNode(children={}, tails=())
+
+
+@dataclass(frozen=True, slots=True)
 class StageIndex:
     """Rules of one stage, bucketed by a literal value their top-level conjunction requires.
 
     - by_exact: request.path exact literals;
-    - by_segment: path prefixes keyed by their first path segment ('/shop/cart/' -> 'shop'),
-      each bucket a list of (prefix, rules) tested with startswith; short prefixes go in `short`;
+    - prefixes: request.path prefixes (also the literal start of path regexes and globs), in a trie;
     - by_value: (attribute getter, {value: rules}) for `exact`/`in` matchers on any other attribute;
     - always: rules with no usable literal.
-    A request gathers only the buckets its values select, then runs those rules in evaluation order.
+    A request gathers only the groups its values select, then runs those rules in evaluation order.
     """
 
     always: tuple[CompiledRule, ...]
     by_exact: Mapping[str, tuple[CompiledRule, ...]]
-    by_segment: Mapping[str, tuple[tuple[str, tuple[CompiledRule, ...]], ...]]
-    short: tuple[tuple[str, tuple[CompiledRule, ...]], ...]
+    prefixes: PrefixNode
     by_value: tuple[tuple[attributes.Getter, Mapping[str, tuple[CompiledRule, ...]]], ...]
     size: int
 
@@ -78,16 +107,8 @@ class StageIndex:
             hit = self.by_exact.get(path)
             if hit:
                 found.append(hit)
-        if self.by_segment:
-            cut = path.find("/", 1)
-            bucket = self.by_segment.get(path[1:cut] if cut > 0 else path[1:])
-            if bucket:
-                for prefix, group in bucket:
-                    if path.startswith(prefix):
-                        found.append(group)
-        for prefix, group in self.short:
-            if path.startswith(prefix):
-                found.append(group)
+        if path.startswith("/") and self.prefixes is not _NO_PREFIXES:
+            found += self.prefixes.groups(path)
         for get, table in self.by_value:
             value = get(req)
             if value is not None:
@@ -103,6 +124,33 @@ class StageIndex:
             return found[0]
         unique = {r.ordinal: r for group in found for r in group}
         return [unique[k] for k in sorted(unique)]
+
+    def all_rules(self) -> list[CompiledRule]:
+        """Every rule of the stage in evaluation order (the reference a linear scan would use)."""
+        groups = [self.always, *self.by_exact.values(), *self.prefixes.all_groups()]
+        groups += [g for _, table in self.by_value for g in table.values()]
+        unique = {r.ordinal: r for group in groups for r in group}
+        return [unique[k] for k in sorted(unique)]
+
+
+def _prefix_trie(prefixes: Mapping[str, Sequence[CompiledRule]]) -> PrefixNode:
+    if not prefixes:
+        return _NO_PREFIXES
+    tree: dict[str, Any] = {}  # segment -> subtree; "" key of a subtree: its (tail, rules) list
+    for prefix, group in prefixes.items():
+        *segments, tail = prefix[1:].split("/")
+        node = tree
+        for segment in segments:
+            node = node.setdefault("/" + segment, {})  # "/" keeps segments apart from the tails key
+        node.setdefault("", []).append((tail, tuple(group)))
+
+    def freeze(node: dict[str, Any]) -> PrefixNode:
+        return PrefixNode(
+            children={k[1:]: freeze(v) for k, v in node.items() if k},
+            tails=tuple(node.get("", ())),
+        )
+
+    return freeze(tree)
 
 
 _REGEX_META = frozenset("\\.^$|?*+()[]{}")
@@ -174,19 +222,10 @@ def build_index(rules: Sequence[tuple[CompiledRule, IndexKey | None]], *, jwt_he
             table = values.setdefault(attribute, {})
             for literal in dict.fromkeys(literals):
                 table.setdefault(literal, []).append(rule)
-    by_segment: dict[str, list[tuple[str, tuple[CompiledRule, ...]]]] = {}
-    short: list[tuple[str, tuple[CompiledRule, ...]]] = []
-    for prefix, group in prefixes.items():
-        cut = prefix.find("/", 1)
-        if cut > 0:
-            by_segment.setdefault(prefix[1:cut], []).append((prefix, tuple(group)))
-        else:
-            short.append((prefix, tuple(group)))
     return StageIndex(
         always=tuple(always),
         by_exact={k: tuple(v) for k, v in exact.items()},
-        by_segment={k: tuple(v) for k, v in by_segment.items()},
-        short=tuple(short),
+        prefixes=_prefix_trie(prefixes),
         by_value=tuple(
             (attributes.getter(attribute, jwt_header=jwt_header), {k: tuple(v) for k, v in table.items()})
             for attribute, table in values.items()

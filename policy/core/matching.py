@@ -62,15 +62,14 @@ def _scan(
     path: str,
     req: CheckInput,
     dry: list[str],
-    trace: list[TraceStep] | None,
+    trace: list[TraceStep],
     *,
     first: bool,
 ) -> list[CompiledRule]:
     matched: list[CompiledRule] = []
     for rule in index.candidates(path, req):
         hit = rule.predicate(req)
-        if trace is not None:
-            trace.append(TraceStep(rule.stage, rule.rule_id, hit, "dry_run" if rule.dry_run else ""))
+        trace.append(TraceStep(rule.stage, rule.rule_id, hit, "dry_run" if rule.dry_run else ""))
         if not hit:
             continue
         if rule.dry_run:
@@ -83,13 +82,63 @@ def _scan(
 
 
 def evaluate(snapshot: Snapshot, req: CheckInput, *, explain: bool = False) -> Evaluation:
+    if explain:
+        return _evaluate_traced(snapshot, req)
+    # The Check hot path: same order and outcome as _evaluate_traced, without the trace bookkeeping;
+    # a decision with no dry-run matches and no quota reuses the rule's prebuilt Evaluation.
+    path = path_only(req)
+    dry: list[str] | None = None
+    if snapshot.deny.size:
+        for rule in snapshot.deny.candidates(path, req):
+            if rule.predicate(req):
+                if rule.dry_run:
+                    dry = [rule.rule_id] if dry is None else [*dry, rule.rule_id]
+                elif rule.decision is not None:
+                    return _outcome(rule.decision, (), dry)
+    quotas: tuple[QuotaRequest, ...] = ()
+    if snapshot.rate_limit.size:
+        for rule in snapshot.rate_limit.candidates(path, req):
+            if rule.predicate(req):
+                if rule.dry_run:
+                    dry = [rule.rule_id] if dry is None else [*dry, rule.rule_id]
+                elif rule.limit:
+                    quotas = (*quotas, QuotaRequest(rule.rule_id, rule.limit, quota_key(rule.limit, req)))
+    decision = snapshot.default
+    if snapshot.allow.size:
+        for rule in snapshot.allow.candidates(path, req):
+            if rule.predicate(req):
+                if rule.dry_run:
+                    dry = [rule.rule_id] if dry is None else [*dry, rule.rule_id]
+                elif rule.decision is not None:
+                    decision = rule.decision
+                    break
+    return _outcome(decision, quotas, dry)
+
+
+def _outcome(decision: Decision, quotas: tuple[QuotaRequest, ...], dry: list[str] | None) -> Evaluation:
+    if dry is None and not quotas:
+        plain = _PLAIN.get(decision)
+        if plain is None:
+            if len(_PLAIN) >= 4096:  # Decisions live as long as their snapshot: bound the memo
+                _PLAIN.clear()
+            plain = _PLAIN[decision] = Evaluation(decision)
+        return plain
+    return Evaluation(decision, quotas, tuple(dry or ()))
+
+
+# Decision (identity-hashed, one per rule of a snapshot) -> its Evaluation without quotas or dry runs.
+_PLAIN: dict[Decision, Evaluation] = {}
+
+
+def _evaluate_traced(snapshot: Snapshot, req: CheckInput) -> Evaluation:
+    """POST /v1/evaluate: every rule looked at, in order, with whether it matched."""
     path = path_only(req)
     dry: list[str] = []
-    trace: list[TraceStep] | None = [] if explain else None
+    trace: list[TraceStep] = []
     if snapshot.deny.size:
         denied = _scan(snapshot.deny, path, req, dry, trace, first=True)
         if denied and denied[0].decision is not None:
-            return Evaluation(denied[0].decision, (), tuple(dry), tuple(trace or ()))
+            return Evaluation(denied[0].decision, (), tuple(dry), tuple(trace))
     quotas: tuple[QuotaRequest, ...] = ()
     if snapshot.rate_limit.size:
         limited = _scan(snapshot.rate_limit, path, req, dry, trace, first=False)
@@ -103,6 +152,6 @@ def evaluate(snapshot: Snapshot, req: CheckInput, *, explain: bool = False) -> E
         allowed = _scan(snapshot.allow, path, req, dry, trace, first=True)
         if allowed and allowed[0].decision is not None:
             decision = allowed[0].decision
-    if trace is not None and decision is snapshot.default:
+    if decision is snapshot.default:
         trace.append(TraceStep("default", "default", True, decision.kind))
-    return Evaluation(decision, quotas, tuple(dry), tuple(trace or ()))
+    return Evaluation(decision, quotas, tuple(dry), tuple(trace))

@@ -126,7 +126,10 @@ def _network_test(entries: Iterable[str]) -> Callable[[str], bool]:
         if found is None:
             return False
         version, bits, as_int = found
-        return any(v == version and (as_int >> (bits - length)) in keys for (v, length), keys in groups)
+        for (v, length), keys in groups:  # noqa: SIM110 (a loop, not any(genexpr): runs every Check)
+            if v == version and (as_int >> (bits - length)) in keys:
+                return True
+        return False
 
     return test
 

@@ -250,7 +250,7 @@ def test_path_index_returns_the_same_decisions_as_a_linear_scan() -> None:
     many += [rule("short", "deny", {"request.path": {"prefix": "/sv"}, "request.method": {"exact": "X"}})]
     many += [rule("re", "deny", {"request.path": {"regex": "/rx/v[0-9]+"}})]
     snap = compile_doc({"rules": many})
-    assert snap.deny.by_segment
+    assert snap.deny.prefixes.children
     assert snap.deny.by_exact
     assert snap.deny.by_value
     assert decide(snap, path="/svc7/a").decision.rule_id == "p7"
@@ -261,6 +261,9 @@ def test_path_index_returns_the_same_decisions_as_a_linear_scan() -> None:
     assert decide(snap, path="/svc", method="X").decision.rule_id == "short"
     assert decide(snap, path="/rx/v12").decision.rule_id == "re"
     assert decide(snap, path="/rx/v").decision.rule_id == "default"
+    assert decide(snap, path="/svc7").decision.rule_id == "default"  # '/svc7/' needs the slash
+    assert decide(snap, path="/svc7/").decision.rule_id == "p7"
+    assert decide(snap, path="svc7/a").decision.rule_id == "default"  # not origin-form: no prefix applies
 
 
 @pytest.mark.parametrize(

@@ -146,11 +146,7 @@ def _linear(snapshot: rules.Snapshot, req: CheckInput) -> tuple[str, tuple[str, 
     """The reference: every rule of each stage in order, no index."""
 
     def stage(index: rules.StageIndex) -> list[rules.CompiledRule]:
-        groups = [index.always, *index.by_exact.values(), *(g for _, g in index.short)]
-        groups += [g for bucket in index.by_segment.values() for _, g in bucket]
-        groups += [g for _, table in index.by_value for g in table.values()]
-        unique = {r.ordinal: r for group in groups for r in group}
-        return [unique[k] for k in sorted(unique)]
+        return index.all_rules()
 
     dry: list[str] = []
     for rule in stage(snapshot.deny):
