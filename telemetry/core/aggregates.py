@@ -82,6 +82,79 @@ class TcpSeries:
         self.closed += other.closed
 
 
+class HttpTally:
+    """One kind's HTTP entries within one batch, added to its series once at the end of the batch.
+
+    Byte sums stay exact ints until then; the compiled scanner (telemetry/edge/_scan.pyx) keeps the same
+    tallies in C and applies them in the same order, so both readers leave bit-identical series.
+    """
+
+    __slots__ = (
+        "count",
+        "duration",
+        "duration_sum",
+        "request_bytes",
+        "request_sum",
+        "response_bytes",
+        "response_sum",
+    )
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.duration = [0] * BUCKET_COUNT
+        self.duration_sum = 0.0
+        self.request_bytes = [0] * BUCKET_COUNT
+        self.request_sum = 0
+        self.response_bytes = [0] * BUCKET_COUNT
+        self.response_sum = 0
+
+    def observe(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        self.count += 1
+        self.duration[bisect_left(ENVOY_BUCKETS, duration_ms)] += 1
+        self.duration_sum += duration_ms
+        self.request_bytes[bisect_left(ENVOY_BUCKETS, request_bytes)] += 1
+        self.request_sum += request_bytes
+        self.response_bytes[bisect_left(ENVOY_BUCKETS, response_bytes)] += 1
+        self.response_sum += response_bytes
+
+    def apply(self, series: HttpSeries) -> None:
+        series.count += self.count
+        _add_buckets(series.duration, self.duration)
+        series.duration_sum += self.duration_sum
+        _add_buckets(series.request_bytes, self.request_bytes)
+        series.request_sum += self.request_sum
+        _add_buckets(series.response_bytes, self.response_bytes)
+        series.response_sum += self.response_sum
+
+
+class TcpTally:
+    """One kind's TCP entries within one batch (see HttpTally)."""
+
+    __slots__ = ("count", "received", "sent")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sent = 0
+        self.received = 0
+
+    def observe(self, sent: int, received: int) -> None:
+        self.count += 1
+        self.sent += sent
+        self.received += received
+
+    def apply(self, series: TcpSeries) -> None:
+        series.sent += self.sent
+        series.received += self.received
+        series.opened += self.count
+        series.closed += self.count
+
+
+def _add_buckets(series: list[int], tally: list[int]) -> None:
+    for i, n in enumerate(tally):
+        if n:
+            series[i] += n
+
+
 class Aggregates:
     """Running totals per label set, with a cap on label sets per metric family and one overflow series."""
 

@@ -1,8 +1,10 @@
 """The StreamAccessLogs servicer: bytes off the wire -> BatchResult -> the pipeline, one message at a time.
 
 Registered with raw-bytes handlers so a garbage message is answered with INVALID_ARGUMENT (and counted)
-instead of a generic deserialization failure. Backpressure: the servicer awaits the pipeline before reading
-the next message, so a slow Kafka or spool stops the stream rather than growing memory.
+instead of a generic deserialization failure, and so the reader scans the bytes itself (decoding.py):
+only a stream's first message is parsed with upb, for its identifier. Backpressure: the servicer awaits
+the pipeline before reading the next message, so a slow Kafka or spool stops the stream rather than
+growing memory.
 """
 
 from __future__ import annotations
@@ -47,28 +49,38 @@ class AccessLogServicer:
         try:
             reader: decoding.StreamReader | None = None
             async for data in requests:
+                if reader is None:
+                    reader = await self._open(data, context)
                 try:
-                    message = decoding.parse_message(data)
+                    batch = reader.read_bytes(data)
                 except decoding.MalformedMessage as exc:
                     consumer.malformed("undecodable")
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                if reader is None:
-                    if not message.identifier:
-                        consumer.malformed("no_identifier")
-                        await context.abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            "the first StreamAccessLogsMessage of a stream must carry the identifier",
-                        )
-                    try:
-                        identity = decoding.stream_identity(message.identifier)
-                    except decoding.MalformedMessage as exc:
-                        consumer.malformed("undecodable")
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                    reader = self._new_reader(identity)
-                await consumer.accept(reader.read(message))
+                await consumer.accept(batch)
         finally:
             consumer.stream_closed()
         return als_pb2.StreamAccessLogsResponse()
+
+    async def _open(self, first: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> decoding.StreamReader:
+        """The stream's reader, for the identity in its first message (parsed once with upb)."""
+        consumer = self._consumer
+        try:
+            message = decoding.parse_message(first)
+        except decoding.MalformedMessage as exc:
+            consumer.malformed("undecodable")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not message.identifier:
+            consumer.malformed("no_identifier")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first StreamAccessLogsMessage of a stream must carry the identifier",
+            )
+        try:
+            identity = decoding.stream_identity(message.identifier)
+        except decoding.MalformedMessage as exc:
+            consumer.malformed("undecodable")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return self._new_reader(identity)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         handler = grpc.method_handlers_generic_handler(

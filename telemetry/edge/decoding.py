@@ -1,16 +1,23 @@
 """Envoy access-log messages -> plain facts for the core. The hot path: read few fields, cache the rest.
 
-Messages are parsed into remixer.v1.alsview (a projection of Envoy's StreamAccessLogsMessage with the same
-field numbers): fields telemetry does not need are skipped by the parser, and the submessages it only
-caches on (response flags, TLS properties, the response code wrapper) stay raw bytes, decoded once per
-distinct value. Per entry: one memo lookup for the labels, direct updates of the running histograms, and
-one record.
+Two readers with the same results. The compiled one (CompiledStreamReader, telemetry/edge/_scan.pyx)
+scans the wire bytes of each StreamAccessLogsMessage in C: one pass over the fields of
+remixer.v1.alsview (a projection of Envoy's message with the same field numbers), rejecting what upb
+would reject, then per entry the memo key (a tuple of the label-deciding fields), one dict lookup for
+its kind, tallies kept in C and the JSON record built in one bytes object. Python runs only on a memo
+miss (KindMemo derives the labels) and once per batch and kind (tallies added to the running series).
+
+The Python one (StreamReader) parses the view with upb and does the same per entry in Python. It is the
+reference the compiled reader is tested against (tests/telemetry/test_scanner.py), and the fallback
+when the extension is not built (`new_reader` picks; telemetry logs which at startup).
+
+Submessages telemetry only caches on (response flags, TLS properties, the response code wrapper, peer
+metadata) stay raw bytes in the key, decoded once per distinct value (wire.py).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +26,18 @@ from google.protobuf.message import DecodeError
 
 from remixer.v1 import als_view_pb2
 from telemetry.core import labels as core_labels
-from telemetry.core.aggregates import HttpSeries, TcpSeries
+from telemetry.core.aggregates import HttpSeries, HttpTally, TcpSeries, TcpTally
 from telemetry.edge import wire
 from telemetry.structs import ENVOY_BUCKETS, Derived, EntryFacts, Labels, StreamIdentity, WorkloadIdentity
+
+try:
+    from telemetry.edge import _scan
+except ImportError as exc:  # not built (no compiler where it was installed): the Python reader
+    _scan = None  # type: ignore[assignment]
+    SCANNER_MISSING = str(exc)
+else:
+    SCANNER_MISSING = ""
+COMPILED = _scan is not None
 
 PEER_HEADER = "x-envoy-peer-metadata"
 MAX_MEMO = 4096
@@ -84,10 +100,87 @@ class BatchResult:
 
 KindBuilder = Callable[[StreamIdentity, Derived, EntryFacts], EntryKind]
 RecordEncoder = Callable[[Any, dict[str, Any]], bytes]
+FilterState = Sequence[tuple[str, bytes]]  # an entry's filter_state_objects as (key, serialized Any)
+
+
+class KindMemo:
+    """One stream's entry kinds by memo key. A miss derives the labels and builds the kind (series slot,
+    record prefix); both readers share this, the compiled one calling back into it on a miss."""
+
+    def __init__(
+        self,
+        identity: StreamIdentity,
+        *,
+        fallback_reporter: str,
+        peers: wire.PeerCache,
+        build_kind: KindBuilder,
+    ) -> None:
+        self.identity = identity
+        self.kinds: dict[tuple[Any, ...], EntryKind] = {}
+        self._fallback = fallback_reporter
+        self._peers = peers
+        self._build_kind = build_kind
+
+    def _new_kind(self, key: tuple[Any, ...], facts: EntryFacts) -> EntryKind:
+        derived = core_labels.derive(self.identity, facts, fallback_reporter=self._fallback)
+        kind = self._build_kind(self.identity, derived, facts)
+        if len(self.kinds) >= MAX_MEMO:
+            self.kinds.clear()  # cleared in place: the compiled reader holds this very dict
+        self.kinds[key] = kind
+        return kind
+
+    def _peer(self, filter_state: FilterState, header: str, outbound: bool | None) -> WorkloadIdentity | None:
+        if header:
+            return self._peers.from_header(header)
+        name = "upstream_peer" if outbound else "downstream_peer"
+        for key, value in filter_state:
+            if key == name:
+                return self._peers.from_any(value)
+        return None
+
+    def http(self, key: tuple[Any, ...], filter_state: FilterState) -> EntryKind:
+        """The kind of an HTTP memo key (see StreamReader._read_http); filter_state only matters when the
+        key's last item (outbound) is not None."""
+        cluster, authority, raw_code, raw_flags, raw_tls, peer_header, grpc_status, path, outbound = key
+        tls = wire.tls_facts(raw_tls) if raw_tls else ("", "", False, "")
+        facts = EntryFacts(
+            upstream_cluster=cluster,
+            authority=authority,
+            response_code=wire.response_code(raw_code) if raw_code else 0,
+            grpc_status=grpc_status,
+            response_flags=wire.flags_text(raw_flags) if raw_flags else "-",
+            protocol="grpc" if grpc_status else "http",
+            peer=self._peer(filter_state, peer_header, outbound),
+            peer_principal=tls[0],
+            local_principal=tls[1],
+            mtls=tls[2],
+            request_path=path,
+        )
+        return self._new_kind(key, facts)
+
+    def tcp(self, key: tuple[Any, ...], filter_state: FilterState) -> EntryKind:
+        _, cluster, raw_flags, raw_tls, upstream_raw, outbound = key
+        tls = wire.tls_facts(raw_tls) if raw_tls else ("", "", False, "")
+        upstream = wire.address_text(upstream_raw) if upstream_raw else ""
+        facts = EntryFacts(
+            upstream_cluster=cluster,
+            authority=tls[3] or upstream,
+            response_flags=wire.flags_text(raw_flags) if raw_flags else "-",
+            protocol="tcp",
+            peer=self._peer(filter_state, "", outbound),
+            peer_principal=tls[0],
+            local_principal=tls[1],
+            mtls=tls[2],
+        )
+        return self._new_kind(key, facts)
+
+
+def _filter_state(common: Any) -> list[tuple[str, bytes]]:
+    return [(pair.key, pair.value) for pair in common.filter_state_objects]
 
 
 class StreamReader:
-    """Per ALS stream: the identity from the first message, and a memo of entry kinds."""
+    """Per ALS stream, in Python: the reference the compiled reader must match, and its fallback."""
 
     def __init__(
         self,
@@ -99,25 +192,23 @@ class StreamReader:
         encode: RecordEncoder | None,
         max_field: int,
         path_label: Callable[[str], str] | None = None,
+        json_records: bool = False,
     ) -> None:
         self.identity = identity
-        self._fallback = fallback_reporter
-        self._peers = peers
-        self._build_kind = build_kind
+        self._kinds = KindMemo(
+            identity, fallback_reporter=fallback_reporter, peers=peers, build_kind=build_kind
+        )
         self._encode = encode
         self._max_field = max_field
         self._path_label = path_label
-        self._memo: dict[tuple[Any, ...], EntryKind] = {}
+        # encode is JsonRecords.encode: only the compiled reader uses this (it writes the JSON itself).
+        self._json_records = json_records
         # Which side's headers carry the peer's metadata depends on the side we report from.
         self._peer_in_response_default = fallback_reporter == "source"
 
-    def _new_kind(self, key: tuple[Any, ...], facts: EntryFacts) -> EntryKind:
-        derived = core_labels.derive(self.identity, facts, fallback_reporter=self._fallback)
-        kind = self._build_kind(self.identity, derived, facts)
-        if len(self._memo) >= MAX_MEMO:
-            self._memo.clear()
-        self._memo[key] = kind
-        return kind
+    def read_bytes(self, data: bytes) -> BatchResult:
+        """One StreamAccessLogsMessage off the wire; MalformedMessage when it is not one."""
+        return self.read(parse_message(data))
 
     def read(self, message: als_view_pb2.StreamAccessLogsMessage) -> BatchResult:
         which = message.WhichOneof("log_entries")
@@ -127,45 +218,26 @@ class StreamReader:
             return self._read_tcp(message.tcp_logs.log_entry)
         return BatchResult()
 
-    def _peer(self, common: Any, header: str, outbound: bool) -> WorkloadIdentity | None:
-        if header:
-            return self._peers.from_header(header)
-        name = "upstream_peer" if outbound else "downstream_peer"
-        for pair in common.filter_state_objects:
-            if pair.key == name:
-                return self._peers.from_any(pair.value)
-        return None
-
-    def _http_kind(self, key: tuple[Any, ...], common: Any, request: Any, response: Any) -> EntryKind:
-        cluster, authority, raw_code, raw_flags, raw_tls, peer_header, grpc_status, path, outbound = key
-        tls = wire.tls_facts(raw_tls) if raw_tls else ("", "", False, "")
-        facts = EntryFacts(
-            upstream_cluster=cluster,
-            authority=authority,
-            response_code=wire.response_code(raw_code) if raw_code else 0,
-            grpc_status=grpc_status,
-            response_flags=wire.flags_text(raw_flags) if raw_flags else "-",
-            protocol="grpc" if grpc_status else "http",
-            peer=self._peer(common, peer_header, outbound),
-            peer_principal=tls[0],
-            local_principal=tls[1],
-            mtls=tls[2],
-            request_path=path,
-        )
-        return self._new_kind(key, facts)
+    def _encoded(self, prefix: Any, fields: dict[str, Any], index: int) -> bytes:
+        assert self._encode is not None
+        try:
+            return self._encode(prefix, fields)
+        except (TypeError, ValueError) as exc:  # e.g. a byte count past 2**64, which no record holds
+            raise MalformedMessage(f"entry {index} cannot be encoded as a record: {exc}") from None
 
     def _read_http(self, entries: Any) -> BatchResult:
         result = BatchResult(kind="http")
         counts = result.counts
         records = result.records
-        memo = self._memo
+        tallies: dict[EntryKind, HttpTally] = {}
+        memo = self._kinds.kinds
+        new_kind = self._kinds.http
         encode = self._encode
         max_field = self._max_field
         path_label = self._path_label
         peer_default = self._peer_in_response_default
-        buckets = ENVOY_BUCKETS
         counted_types = HTTP_COUNTED_TYPES
-        for entry in entries:
+        for index, entry in enumerate(entries):
             common = entry.common_properties
             request = entry.request
             response = entry.response
@@ -181,15 +253,12 @@ class StreamReader:
             if not grpc_status and response_headers:
                 grpc_status = wire.pair(response_headers, "grpc-status")
             filter_state = False if peer_header else bool(common.filter_state_objects)
-            raw_code = response.response_code
-            authority = request.authority
-            raw_flags = common.response_flags
             path = path_label(request.path) if path_label is not None else None
             key = (
                 cluster,
-                authority,
-                raw_code,
-                raw_flags,
+                request.authority,
+                response.response_code,
+                common.response_flags,
                 common.tls_properties,
                 peer_header,
                 grpc_status,
@@ -198,7 +267,7 @@ class StreamReader:
             )
             kind = memo.get(key)
             if kind is None:
-                kind = self._http_kind(key, common, request, response)
+                kind = new_kind(key, _filter_state(common) if filter_state else ())
             counts[kind] = counts.get(kind, 0) + 1
             duration = common.duration
             duration_ms = duration.seconds * 1000 + duration.nanos / 1e6
@@ -207,95 +276,122 @@ class StreamReader:
                 duration_ms = last.seconds * 1000 + last.nanos / 1e6
             request_bytes = request.request_headers_bytes + request.request_body_bytes
             response_bytes = response.response_headers_bytes + response.response_body_bytes
-            series = kind.http
-            if series is not None and common.access_log_type in counted_types:
-                series.count += 1
-                series.duration[bisect_left(buckets, duration_ms)] += 1
-                series.duration_sum += duration_ms
-                series.request_bytes[bisect_left(buckets, request_bytes)] += 1
-                series.request_sum += request_bytes
-                series.response_bytes[bisect_left(buckets, response_bytes)] += 1
-                series.response_sum += response_bytes
+            if kind.http is not None and common.access_log_type in counted_types:
+                tally = tallies.get(kind)
+                if tally is None:
+                    tally = tallies[kind] = HttpTally()
+                tally.observe(duration_ms, request_bytes, response_bytes)
             if encode is not None:
                 start = common.start_time
                 req_path = request.path
                 method = request.request_method
-                records.append(
-                    (
-                        kind.derived.record_key,
-                        encode(
-                            kind.record_prefix,
-                            {
-                                "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
-                                "duration_ms": duration_ms,
-                                "request_id": request.request_id,
-                                "method": METHODS[method] if 0 <= method < len(METHODS) else "",
-                                "path": req_path if len(req_path) <= max_field else req_path[:max_field],
-                                "user_agent": request.user_agent[:max_field],
-                                "request_bytes": request_bytes,
-                                "response_bytes": response_bytes,
-                            },
-                        ),
-                    )
-                )
+                fields = {
+                    "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
+                    "duration_ms": duration_ms,
+                    "request_id": request.request_id,
+                    "method": METHODS[method] if 0 <= method < len(METHODS) else "",
+                    "path": req_path if len(req_path) <= max_field else req_path[:max_field],
+                    "user_agent": request.user_agent[:max_field],
+                    "request_bytes": request_bytes,
+                    "response_bytes": response_bytes,
+                }
+                records.append((kind.derived.record_key, self._encoded(kind.record_prefix, fields, index)))
+        # Once per batch and kind, in first-seen order (as the compiled reader does).
+        for kind in counts:
+            tally = tallies.get(kind)
+            if tally is not None and kind.http is not None:
+                tally.apply(kind.http)
         result.entries = len(entries)
         return result
 
     def _read_tcp(self, entries: Any) -> BatchResult:
         result = BatchResult(kind="tcp")
+        counts = result.counts
+        tallies: dict[EntryKind, TcpTally] = {}
+        memo = self._kinds.kinds
         encode = self._encode
         peer_default = self._peer_in_response_default
-        for entry in entries:
+        for index, entry in enumerate(entries):
             common = entry.common_properties
             props = entry.connection_properties
             cluster = common.upstream_cluster
-            raw_tls = common.tls_properties
-            raw_flags = common.response_flags
             filter_state = bool(common.filter_state_objects)
             outbound = cluster.startswith("outbound|") or (
                 peer_default and not cluster.startswith("inbound|")
             )
-            upstream_raw = common.upstream_remote_address
-            key = ("tcp", cluster, raw_flags, raw_tls, upstream_raw, outbound if filter_state else None)
-            kind = self._memo.get(key)
+            key = (
+                "tcp",
+                cluster,
+                common.response_flags,
+                common.tls_properties,
+                common.upstream_remote_address,
+                outbound if filter_state else None,
+            )
+            kind = memo.get(key)
             if kind is None:
-                tls = wire.tls_facts(raw_tls) if raw_tls else ("", "", False, "")
-                upstream = wire.address_text(upstream_raw) if upstream_raw else ""
-                facts = EntryFacts(
-                    upstream_cluster=cluster,
-                    authority=tls[3] or upstream,
-                    response_flags=wire.flags_text(raw_flags) if raw_flags else "-",
-                    protocol="tcp",
-                    peer=self._peer(common, "", outbound),
-                    peer_principal=tls[0],
-                    local_principal=tls[1],
-                    mtls=tls[2],
-                )
-                kind = self._new_kind(key, facts)
-            result.counts[kind] = result.counts.get(kind, 0) + 1
+                kind = self._kinds.tcp(key, _filter_state(common) if filter_state else ())
+            counts[kind] = counts.get(kind, 0) + 1
             sent, received = props.sent_bytes, props.received_bytes
-            series = kind.tcp
-            if series is not None and common.access_log_type in TCP_COUNTED_TYPES:
-                series.sent += sent
-                series.received += received
-                series.opened += 1
-                series.closed += 1
+            if kind.tcp is not None and common.access_log_type in TCP_COUNTED_TYPES:
+                tally = tallies.get(kind)
+                if tally is None:
+                    tally = tallies[kind] = TcpTally()
+                tally.observe(sent, received)
             if encode is not None:
                 start = common.start_time
                 duration = common.duration
+                fields = {
+                    "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
+                    "duration_ms": duration.seconds * 1000 + duration.nanos / 1e6,
+                    "sent_bytes": sent,
+                    "received_bytes": received,
+                }
                 result.records.append(
-                    (
-                        kind.derived.record_key,
-                        encode(
-                            kind.record_prefix,
-                            {
-                                "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
-                                "duration_ms": duration.seconds * 1000 + duration.nanos / 1e6,
-                                "sent_bytes": sent,
-                                "received_bytes": received,
-                            },
-                        ),
-                    )
+                    (kind.derived.record_key, self._encoded(kind.record_prefix, fields, index))
                 )
+        for kind in counts:
+            tally = tallies.get(kind)
+            if tally is not None and kind.tcp is not None:
+                tally.apply(kind.tcp)
         result.entries = len(entries)
         return result
+
+
+class CompiledStreamReader(StreamReader):
+    """The same reader with the wire scan, memo keys, tallies and JSON records in C (_scan.pyx).
+
+    `read(message)` stays the Python path (for callers holding a parsed message); `read_bytes` scans.
+    """
+
+    def __init__(self, identity: StreamIdentity, **options: Any) -> None:
+        super().__init__(identity, **options)
+        if _scan is None:
+            raise RuntimeError(f"the compiled ALS scanner is not available: {SCANNER_MISSING}")
+        kinds = self._kinds
+        # No reference back to self: the scanner holds the memo and its builders, not the reader.
+        self._scanner = _scan.Scanner(
+            memo=kinds.kinds,
+            http_kind=kinds.http,
+            tcp_kind=kinds.tcp,
+            encode=self._encode,
+            json_records=self._json_records,
+            max_field=self._max_field,
+            path_label=self._path_label,
+            peer_in_response_default=self._peer_in_response_default,
+            methods=METHODS,
+            buckets=ENVOY_BUCKETS,
+            http_counted=HTTP_COUNTED_TYPES,
+            tcp_counted=TCP_COUNTED_TYPES,
+            malformed=MalformedMessage,
+        )
+
+    def read_bytes(self, data: bytes) -> BatchResult:
+        kind, entries, counts, records = self._scanner.scan(data)
+        return BatchResult(counts=counts, records=records, entries=entries, kind=kind)
+
+
+def new_reader(identity: StreamIdentity, **options: Any) -> StreamReader:
+    """The compiled reader when the extension is built, else the Python one (same results)."""
+    if _scan is not None:
+        return CompiledStreamReader(identity, **options)
+    return StreamReader(identity, **options)

@@ -1,0 +1,1447 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The ALS hot path in C: StreamAccessLogsMessage bytes -> entry counts per kind, tallies, records.
+
+decoding.StreamReader is the reference this module must match byte for byte (tests/telemetry/
+test_scanner.py): the same fields (protos/remixer/v1/als_view.proto, Envoy's field numbers), the same
+memo keys, the same kinds (a memo miss calls back into Python to build one), the same records. What
+changes is where the work happens: one pass over the wire bytes fills flat C structs (no upb message,
+no per-entry attribute reads), and per entry Python only sees the memo key.
+
+Wire rules are upb's for that view, so a message is rejected exactly when
+als_view_pb2.StreamAccessLogsMessage.FromString would reject it: truncated data, varints over 10 bytes,
+tags and lengths over 5 bytes, tags over 32 bits, field number 0, wire types 6 and 7, stray or
+mismatched end-groups, lengths past the enclosing message, more than 100 nested messages or groups,
+and invalid UTF-8 in the string fields the view declares. A known field with another wire type is an
+unknown field (skipped), as in upb. The tests hold it to upb on edge cases and fuzzed bytes.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.math cimport llround
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+
+cdef extern from "Python.h":
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype) except NULL
+    int Py_DTSF_ADD_DOT_0
+    bytes PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)
+    str PyUnicode_DecodeUTF8(const char* s, Py_ssize_t n, const char* errors)
+
+
+# ---- wire format ---------------------------------------------------------------------------------
+
+cdef enum:
+    DEPTH_LIMIT = 100  # upb's default nesting limit (Python's FromString keeps it)
+    MAX_BUCKETS = 32
+
+cdef enum:  # why a message is refused (0: it is not)
+    OK = 0
+    E_TRUNCATED
+    E_VARINT
+    E_TAG
+    E_FIELD_ZERO
+    E_WIRE_TYPE
+    E_LENGTH
+    E_GROUP
+    E_DEPTH
+    E_UTF8
+    E_MEMORY
+
+cdef const char* ERROR_TEXT[11]
+ERROR_TEXT[OK] = b"ok"
+ERROR_TEXT[E_TRUNCATED] = b"truncated"
+ERROR_TEXT[E_VARINT] = b"varint longer than 10 bytes"
+ERROR_TEXT[E_TAG] = b"bad tag"
+ERROR_TEXT[E_FIELD_ZERO] = b"field number 0"
+ERROR_TEXT[E_WIRE_TYPE] = b"bad wire type"
+ERROR_TEXT[E_LENGTH] = b"bad length, or past the end of its message"
+ERROR_TEXT[E_GROUP] = b"unterminated or mismatched group"
+ERROR_TEXT[E_DEPTH] = b"nested too deeply"
+ERROR_TEXT[E_UTF8] = b"invalid UTF-8 in a string field"
+ERROR_TEXT[E_MEMORY] = b"out of memory"
+
+# Tags (field number << 3 | wire type) of the fields telemetry reads; wire type 0 varint, 2 length.
+# One enum per message: the same tag means different fields in different messages.
+cdef enum:  # Duration / Timestamp
+    T_DURATION_SECONDS = 0x08
+    T_DURATION_NANOS = 0x10
+
+cdef enum:  # StringPair / AnyPair
+    T_PAIR_KEY = 0x0A
+    T_PAIR_VALUE = 0x12
+
+cdef enum:  # AccessLogCommon
+    T_TLS = 0x22
+    T_START_TIME = 0x2A
+    T_LAST_DOWNSTREAM_TX = 0x62
+    T_UPSTREAM_ADDRESS = 0x6A
+    T_UPSTREAM_CLUSTER = 0x7A
+    T_RESPONSE_FLAGS = 0x82
+    T_FILTER_STATE = 0xAA
+    T_DURATION = 0xBA
+    T_ACCESS_LOG_TYPE = 0x108
+
+cdef enum:  # HTTPRequestProperties
+    T_METHOD = 0x08
+    T_AUTHORITY = 0x1A
+    T_PATH = 0x2A
+    T_USER_AGENT = 0x32
+    T_REQUEST_ID = 0x4A
+    T_REQUEST_HEADERS_BYTES = 0x58
+    T_REQUEST_BODY_BYTES = 0x60
+    T_REQUEST_HEADERS = 0x6A
+
+cdef enum:  # HTTPResponseProperties
+    T_RESPONSE_CODE = 0x0A
+    T_RESPONSE_HEADERS_BYTES = 0x10
+    T_RESPONSE_BODY_BYTES = 0x18
+    T_RESPONSE_HEADERS = 0x22
+    T_RESPONSE_TRAILERS = 0x2A
+
+cdef enum:  # HTTPAccessLogEntry / TCPAccessLogEntry
+    T_COMMON = 0x0A
+    T_REQUEST = 0x1A
+    T_RESPONSE = 0x22
+    T_CONNECTION = 0x12
+
+cdef enum:  # ConnectionProperties
+    T_RECEIVED_BYTES = 0x08
+    T_SENT_BYTES = 0x10
+
+cdef enum:  # HTTPAccessLogEntries / TCPAccessLogEntries
+    T_LOG_ENTRY = 0x0A
+
+cdef enum:  # StreamAccessLogsMessage
+    T_IDENTIFIER = 0x0A
+    T_HTTP_LOGS = 0x12
+    T_TCP_LOGS = 0x1A
+
+cdef enum:  # which case of the log_entries oneof a message holds: its field number
+    LOGS_NONE = 0
+    LOGS_HTTP = 2
+    LOGS_TCP = 3
+
+cdef enum:  # first-match header lookups that already matched (wire.pair returns the first pair)
+    FOUND_PEER_REQUEST = 1
+    FOUND_PEER_RESPONSE = 2
+    FOUND_GRPC_HEADER = 4
+    FOUND_GRPC_TRAILER = 8
+
+
+cdef struct Span:
+    const uint8_t* ptr
+    Py_ssize_t len
+
+
+cdef struct Duration:
+    int64_t seconds
+    int32_t nanos
+
+
+cdef struct Entry:
+    # One HTTP or TCP entry as the view sees it (repeated occurrences merged, last scalar wins).
+    Span whole  # the entry's own bytes: re-read for its filter state on a memo miss
+    Span cluster
+    Span authority
+    Span path
+    Span user_agent
+    Span request_id
+    Span raw_code
+    Span raw_flags
+    Span raw_tls
+    Span upstream_address
+    Span peer_request  # first x-envoy-peer-metadata in the request headers
+    Span peer_response  # ... in the response headers
+    Span grpc_header  # first grpc-status in the response headers
+    Span grpc_trailer  # ... in the trailers
+    int found
+    bint filter_state
+    Duration start_time
+    Duration duration
+    Duration last_downstream_tx
+    int32_t access_log_type
+    int32_t method
+    uint64_t request_headers_bytes
+    uint64_t request_body_bytes
+    uint64_t response_headers_bytes
+    uint64_t response_body_bytes
+    uint64_t received_bytes
+    uint64_t sent_bytes
+
+
+cdef struct Entries:
+    Entry* items
+    Py_ssize_t count
+    Py_ssize_t capacity
+
+
+cdef inline int read_varint(const uint8_t** cursor, const uint8_t* end, uint64_t* out) noexcept:
+    cdef const uint8_t* p = cursor[0]
+    cdef uint64_t value = 0
+    cdef uint64_t byte
+    cdef int i
+    for i in range(10):
+        if p >= end:
+            return E_TRUNCATED
+        byte = p[0]
+        p += 1
+        value |= (byte & 0x7F) << (7 * i)  # bits past 64 are dropped, as upb does
+        if byte < 0x80:
+            out[0] = value
+            cursor[0] = p
+            return OK
+    return E_VARINT
+
+
+cdef inline int read_tag(const uint8_t** cursor, const uint8_t* end, uint32_t* out) noexcept:
+    cdef const uint8_t* p = cursor[0]
+    cdef uint64_t value
+    cdef uint64_t byte
+    cdef int i
+    if p < end and p[0] < 0x80:  # one-byte tags: nearly all of them
+        value = p[0]
+        p += 1
+    else:
+        value = 0
+        for i in range(5):
+            if p >= end:
+                return E_TRUNCATED
+            byte = p[0]
+            p += 1
+            value |= (byte & 0x7F) << (7 * i)
+            if byte < 0x80:
+                break
+        else:
+            return E_TAG
+        if value > 0xFFFFFFFF:
+            return E_TAG
+    if value >> 3 == 0:
+        return E_FIELD_ZERO
+    out[0] = <uint32_t>value
+    cursor[0] = p
+    return OK
+
+
+cdef inline int read_span(const uint8_t** cursor, const uint8_t* end, Span* out) noexcept:
+    """A length-delimited field. upb reads its length as at most 5 bytes (even 0 padded to 6 is refused)."""
+    cdef const uint8_t* p = cursor[0]
+    cdef uint64_t size = 0
+    cdef uint64_t byte
+    cdef int i
+    for i in range(5):
+        if p >= end:
+            return E_TRUNCATED
+        byte = p[0]
+        p += 1
+        size |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            break
+    else:
+        return E_LENGTH
+    if size >= 0x7FFFFFFF or size > <uint64_t>(end - p):
+        return E_LENGTH
+    out.ptr = p
+    out.len = <Py_ssize_t>size
+    cursor[0] = p + size
+    return OK
+
+
+cdef int valid_utf8(const uint8_t* s, Py_ssize_t n) noexcept:
+    """Well-formed UTF-8 as upb (utf8_range) and Python's strict decoder define it."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word
+    cdef uint8_t c
+    cdef uint8_t c1
+    while i < n:
+        if i + 8 <= n:
+            memcpy(&word, s + i, 8)
+            if word & 0x8080808080808080ULL == 0:
+                i += 8
+                continue
+        c = s[i]
+        if c < 0x80:
+            i += 1
+        elif c < 0xC2:  # a continuation byte, or an overlong 2-byte form
+            return 0
+        elif c < 0xE0:
+            if i + 1 >= n or s[i + 1] & 0xC0 != 0x80:
+                return 0
+            i += 2
+        elif c < 0xF0:
+            if i + 2 >= n:
+                return 0
+            c1 = s[i + 1]
+            if (c == 0xE0 and c1 < 0xA0) or (c == 0xED and c1 >= 0xA0):  # overlong, surrogate
+                return 0
+            if c1 & 0xC0 != 0x80 or s[i + 2] & 0xC0 != 0x80:
+                return 0
+            i += 3
+        elif c < 0xF5:
+            if i + 3 >= n:
+                return 0
+            c1 = s[i + 1]
+            if (c == 0xF0 and c1 < 0x90) or (c == 0xF4 and c1 >= 0x90):  # overlong, past U+10FFFF
+                return 0
+            if c1 & 0xC0 != 0x80 or s[i + 2] & 0xC0 != 0x80 or s[i + 3] & 0xC0 != 0x80:
+                return 0
+            i += 4
+        else:
+            return 0
+    return 1
+
+
+cdef inline int read_text(const uint8_t** cursor, const uint8_t* end, Span* out) noexcept:
+    cdef int err = read_span(cursor, end, out)
+    if err:
+        return err
+    if not valid_utf8(out.ptr, out.len):
+        return E_UTF8
+    return OK
+
+
+cdef int skip_field(const uint8_t** cursor, const uint8_t* end, uint32_t tag, int depth) noexcept:
+    """Skip an unknown field (or a known one with another wire type: upb treats it as unknown)."""
+    cdef uint64_t ignored
+    cdef Span span
+    cdef int wire_type = tag & 7
+    if wire_type == 0:
+        return read_varint(cursor, end, &ignored)
+    if wire_type == 1:
+        if end - cursor[0] < 8:
+            return E_TRUNCATED
+        cursor[0] += 8
+        return OK
+    if wire_type == 2:
+        return read_span(cursor, end, &span)
+    if wire_type == 3:
+        return skip_group(cursor, end, tag >> 3, depth - 1)
+    if wire_type == 5:
+        if end - cursor[0] < 4:
+            return E_TRUNCATED
+        cursor[0] += 4
+        return OK
+    return E_WIRE_TYPE  # 4: an end-group outside its group; 6 and 7 do not exist
+
+
+cdef int skip_group(const uint8_t** cursor, const uint8_t* end, uint32_t number, int depth) noexcept:
+    cdef uint32_t tag
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while cursor[0] < end:
+        err = read_tag(cursor, end, &tag)
+        if err:
+            return err
+        if tag & 7 == 4:
+            return OK if tag >> 3 == number else E_GROUP
+        err = skip_field(cursor, end, tag, depth)
+        if err:
+            return err
+    return E_GROUP
+
+
+cdef int scan_duration(Span msg, int depth, Duration* out) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t value = 0
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_DURATION_SECONDS:
+            err = read_varint(&p, end, &value)
+            out.seconds = <int64_t>value
+        elif tag == T_DURATION_NANOS:
+            err = read_varint(&p, end, &value)
+            out.nanos = <int32_t><uint32_t>value  # int32: the low 32 bits
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_pair(Span msg, int depth, bint text_value, Span* key, Span* value) noexcept:
+    """StringPair (both strings) or AnyPair (bytes value): key and value, the last of each wins."""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    key.ptr = NULL
+    key.len = 0
+    value.ptr = NULL
+    value.len = 0
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_PAIR_KEY:
+            err = read_text(&p, end, key)
+        elif tag == T_PAIR_VALUE:
+            err = read_text(&p, end, value) if text_value else read_span(&p, end, value)
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef inline bint span_is(Span s, const char* text, Py_ssize_t n) noexcept:
+    return s.len == n and memcmp_(s.ptr, text, n)
+
+
+cdef inline bint memcmp_(const uint8_t* a, const char* b, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != <uint8_t>b[i]:
+            return False
+    return True
+
+
+cdef int scan_header(Span msg, int depth, Entry* e, int peer_flag, int grpc_flag) noexcept:
+    """One header (or trailer) pair: remember the first x-envoy-peer-metadata / grpc-status value."""
+    cdef Span key
+    cdef Span value
+    cdef int err = scan_pair(msg, depth, True, &key, &value)
+    if err:
+        return err
+    if peer_flag and not e.found & peer_flag and span_is(key, b"x-envoy-peer-metadata", 21):
+        e.found |= peer_flag
+        if peer_flag == FOUND_PEER_REQUEST:
+            e.peer_request = value
+        else:
+            e.peer_response = value
+    elif grpc_flag and not e.found & grpc_flag and span_is(key, b"grpc-status", 11):
+        e.found |= grpc_flag
+        if grpc_flag == FOUND_GRPC_HEADER:
+            e.grpc_header = value
+        else:
+            e.grpc_trailer = value
+    return OK
+
+
+cdef int scan_common(Span msg, int depth, Entry* e) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t number = 0
+    cdef Span span
+    cdef Span key
+    cdef Span value
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_UPSTREAM_CLUSTER:
+            err = read_text(&p, end, &e.cluster)
+        elif tag == T_TLS:
+            err = read_span(&p, end, &e.raw_tls)
+        elif tag == T_RESPONSE_FLAGS:
+            err = read_span(&p, end, &e.raw_flags)
+        elif tag == T_UPSTREAM_ADDRESS:
+            err = read_span(&p, end, &e.upstream_address)
+        elif tag == T_ACCESS_LOG_TYPE:
+            err = read_varint(&p, end, &number)
+            e.access_log_type = <int32_t><uint32_t>number
+        elif tag == T_START_TIME or tag == T_DURATION or tag == T_LAST_DOWNSTREAM_TX:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_duration(
+                    span,
+                    depth - 1,
+                    &e.start_time if tag == T_START_TIME
+                    else &e.duration if tag == T_DURATION
+                    else &e.last_downstream_tx,
+                )
+        elif tag == T_FILTER_STATE:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_pair(span, depth - 1, False, &key, &value)  # validated now, read on a miss
+                e.filter_state = True
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_request(Span msg, int depth, Entry* e) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t value = 0
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_REQUEST_HEADERS:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_header(span, depth - 1, e, FOUND_PEER_REQUEST, 0)
+        elif tag == T_AUTHORITY:
+            err = read_text(&p, end, &e.authority)
+        elif tag == T_PATH:
+            err = read_text(&p, end, &e.path)
+        elif tag == T_USER_AGENT:
+            err = read_text(&p, end, &e.user_agent)
+        elif tag == T_REQUEST_ID:
+            err = read_text(&p, end, &e.request_id)
+        elif tag == T_METHOD:
+            err = read_varint(&p, end, &value)
+            e.method = <int32_t><uint32_t>value
+        elif tag == T_REQUEST_HEADERS_BYTES:
+            err = read_varint(&p, end, &e.request_headers_bytes)
+        elif tag == T_REQUEST_BODY_BYTES:
+            err = read_varint(&p, end, &e.request_body_bytes)
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_response(Span msg, int depth, Entry* e) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_RESPONSE_HEADERS:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_header(span, depth - 1, e, FOUND_PEER_RESPONSE, FOUND_GRPC_HEADER)
+        elif tag == T_RESPONSE_TRAILERS:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_header(span, depth - 1, e, 0, FOUND_GRPC_TRAILER)
+        elif tag == T_RESPONSE_CODE:
+            err = read_span(&p, end, &e.raw_code)
+        elif tag == T_RESPONSE_HEADERS_BYTES:
+            err = read_varint(&p, end, &e.response_headers_bytes)
+        elif tag == T_RESPONSE_BODY_BYTES:
+            err = read_varint(&p, end, &e.response_body_bytes)
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_connection(Span msg, int depth, Entry* e) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_RECEIVED_BYTES:
+            err = read_varint(&p, end, &e.received_bytes)
+        elif tag == T_SENT_BYTES:
+            err = read_varint(&p, end, &e.sent_bytes)
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_entry(Span msg, int depth, bint tcp, Entry* e) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_COMMON:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_common(span, depth - 1, e)
+        elif not tcp and tag == T_REQUEST:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_request(span, depth - 1, e)
+        elif not tcp and tag == T_RESPONSE:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_response(span, depth - 1, e)
+        elif tcp and tag == T_CONNECTION:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_connection(span, depth - 1, e)
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef Entry* new_entry(Entries* entries) noexcept:
+    cdef Py_ssize_t capacity
+    cdef Entry* grown
+    if entries.count == entries.capacity:
+        capacity = entries.capacity * 2 if entries.capacity else 64
+        grown = <Entry*>PyMem_Realloc(entries.items, capacity * sizeof(Entry))
+        if grown == NULL:
+            return NULL
+        entries.items = grown
+        entries.capacity = capacity
+    entries.count += 1
+    memset(&entries.items[entries.count - 1], 0, sizeof(Entry))
+    return &entries.items[entries.count - 1]
+
+
+cdef int scan_entries(Span msg, int depth, bint tcp, Entries* entries) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef Entry* e
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_LOG_ENTRY:
+            err = read_span(&p, end, &span)
+            if not err:
+                e = new_entry(entries)
+                if e == NULL:
+                    return E_MEMORY
+                e.whole = span
+                err = scan_entry(span, depth - 1, tcp, e)
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_message(Span msg, Entries* entries, int* logs) noexcept:
+    """The top level. http_logs / tcp_logs are a oneof: switching case drops the other's entries, and
+    repeated occurrences of the same case merge (their entries append), as upb does."""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef int err
+    entries.count = 0
+    logs[0] = LOGS_NONE
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_HTTP_LOGS or tag == T_TCP_LOGS:
+            err = read_span(&p, end, &span)
+            if not err:
+                if logs[0] != <int>(tag >> 3):
+                    logs[0] = tag >> 3
+                    entries.count = 0
+                err = scan_entries(span, DEPTH_LIMIT - 1, tag == T_TCP_LOGS, entries)
+        elif tag == T_IDENTIFIER:
+            err = read_span(&p, end, &span)  # bytes in the view: decoded (once per stream) elsewhere
+        else:
+            err = skip_field(&p, end, tag, DEPTH_LIMIT)
+        if err:
+            return err
+    return OK
+
+
+def validate(bytes data):
+    """None when upb would parse `data` as the view, else why not (the scanner's own first pass)."""
+    cdef Entries entries
+    cdef int logs
+    cdef Span msg
+    entries.items = NULL
+    entries.count = 0
+    entries.capacity = 0
+    msg.ptr = <const uint8_t*>PyBytes_AS_STRING(data)
+    msg.len = PyBytes_GET_SIZE(data)
+    cdef int err = scan_message(msg, &entries, &logs)
+    PyMem_Free(entries.items)
+    if err == E_MEMORY:
+        raise MemoryError()
+    return None if err == OK else ERROR_TEXT[err].decode()
+
+
+# ---- JSON (byte for byte what orjson writes) ----------------------------------------------------
+
+cdef inline char* put(char* w, const char* text, Py_ssize_t n) noexcept:
+    memcpy(w, text, n)
+    return w + n
+
+
+cdef char* put_u64(char* w, uint64_t value) noexcept:
+    cdef char digits[24]
+    cdef int n = 0
+    while True:
+        digits[n] = <char>(48 + value % 10)
+        n += 1
+        value //= 10
+        if value == 0:
+            break
+    while n:
+        n -= 1
+        w[0] = digits[n]
+        w += 1
+    return w
+
+
+cdef char* put_i64(char* w, int64_t value) noexcept:
+    if value < 0:
+        w[0] = b"-"
+        return put_u64(w + 1, <uint64_t>0 - <uint64_t>value)
+    return put_u64(w, <uint64_t>value)
+
+
+cdef const char* HEX = b"0123456789abcdef"
+
+
+cdef char* put_escaped(char* w, const uint8_t* s, Py_ssize_t n) noexcept:
+    """A JSON string body as orjson writes it: quote, backslash and C0 controls escaped, the rest raw."""
+    cdef Py_ssize_t i
+    cdef uint8_t c
+    for i in range(n):
+        c = s[i]
+        if c >= 0x20 and c != 0x22 and c != 0x5C:
+            w[0] = <char>c
+            w += 1
+        elif c == 0x22:
+            w = put(w, b'\\"', 2)
+        elif c == 0x5C:
+            w = put(w, b"\\\\", 2)
+        elif c == 0x0A:
+            w = put(w, b"\\n", 2)
+        elif c == 0x0D:
+            w = put(w, b"\\r", 2)
+        elif c == 0x09:
+            w = put(w, b"\\t", 2)
+        elif c == 0x08:
+            w = put(w, b"\\b", 2)
+        elif c == 0x0C:
+            w = put(w, b"\\f", 2)
+        else:
+            w = put(w, b"\\u00", 4)
+            w[0] = HEX[c >> 4]
+            w[1] = HEX[c & 15]
+            w += 2
+    return w
+
+
+cdef char* put_fraction_digits(char* w, int64_t micros) noexcept:
+    """'.' and the six decimals of micros, without trailing zeros (at least one digit)."""
+    cdef char digits[6]
+    cdef int i
+    cdef int last = 0
+    for i in range(5, -1, -1):
+        digits[i] = <char>(48 + micros % 10)
+        micros //= 10
+    for i in range(6):
+        if digits[i] != b"0":
+            last = i
+    w[0] = b"."
+    return put(w + 1, digits, last + 1)
+
+
+cdef char* put_double(char* w, double x) except NULL:
+    """orjson's float: Python's repr digits (shortest round trip); fixed notation for 1e-5 <= |x| < 1e16,
+    else d.ddde+X / d.ddde-X without padding."""
+    cdef double magnitude = -x if x < 0 else x
+    cdef int64_t micros
+    if 1e-5 <= magnitude < 1e9:
+        # Millisecond durations are mostly n/1e6 exactly rounded (Envoy's nanosecond durations): then
+        # those <= 15 significant digits are the shortest round trip, with no dtoa call.
+        micros = llround(magnitude * 1e6)
+        if <double>micros / 1e6 == magnitude:
+            if x < 0:
+                w[0] = b"-"
+                w += 1
+            w = put_u64(w, <uint64_t>(micros // 1000000))
+            return put_fraction_digits(w, micros % 1000000)
+    return put_repr(w, x)
+
+
+cdef char* put_repr(char* w, double x) except NULL:
+    cdef char* text = PyOS_double_to_string(x, b"r", 0, Py_DTSF_ADD_DOT_0, NULL)
+    try:
+        return put_repr_text(w, text)
+    finally:
+        PyMem_Free(text)
+
+
+cdef char* put_repr_text(char* w, const char* text) except NULL:
+    cdef Py_ssize_t n = 0
+    cdef Py_ssize_t e = -1
+    cdef Py_ssize_t i
+    cdef int exponent
+    while text[n]:
+        if text[n] == b"e":
+            e = n
+        n += 1
+    if e < 0:
+        w = put(w, text, n)
+    else:
+        exponent = int(text[e + 1 : n].decode())
+        if exponent == -5:  # orjson writes 1.5e-05 as 0.000015
+            i = 0
+            if text[0] == b"-":
+                w[0] = b"-"
+                w += 1
+                i = 1
+            w = put(w, b"0.0000", 6)
+            while i < e:
+                if text[i] != b".":
+                    w[0] = text[i]
+                    w += 1
+                i += 1
+        else:
+            w = put(w, text, e)
+            w = put(w, b"e+" if exponent > 0 else b"e-", 2)
+            w = put_u64(w, <uint64_t>(exponent if exponent > 0 else -exponent))
+    return w
+
+
+cdef inline Span head(Span s, Py_ssize_t max_chars) noexcept:
+    cdef Span out = s
+    out.len = truncated(s, max_chars)
+    return out
+
+
+def format_float(double x):
+    """duration_ms as the JSON records carry it (tests hold it to orjson.dumps)."""
+    cdef char text[64]
+    cdef char* end = put_double(text, x)
+    return PyBytes_FromStringAndSize(text, end - text)
+
+
+cdef Py_ssize_t truncated(Span s, Py_ssize_t max_chars) noexcept:
+    """Bytes of s[:max_chars] in characters (str slicing), s being valid UTF-8."""
+    cdef Py_ssize_t i
+    cdef Py_ssize_t chars = 0
+    if s.len <= max_chars:
+        return s.len
+    for i in range(s.len):
+        if s.ptr[i] & 0xC0 != 0x80:  # a character starts here
+            if chars == max_chars:
+                return i
+            chars += 1
+    return s.len
+
+
+# ---- per batch: kinds, tallies, records ----------------------------------------------------------
+
+cdef struct Slot:
+    # One kind's entries in the current batch; applied to its series once, at the end of the batch.
+    PyObject* kind
+    PyObject* series  # kind.http / kind.tcp; NULL when None
+    PyObject* record_key
+    PyObject* prefix
+    Py_ssize_t entries
+    Py_ssize_t counted
+    double duration_sum
+    uint64_t sum_a_low  # HTTP request bytes / TCP sent bytes: exact, past 2**64 through the high word
+    uint64_t sum_a_high
+    uint64_t sum_b_low  # HTTP response bytes / TCP received bytes
+    uint64_t sum_b_high
+    Py_ssize_t duration[MAX_BUCKETS]
+    Py_ssize_t request[MAX_BUCKETS]
+    Py_ssize_t response[MAX_BUCKETS]
+
+
+cdef inline void add_u128(uint64_t* low, uint64_t* high, uint64_t value, uint64_t carry) noexcept:
+    low[0] += value
+    if low[0] < value:
+        high[0] += 1
+    high[0] += carry
+
+
+cdef object long_of(uint64_t low, uint64_t high):
+    if high == 0:
+        return low
+    return (<object>high << 64) | low
+
+
+cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept:
+    cdef int64_t q = a // b  # C truncates toward zero
+    if (a % b != 0) and ((a < 0) != (b < 0)):
+        q -= 1
+    return q
+
+
+cdef extern from *:
+    """
+    #define SCAN_SECONDS_EXACT 9223372036854772LL
+    """
+    # Up to this |seconds|, seconds * 1000 plus the milliseconds of the nanos fits an int64.
+    const int64_t SECONDS_EXACT "SCAN_SECONDS_EXACT"
+
+
+cdef object start_ms_object(Duration* d):
+    # start.seconds * 1000 + start.nanos // 1_000_000, as Python computes it
+    if -SECONDS_EXACT <= d.seconds <= SECONDS_EXACT:
+        return d.seconds * 1000 + floor_div(d.nanos, 1000000)
+    return <object>d.seconds * 1000 + floor_div(d.nanos, 1000000)
+
+
+cdef double milliseconds(Duration* d) except? -1.0:
+    # seconds * 1000 + nanos / 1e6: Python converts the int to float (correctly rounded), then adds
+    if -SECONDS_EXACT <= d.seconds <= SECONDS_EXACT:
+        return <double>(d.seconds * 1000) + <double>d.nanos / 1e6
+    return float(<object>d.seconds * 1000) + <double>d.nanos / 1e6
+
+
+cdef inline int bucket_of(const double* buckets, int n, double value) noexcept:
+    # bisect_left: the first bound >= value
+    cdef int lo = 0
+    cdef int hi = n
+    cdef int mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if buckets[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline int bytes_bucket(const double* buckets, int n, uint64_t value, uint64_t carry) noexcept:
+    if carry or value > 9007199254740992ULL:  # past every bound (bounds are < 2**53, checked at init)
+        return n
+    return bucket_of(buckets, n, <double>value)
+
+
+cdef inline bint starts_with(Span s, const char* prefix, Py_ssize_t n) noexcept:
+    return s.len >= n and memcmp_(s.ptr, prefix, n)
+
+
+cdef str EMPTY_TEXT = ""
+cdef bytes EMPTY_BYTES = b""
+cdef object INT64_MIN = int("-9223372036854775808")
+cdef object UINT64_MAX = int("18446744073709551615")
+
+
+cdef inline str text_of(Span s):
+    if s.len == 0:
+        return EMPTY_TEXT
+    return PyUnicode_DecodeUTF8(<const char*>s.ptr, s.len, NULL)  # validated while scanning
+
+
+cdef inline bytes bytes_of(Span s):
+    if s.len == 0:
+        return EMPTY_BYTES
+    return PyBytes_FromStringAndSize(<const char*>s.ptr, s.len)
+
+
+cdef bytes _json_body(str text):
+    cdef bytes raw = text.encode()
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 6 * len(raw))
+    cdef char* end = put_escaped(PyBytes_AS_STRING(out), <const uint8_t*>PyBytes_AS_STRING(raw), len(raw))
+    return out[: end - PyBytes_AS_STRING(out)]
+
+
+cdef int add_buckets(list series_buckets, Py_ssize_t* tally, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if tally[i]:
+            series_buckets[i] += tally[i]
+    return 0
+
+
+cdef int apply_http(object series, Slot* slot, Py_ssize_t n) except -1:
+    # The order HttpTally.apply uses, so the float sums come out bit-identical.
+    series.count += slot.counted
+    add_buckets(series.duration, slot.duration, n)
+    series.duration_sum += slot.duration_sum
+    add_buckets(series.request_bytes, slot.request, n)
+    series.request_sum += long_of(slot.sum_a_low, slot.sum_a_high)
+    add_buckets(series.response_bytes, slot.response, n)
+    series.response_sum += long_of(slot.sum_b_low, slot.sum_b_high)
+    return 0
+
+
+cdef int apply_tcp(object series, Slot* slot) except -1:
+    series.sent += long_of(slot.sum_a_low, slot.sum_a_high)
+    series.received += long_of(slot.sum_b_low, slot.sum_b_high)
+    series.opened += slot.counted
+    series.closed += slot.counted
+    return 0
+
+
+cdef class Scanner:
+    """One ALS stream's compiled reader; shares the memo (and the kinds) of the Python reader."""
+
+    cdef dict memo
+    cdef object http_kind
+    cdef object tcp_kind
+    cdef object encode
+    cdef bint records
+    cdef bint json_records
+    cdef Py_ssize_t max_field
+    cdef object path_label
+    cdef bint peer_in_response_default
+    cdef object malformed
+    cdef tuple methods
+    cdef list method_json  # the method names as JSON string bodies
+    cdef double buckets[MAX_BUCKETS]
+    cdef int bucket_count
+    cdef uint64_t http_counted
+    cdef uint64_t tcp_counted
+    cdef Entries entries
+    cdef Slot* slots
+    cdef Py_ssize_t slot_count
+    cdef Py_ssize_t slot_capacity
+    cdef Py_ssize_t* slot_table  # open addressing by kind identity: slot index + 1, 0 when free
+    cdef Py_ssize_t table_size
+    cdef char* scratch
+    cdef Py_ssize_t scratch_size
+    cdef bint busy
+
+    def __cinit__(self):
+        self.entries.items = NULL
+        self.entries.count = 0
+        self.entries.capacity = 0
+        self.slots = NULL
+        self.slot_table = NULL
+        self.scratch = NULL
+
+    def __init__(
+        self,
+        *,
+        memo,
+        http_kind,
+        tcp_kind,
+        encode,
+        json_records,
+        max_field,
+        path_label,
+        peer_in_response_default,
+        methods,
+        buckets,
+        http_counted,
+        tcp_counted,
+        malformed,
+    ):
+        if not isinstance(memo, dict):
+            raise TypeError("memo must be a dict")
+        if len(buckets) + 1 > MAX_BUCKETS or any(not (abs(b) < 2.0**53) for b in buckets):
+            raise ValueError("at most 31 finite bucket bounds below 2**53")
+        if any(not 0 <= t < 64 for t in (*http_counted, *tcp_counted)):
+            raise ValueError("counted access log types must be in 0..63")
+        self.memo = memo
+        self.http_kind = http_kind
+        self.tcp_kind = tcp_kind
+        self.encode = encode
+        self.records = encode is not None
+        self.json_records = self.records and bool(json_records)
+        self.max_field = max_field
+        self.path_label = path_label
+        self.peer_in_response_default = peer_in_response_default
+        self.malformed = malformed
+        self.methods = tuple(methods)
+        self.method_json = [_json_body(m) for m in self.methods]
+        self.bucket_count = len(buckets)
+        for i, bound in enumerate(buckets):
+            self.buckets[i] = bound
+        self.http_counted = 0
+        for t in http_counted:
+            self.http_counted |= 1ULL << t
+        self.tcp_counted = 0
+        for t in tcp_counted:
+            self.tcp_counted |= 1ULL << t
+
+    def __dealloc__(self):
+        self.release_slots()
+        PyMem_Free(self.entries.items)
+        PyMem_Free(self.slots)
+        PyMem_Free(self.slot_table)
+        PyMem_Free(self.scratch)
+
+    def scan(self, bytes data):
+        """-> (log kind "http" | "tcp", entries, {kind: entries} in first-seen order, records)."""
+        cdef Span msg
+        cdef int logs
+        cdef int err
+        if self.busy:
+            raise RuntimeError("Scanner.scan is not reentrant")
+        msg.ptr = <const uint8_t*>PyBytes_AS_STRING(data)
+        msg.len = PyBytes_GET_SIZE(data)
+        err = scan_message(msg, &self.entries, &logs)
+        if err == E_MEMORY:
+            raise MemoryError()
+        if err:
+            raise self.malformed(
+                f"not a StreamAccessLogsMessage ({msg.len} bytes): {ERROR_TEXT[err].decode()}"
+            )
+        self.busy = True
+        try:
+            return self.read(data, logs == LOGS_TCP)
+        finally:
+            self.release_slots()
+            self.busy = False
+            if self.entries.capacity > 4096:  # do not keep a huge batch's buffer
+                PyMem_Free(self.entries.items)
+                self.entries.items = NULL
+                self.entries.capacity = 0
+            self.entries.count = 0
+
+    cdef tuple read(self, bytes data, bint tcp):
+        cdef Py_ssize_t i
+        cdef Py_ssize_t count = self.entries.count
+        cdef Entry* e
+        cdef Slot* slot
+        cdef list records = []
+        cdef object kind
+        for i in range(count):
+            e = &self.entries.items[i]
+            kind = self.tcp_kind_of(e) if tcp else self.http_kind_of(e)
+            slot = self.slot_of(kind, tcp)
+            slot.entries += 1
+            if tcp:
+                self.observe_tcp(e, slot, records, i)
+            else:
+                self.observe_http(e, slot, records, i)
+        return ("tcp" if tcp else "http", count, self.finish(tcp), records)
+
+    # ---- kinds ------------------------------------------------------------------------------------
+
+    cdef object http_kind_of(self, Entry* e):
+        """The memo key StreamReader._read_http builds, and its kind (built in Python on a miss)."""
+        cdef bint outbound = starts_with(e.cluster, b"outbound|", 9) or (
+            self.peer_in_response_default and not starts_with(e.cluster, b"inbound|", 8)
+        )
+        cdef Span peer = e.peer_response if outbound else e.peer_request
+        cdef Span grpc = e.grpc_trailer if e.grpc_trailer.len else e.grpc_header
+        cdef bint filter_state = e.filter_state and peer.len == 0
+        key = (
+            text_of(e.cluster),
+            text_of(e.authority),
+            bytes_of(e.raw_code),
+            bytes_of(e.raw_flags),
+            bytes_of(e.raw_tls),
+            text_of(peer),
+            text_of(grpc),
+            self.path_label(text_of(e.path)) if self.path_label is not None else None,
+            (True if outbound else False) if filter_state else None,
+        )
+        kind = self.memo.get(key)
+        if kind is None:
+            kind = self.http_kind(key, self.filter_state_of(e) if filter_state else ())
+        return kind
+
+    cdef object tcp_kind_of(self, Entry* e):
+        cdef bint outbound = starts_with(e.cluster, b"outbound|", 9) or (
+            self.peer_in_response_default and not starts_with(e.cluster, b"inbound|", 8)
+        )
+        key = (
+            "tcp",
+            text_of(e.cluster),
+            bytes_of(e.raw_flags),
+            bytes_of(e.raw_tls),
+            bytes_of(e.upstream_address),
+            (True if outbound else False) if e.filter_state else None,
+        )
+        kind = self.memo.get(key)
+        if kind is None:
+            kind = self.tcp_kind(key, self.filter_state_of(e) if e.filter_state else ())
+        return kind
+
+    cdef list filter_state_of(self, Entry* e):
+        """[(key, value)] of the entry's filter_state_objects, in order (only on a memo miss)."""
+        cdef list pairs = []
+        cdef const uint8_t* p = e.whole.ptr
+        cdef const uint8_t* end = e.whole.ptr + e.whole.len
+        cdef const uint8_t* q
+        cdef const uint8_t* common_end
+        cdef uint32_t tag
+        cdef Span span
+        cdef Span key
+        cdef Span value
+        # Already validated: any error here cannot happen, and would only end the walk.
+        while p < end and not read_tag(&p, end, &tag):
+            if tag != T_COMMON:
+                if skip_field(&p, end, tag, DEPTH_LIMIT):
+                    break
+                continue
+            if read_span(&p, end, &span):
+                break
+            q = span.ptr
+            common_end = span.ptr + span.len
+            while q < common_end and not read_tag(&q, common_end, &tag):
+                if tag == T_FILTER_STATE:
+                    if read_span(&q, common_end, &span) or scan_pair(span, DEPTH_LIMIT, False, &key, &value):
+                        break
+                    pairs.append((text_of(key), bytes_of(value)))
+                elif skip_field(&q, common_end, tag, DEPTH_LIMIT):
+                    break
+        return pairs
+
+    cdef Slot* slot_of(self, object kind, bint tcp) except NULL:
+        cdef PyObject* ptr = <PyObject*>kind
+        cdef size_t h
+        cdef Py_ssize_t pos
+        cdef Py_ssize_t index
+        if self.slot_count * 2 >= self.table_size:
+            self.grow_table()
+        h = <size_t>ptr
+        h = (h >> 4) * <size_t>0x9E3779B97F4A7C15ULL
+        pos = <Py_ssize_t>((h >> 17) & <size_t>(self.table_size - 1))
+        while True:
+            index = self.slot_table[pos]
+            if index == 0:
+                break
+            if self.slots[index - 1].kind == ptr:
+                return &self.slots[index - 1]
+            pos = (pos + 1) & (self.table_size - 1)
+        return self.new_slot(kind, tcp, pos)
+
+    cdef void grow_table(self) except *:
+        cdef Py_ssize_t size = self.table_size * 2 if self.table_size else 256
+        cdef Py_ssize_t* table = <Py_ssize_t*>PyMem_Realloc(self.slot_table, size * sizeof(Py_ssize_t))
+        cdef Py_ssize_t i
+        cdef Py_ssize_t pos
+        cdef size_t h
+        if table == NULL:
+            raise MemoryError()
+        self.slot_table = table
+        self.table_size = size
+        memset(table, 0, size * sizeof(Py_ssize_t))
+        for i in range(self.slot_count):
+            h = <size_t>self.slots[i].kind
+            h = (h >> 4) * <size_t>0x9E3779B97F4A7C15ULL
+            pos = <Py_ssize_t>((h >> 17) & <size_t>(size - 1))
+            while table[pos]:
+                pos = (pos + 1) & (size - 1)
+            table[pos] = i + 1
+
+    cdef Slot* new_slot(self, object kind, bint tcp, Py_ssize_t pos) except NULL:
+        cdef Slot* slot
+        cdef Slot* grown
+        cdef Py_ssize_t capacity
+        if self.slot_count == self.slot_capacity:
+            capacity = self.slot_capacity * 2 if self.slot_capacity else 64
+            grown = <Slot*>PyMem_Realloc(self.slots, capacity * sizeof(Slot))
+            if grown == NULL:
+                raise MemoryError()
+            self.slots = grown
+            self.slot_capacity = capacity
+        series = kind.tcp if tcp else kind.http
+        record_key = kind.derived.record_key if self.records else None
+        prefix = kind.record_prefix if self.records else None
+        if self.json_records and not isinstance(prefix, bytes):
+            raise TypeError("JSON records need a bytes record_prefix")
+        slot = &self.slots[self.slot_count]
+        memset(slot, 0, sizeof(Slot))
+        slot.kind = <PyObject*>kind
+        Py_INCREF(kind)
+        if series is not None:
+            slot.series = <PyObject*>series
+            Py_INCREF(series)
+        slot.record_key = <PyObject*>record_key
+        Py_INCREF(record_key)
+        slot.prefix = <PyObject*>prefix
+        Py_INCREF(prefix)
+        self.slot_count += 1
+        self.slot_table[pos] = self.slot_count
+        return slot
+
+    cdef void release_slots(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.slot_count):
+            Py_XDECREF(self.slots[i].kind)
+            Py_XDECREF(self.slots[i].series)
+            Py_XDECREF(self.slots[i].record_key)
+            Py_XDECREF(self.slots[i].prefix)
+        self.slot_count = 0
+        if self.slot_table != NULL:
+            memset(self.slot_table, 0, self.table_size * sizeof(Py_ssize_t))
+
+    cdef dict finish(self, bint tcp):
+        """The batch's {kind: entries}, and each kind's tallies added to its series once."""
+        cdef dict counts = {}
+        cdef Py_ssize_t i
+        cdef Slot* slot
+        for i in range(self.slot_count):
+            slot = &self.slots[i]
+            counts[<object>slot.kind] = slot.entries
+            if slot.series != NULL and slot.counted:
+                if tcp:
+                    apply_tcp(<object>slot.series, slot)
+                else:
+                    apply_http(<object>slot.series, slot, self.bucket_count + 1)
+        return counts
+
+    # ---- entries ----------------------------------------------------------------------------------
+
+    cdef int observe_http(self, Entry* e, Slot* slot, list records, Py_ssize_t index) except -1:
+        cdef double duration_ms = milliseconds(&e.duration)
+        cdef uint64_t request_bytes = e.request_headers_bytes + e.request_body_bytes
+        cdef uint64_t request_carry = request_bytes < e.request_headers_bytes
+        cdef uint64_t response_bytes = e.response_headers_bytes + e.response_body_bytes
+        cdef uint64_t response_carry = response_bytes < e.response_headers_bytes
+        if duration_ms == 0.0:
+            duration_ms = milliseconds(&e.last_downstream_tx)
+        if slot.series != NULL and 0 <= e.access_log_type < 64 and (self.http_counted >> e.access_log_type) & 1:
+            slot.counted += 1
+            slot.duration[bucket_of(self.buckets, self.bucket_count, duration_ms)] += 1
+            slot.duration_sum += duration_ms
+            slot.request[bytes_bucket(self.buckets, self.bucket_count, request_bytes, request_carry)] += 1
+            add_u128(&slot.sum_a_low, &slot.sum_a_high, request_bytes, request_carry)
+            slot.response[bytes_bucket(self.buckets, self.bucket_count, response_bytes, response_carry)] += 1
+            add_u128(&slot.sum_b_low, &slot.sum_b_high, response_bytes, response_carry)
+        if not self.records:
+            return 0
+        if self.json_records:
+            value = self.http_json(e, slot, duration_ms, request_bytes, request_carry, response_bytes,
+                                   response_carry, index)
+        else:
+            value = self.encoded(slot, index, {
+                "start_time_ms": start_ms_object(&e.start_time),
+                "duration_ms": duration_ms,
+                "request_id": text_of(e.request_id),
+                "method": self.methods[e.method] if 0 <= e.method < len(self.methods) else "",
+                "path": text_of(head(e.path, self.max_field)),
+                "user_agent": text_of(head(e.user_agent, self.max_field)),
+                "request_bytes": long_of(request_bytes, request_carry),
+                "response_bytes": long_of(response_bytes, response_carry),
+            })
+        records.append((<object>slot.record_key, value))
+        return 0
+
+    cdef int observe_tcp(self, Entry* e, Slot* slot, list records, Py_ssize_t index) except -1:
+        cdef double duration_ms
+        if slot.series != NULL and 0 <= e.access_log_type < 64 and (self.tcp_counted >> e.access_log_type) & 1:
+            slot.counted += 1
+            add_u128(&slot.sum_a_low, &slot.sum_a_high, e.sent_bytes, 0)
+            add_u128(&slot.sum_b_low, &slot.sum_b_high, e.received_bytes, 0)
+        if not self.records:
+            return 0
+        duration_ms = milliseconds(&e.duration)
+        if self.json_records:
+            value = self.tcp_json(e, slot, duration_ms, index)
+        else:
+            value = self.encoded(slot, index, {
+                "start_time_ms": start_ms_object(&e.start_time),
+                "duration_ms": duration_ms,
+                "sent_bytes": e.sent_bytes,
+                "received_bytes": e.received_bytes,
+            })
+        records.append((<object>slot.record_key, value))
+        return 0
+
+    cdef object encoded(self, Slot* slot, Py_ssize_t index, dict fields):
+        try:
+            return self.encode(<object>slot.prefix, fields)
+        except (TypeError, ValueError) as exc:
+            raise self.malformed(f"entry {index} cannot be encoded as a record: {exc}") from None
+
+    cdef char* reserve(self, Py_ssize_t size) except NULL:
+        cdef char* grown
+        if size > self.scratch_size:
+            grown = <char*>PyMem_Realloc(self.scratch, size)
+            if grown == NULL:
+                raise MemoryError()
+            self.scratch = grown
+            self.scratch_size = size
+        return self.scratch
+
+    cdef char* put_start_ms(self, char* w, Duration* d, Py_ssize_t index) except NULL:
+        if -SECONDS_EXACT <= d.seconds <= SECONDS_EXACT:
+            return put_i64(w, d.seconds * 1000 + floor_div(d.nanos, 1000000))
+        value = start_ms_object(d)
+        if not INT64_MIN <= value <= UINT64_MAX:  # orjson's integer range
+            raise self.malformed(f"entry {index} cannot be encoded as a record: start_time out of range")
+        text = str(value).encode()
+        return put(w, text, len(text))
+
+    cdef bytes finish_record(self, Slot* slot, char* w):
+        cdef Py_ssize_t tail = w - self.scratch
+        cdef Py_ssize_t head = PyBytes_GET_SIZE(<object>slot.prefix)
+        cdef bytes value = PyBytes_FromStringAndSize(NULL, head + tail)
+        cdef char* out = PyBytes_AS_STRING(value)
+        memcpy(out, PyBytes_AS_STRING(<object>slot.prefix), head)
+        memcpy(out + head, self.scratch, tail)
+        return value
+
+    cdef bytes http_json(
+        self,
+        Entry* e,
+        Slot* slot,
+        double duration_ms,
+        uint64_t request_bytes,
+        uint64_t request_carry,
+        uint64_t response_bytes,
+        uint64_t response_carry,
+        Py_ssize_t index,
+    ):
+        """kind.record_prefix + the entry's fields: JsonRecords.encode's bytes, built in place."""
+        cdef Py_ssize_t path_len = truncated(e.path, self.max_field)
+        cdef Py_ssize_t agent_len = truncated(e.user_agent, self.max_field)
+        cdef char* w
+        cdef bytes method
+        if request_carry or response_carry:  # orjson refuses integers past 2**64 - 1
+            raise self.malformed(f"entry {index} cannot be encoded as a record: byte count out of range")
+        method = self.method_json[e.method] if 0 <= e.method < len(self.method_json) else EMPTY_BYTES
+        w = self.reserve(256 + len(method) + 6 * (e.request_id.len + path_len + agent_len))
+        w = put(w, b'"start_time_ms":', 16)
+        w = self.put_start_ms(w, &e.start_time, index)
+        w = put(w, b',"duration_ms":', 15)
+        w = put_double(w, duration_ms)
+        w = put(w, b',"request_id":"', 15)
+        w = put_escaped(w, e.request_id.ptr, e.request_id.len)
+        w = put(w, b'","method":"', 12)
+        w = put(w, method, len(method))
+        w = put(w, b'","path":"', 10)
+        w = put_escaped(w, e.path.ptr, path_len)
+        w = put(w, b'","user_agent":"', 16)
+        w = put_escaped(w, e.user_agent.ptr, agent_len)
+        w = put(w, b'","request_bytes":', 18)
+        w = put_u64(w, request_bytes)
+        w = put(w, b',"response_bytes":', 18)
+        w = put_u64(w, response_bytes)
+        w = put(w, b"}", 1)
+        return self.finish_record(slot, w)
+
+    cdef bytes tcp_json(self, Entry* e, Slot* slot, double duration_ms, Py_ssize_t index):
+        cdef char* w = self.reserve(256)
+        w = put(w, b'"start_time_ms":', 16)
+        w = self.put_start_ms(w, &e.start_time, index)
+        w = put(w, b',"duration_ms":', 15)
+        w = put_double(w, duration_ms)
+        w = put(w, b',"sent_bytes":', 14)
+        w = put_u64(w, e.sent_bytes)
+        w = put(w, b',"received_bytes":', 18)
+        w = put_u64(w, e.received_bytes)
+        w = put(w, b"}", 1)
+        return self.finish_record(slot, w)
