@@ -42,29 +42,6 @@ class HttpSeries:
         self.response_bytes = [0] * BUCKET_COUNT
         self.response_sum = 0.0
 
-    def observe(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
-        self.count += 1
-        self.duration[bisect_left(ENVOY_BUCKETS, duration_ms)] += 1
-        self.duration_sum += duration_ms
-        self.request_bytes[bisect_left(ENVOY_BUCKETS, request_bytes)] += 1
-        self.request_sum += request_bytes
-        self.response_bytes[bisect_left(ENVOY_BUCKETS, response_bytes)] += 1
-        self.response_sum += response_bytes
-
-    def add(self, other: HttpSeries) -> None:
-        self.count += other.count
-        self.duration_sum += other.duration_sum
-        self.request_sum += other.request_sum
-        self.response_sum += other.response_sum
-        for mine, theirs in (
-            (self.duration, other.duration),
-            (self.request_bytes, other.request_bytes),
-            (self.response_bytes, other.response_bytes),
-        ):
-            for i, n in enumerate(theirs):
-                if n:
-                    mine[i] += n
-
 
 class TcpSeries:
     __slots__ = ("closed", "opened", "received", "sent")
@@ -74,12 +51,6 @@ class TcpSeries:
         self.received = 0
         self.opened = 0
         self.closed = 0
-
-    def add(self, other: TcpSeries) -> None:
-        self.sent += other.sent
-        self.received += other.received
-        self.opened += other.opened
-        self.closed += other.closed
 
 
 class HttpTally:
@@ -189,12 +160,6 @@ class Aggregates:
             if slot is None:
                 slot = self.tcp[labels] = TcpSeries()
         return slot
-
-    def add_http(self, labels: Labels, series: HttpSeries) -> None:
-        self.http_slot(labels).add(series)
-
-    def add_tcp(self, labels: Labels, series: TcpSeries) -> None:
-        self.tcp_slot(labels).add(series)
 
     def http_items(self) -> Iterable[tuple[Labels, HttpSeries]]:
         return list(self.http.items())

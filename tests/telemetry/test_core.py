@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetry.core import labels
-from telemetry.core.aggregates import Aggregates, HttpSeries, cumulative
+from telemetry.core.aggregates import Aggregates, HttpTally, cumulative
 from telemetry.core.paths import PathTemplates
 from telemetry.structs import LABEL_INDEX, LABEL_NAMES, OVERFLOW, EntryFacts, StreamIdentity, WorkloadIdentity
 
@@ -218,10 +218,10 @@ def test_derive_always_yields_every_label(cluster: str, authority: str, code: in
 
 def test_aggregates_cap_series_into_overflow() -> None:
     agg = Aggregates(http_label_count=2, tcp_label_count=1, max_series=2)
-    one = HttpSeries()
+    one = HttpTally()
     one.observe(3.0, 10, 2000)
     for i in range(5):
-        agg.add_http((str(i), "x"), one)
+        one.apply(agg.http_slot((str(i), "x")))
     assert len(agg.http) == 3  # two label sets and the overflow series
     assert agg.http[(OVERFLOW, OVERFLOW)].count == 3
     assert agg.overflowed["http"] == 3
