@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # The Istio standard label set, in the order Istio's stats filter pushes its tags (reference/mixer.md §4.2).
 LABEL_NAMES: tuple[str, ...] = (
@@ -91,8 +92,10 @@ class EntryFacts:
     request_path: str | None = None  # the templated path, only when the request_path label is on
 
 
-@dataclass(frozen=True, slots=True)
-class CallEdgeKey:
+class CallEdgeKey(NamedTuple):
+    """Who called which service. A tuple, so dict keys are hashed and compared in C: the pipeline sums
+    each batch's entry counts per edge (one update per kind and batch)."""
+
     source_namespace: str
     source_workload: str
     destination_service: str

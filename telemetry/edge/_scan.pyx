@@ -875,9 +875,9 @@ cdef struct Slot:
     uint64_t sum_a_high
     uint64_t sum_b_low  # HTTP response bytes / TCP received bytes
     uint64_t sum_b_high
-    Py_ssize_t duration[MAX_BUCKETS]
-    Py_ssize_t request[MAX_BUCKETS]
-    Py_ssize_t response[MAX_BUCKETS]
+    uint32_t duration[MAX_BUCKETS]  # entries per bucket (a message holds far fewer than 2**32)
+    uint32_t request[MAX_BUCKETS]
+    uint32_t response[MAX_BUCKETS]
 
 
 cdef inline void add_u128(uint64_t* low, uint64_t* high, uint64_t value, uint64_t carry) noexcept:
@@ -971,7 +971,7 @@ cdef bytes _json_body(str text):
     return out[: end - PyBytes_AS_STRING(out)]
 
 
-cdef int add_buckets(list series_buckets, Py_ssize_t* tally, Py_ssize_t n) except -1:
+cdef int add_buckets(list series_buckets, uint32_t* tally, Py_ssize_t n) except -1:
     cdef Py_ssize_t i
     for i in range(n):
         if tally[i]:
@@ -1059,6 +1059,8 @@ cdef class Scanner:
             raise ValueError("at most 31 finite bucket bounds below 2**53")
         if any(not 0 <= t < 64 for t in (*http_counted, *tcp_counted)):
             raise ValueError("counted access log types must be in 0..63")
+        if max_field < 0:  # str slicing from the end is not what truncation means
+            raise ValueError("max_field must be >= 0")
         self.memo = memo
         self.http_kind = http_kind
         self.tcp_kind = tcp_kind
@@ -1097,26 +1099,37 @@ cdef class Scanner:
             raise RuntimeError("Scanner.scan is not reentrant")
         msg.ptr = <const uint8_t*>PyBytes_AS_STRING(data)
         msg.len = PyBytes_GET_SIZE(data)
-        err = scan_message(msg, &self.entries, &logs)
-        if err == E_MEMORY:
-            raise MemoryError()
-        if err:
-            raise self.malformed(
-                f"not a StreamAccessLogsMessage ({msg.len} bytes): {ERROR_TEXT[err].decode()}"
-            )
         self.busy = True
         try:
-            return self.read(data, logs == LOGS_TCP)
+            err = scan_message(msg, &self.entries, &logs)
+            if err == E_MEMORY:
+                raise MemoryError()
+            if err:
+                raise self.malformed(
+                    f"not a StreamAccessLogsMessage ({msg.len} bytes): {ERROR_TEXT[err].decode()}"
+                )
+            return self.read(logs == LOGS_TCP)
         finally:
             self.release_slots()
             self.busy = False
-            if self.entries.capacity > 4096:  # do not keep a huge batch's buffer
-                PyMem_Free(self.entries.items)
-                self.entries.items = NULL
-                self.entries.capacity = 0
-            self.entries.count = 0
+            self.trim()
 
-    cdef tuple read(self, bytes data, bint tcp):
+    cdef void trim(self) noexcept:
+        """Keep no huge batch's buffers around between messages."""
+        self.entries.count = 0
+        if self.entries.capacity > 4096:
+            PyMem_Free(self.entries.items)
+            self.entries.items = NULL
+            self.entries.capacity = 0
+        if self.slot_capacity > 1024:
+            PyMem_Free(self.slots)
+            PyMem_Free(self.slot_table)
+            self.slots = NULL
+            self.slot_table = NULL
+            self.slot_capacity = 0
+            self.table_size = 0
+
+    cdef tuple read(self, bint tcp):
         cdef Py_ssize_t i
         cdef Py_ssize_t count = self.entries.count
         cdef Entry* e

@@ -3,8 +3,9 @@
 Same input, two readers with their own telemetry parts: the batches (kinds and counts, records byte for
 byte, entries), the memo keys and the running series must come out identical. And the scanner must
 refuse exactly the bytes upb refuses (als_view_pb2.StreamAccessLogsMessage.FromString), never crash.
-Hypothesis generates >= 10k messages for each property; none of this skips: the extension is built by
-`make` (pip install -e .), and a missing extension fails here.
+Hypothesis drives 10k generated Envoy messages through the equivalence test, and 10k random or mutated
+byte strings through the refusal tests (which also compare both readers whenever upb accepts). None of
+this skips: `make` builds the extension (pip install -e .), and a missing extension fails here.
 """
 
 from __future__ import annotations
@@ -504,3 +505,44 @@ def test_the_servicer_reads_with_the_compiled_scanner() -> None:
     part = make_pair("json").compiled_part
     assert decoding.COMPILED
     assert isinstance(part._new_reader(_identity()), decoding.CompiledStreamReader)
+
+
+def test_without_the_extension_the_python_reader_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decoding, "_scan", None)
+    part = _part(TelemetrySettings(call_edges=CallEdgeSettings(enabled=False)))
+    assert type(part._new_reader(_identity())) is decoding.StreamReader
+
+
+# ---- batches and streams past the scanner's small buffers ----------------------------------------
+
+
+def _many_kinds(count: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    msg = als_pb2.StreamAccessLogsMessage()
+    for i in range(count):
+        entry = msg.http_logs.log_entry.add()
+        common = entry.common_properties
+        common.upstream_cluster = f"outbound|80||svc-{i % 1500}.shop.svc.cluster.local"
+        common.duration.FromNanoseconds(rng.randint(0, 10**10))
+        entry.request.path = random_text(rng, 40)
+        entry.request.request_headers_bytes = rng.randint(0, 10**6)
+        entry.response.response_code.value = rng.choice([200, 404, 503])
+    return msg.SerializeToString()
+
+
+def test_a_batch_of_thousands_of_entries_and_kinds() -> None:
+    pair = make_pair("json")
+    for seed in range(3):  # the buffers grow, are dropped after the batch, and grow again
+        result = assert_same(pair, _many_kinds(5_000, seed))
+        assert not isinstance(result, str)
+        assert result.entries == 5_000
+        assert len(result.counts) >= 1_500
+
+
+def test_a_full_memo_is_cleared_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decoding, "MAX_MEMO", 5)
+    pair = make_pair("json")
+    rng = random.Random(3)
+    for _ in range(200):
+        assert_same(pair, random_message(rng))
+    assert len(pair.python._kinds.kinds) <= 5

@@ -1,14 +1,21 @@
-"""remixer.shipping against a real Kafka (Tansu): spool when off or down, drain in order, count every drop."""
+"""remixer.shipping against a real Kafka (Tansu): spool when off or down, drain in order, count every drop.
+And the compiled batch builder against aiokafka's own (the same bytes)."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 
+from aiokafka.producer.message_accumulator import BatchBuilder, MessageBatch
+from aiokafka.record._crecords.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from aiokafka.record.util import calc_crc32c
+from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from remixer.shipping import build_record_sinks
+from remixer.shipping import _batch, build_record_sinks
+from remixer.shipping.kafka import _BuiltBatch
 from remixer.shipping.settings import KafkaSettings, ShippingSettings
 from tests.realparts.kafka import TansuBroker, consume
 
@@ -137,3 +144,75 @@ async def test_a_stream_added_after_connecting_gets_its_topic(
         assert [v for _, v in got] == [v for _, v in numbered(7)]
     finally:
         await hub.close()
+
+
+# ---- record batches built whole (remixer/shipping/_batch.pyx) -------------------------------------
+
+
+def _aiokafka_batches(
+    records: list[tuple[bytes | None, bytes]], batch_size: int, timestamp: int, state: tuple[int, int, int]
+) -> list[tuple[bytes, int]]:
+    out, i = [], 0
+    while i < len(records):
+        builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, 0, batch_size)
+        offset = 0
+        while i < len(records):
+            key, value = records[i]
+            if builder.append(offset, timestamp, key, value, []) is None:
+                break
+            offset, i = offset + 1, i + 1
+        builder.set_producer_state(*state)
+        out.append((bytes(builder.build()), offset))
+    return out
+
+
+def _whole_batches(
+    records: list[tuple[bytes | None, bytes]], batch_size: int, timestamp: int, state: tuple[int, int, int]
+) -> list[tuple[bytes, int]]:
+    out, i = [], 0
+    while i < len(records):
+        buffer, taken = _batch.build(records, i, batch_size, timestamp)
+        _batch.set_producer_state(buffer, *state)
+        out.append((bytes(buffer), taken))
+        i += taken
+    return out
+
+
+def test_whole_batches_are_the_bytes_aiokafka_builds() -> None:
+    rng = random.Random(11)
+    for _ in range(1_500):
+        records = [
+            (
+                rng.choice([None, b"", rng.randbytes(rng.randint(1, 40))]),
+                rng.randbytes(rng.choice([0, 1, 63, 64, 127, 128, 700, rng.randint(0, 20_000)])),
+            )
+            for _ in range(rng.randint(1, 30))
+        ]
+        batch_size = rng.choice([1024, 4096, 50_000, 1_000_000, rng.randint(61, 100_000)])
+        timestamp = rng.choice([0, int(time.time() * 1000), 2**62])
+        state = rng.choice([(-1, -1, 0), (12345, 7, 99), (2**62, 32767, 2**31 - 1)])
+        expected = _aiokafka_batches(records, batch_size, timestamp, state)
+        assert _whole_batches(records, batch_size, timestamp, state) == expected
+    for buffer, _ in expected:
+        batch = DefaultRecordBatch(buffer)
+        assert batch.validate_crc()
+    data = rng.randbytes(10_000)
+    assert _batch.crc32c_of(data) == calc_crc32c(data)
+
+
+async def test_an_idempotent_sender_sets_the_producer_state_of_a_whole_batch() -> None:
+    records: list[tuple[bytes | None, bytes]] = [(b"svc", f"record-{i}".encode()) for i in range(100)]
+    theirs = BatchBuilder(1 << 20, 0)
+    for key, value in records:
+        theirs.append(timestamp=1_700_000_000_000, key=key, value=value)
+    buffer, taken = _batch.build(records, 0, 1 << 20, 1_700_000_000_000)
+    ours = _BuiltBatch(buffer, taken)
+    tp = TopicPartition(TOPIC, 0)
+    sent = []
+    for builder in (theirs, ours):
+        batch = MessageBatch(tp, builder, ttl=10, linger_time=0)
+        batch.set_producer_state(producer_id=77, producer_epoch=3, base_sequence=4096)
+        assert batch.record_count == 100
+        sent.append(bytes(batch.get_data_buffer()))
+    assert sent[1] == sent[0]
+    assert ours.append(timestamp=None, key=b"k", value=b"v") is None  # full: nothing is added later
