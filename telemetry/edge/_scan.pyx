@@ -16,9 +16,11 @@ unknown field (skipped), as in upb. The tests hold it to upb on edge cases and f
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.math cimport llround
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
@@ -29,6 +31,7 @@ cdef extern from "Python.h":
     int Py_DTSF_ADD_DOT_0
     bytes PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)
     str PyUnicode_DecodeUTF8(const char* s, Py_ssize_t n, const char* errors)
+    void PyObject_GC_UnTrack(void* op)
 
 
 # ---- wire format ---------------------------------------------------------------------------------
@@ -964,6 +967,20 @@ cdef inline bytes bytes_of(Span s):
     return PyBytes_FromStringAndSize(<const char*>s.ptr, s.len)
 
 
+cdef tuple record_of(object key, object value):
+    """(key, value) left out of the cyclic GC: it holds only str/bytes/None, so it can never be part of
+    a cycle, and tracked it would make every collection walk the thousands of records awaiting Kafka
+    (CPython untracks such tuples too, but only once a collection has looked at them)."""
+    cdef tuple record = PyTuple_New(2)
+    Py_INCREF(key)
+    PyTuple_SET_ITEM(record, 0, key)
+    Py_INCREF(value)
+    PyTuple_SET_ITEM(record, 1, value)
+    if type(value) is bytes and (key is None or type(key) is str or type(key) is bytes):
+        PyObject_GC_UnTrack(<void*>record)
+    return record
+
+
 cdef bytes _json_body(str text):
     cdef bytes raw = text.encode()
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 6 * len(raw))
@@ -999,10 +1016,39 @@ cdef int apply_tcp(object series, Slot* slot) except -1:
     return 0
 
 
+# Raw keys of distinct kinds a scanner remembers (a kind may have several raw keys: a field repeated
+# on the wire, merged, still reads the same). Past this, they are forgotten and relearned.
+cdef enum:
+    MAX_RAW_KEYS = 16384
+
+
+cdef bytes raw_key(char tag, char flags, Span* fields, int n):
+    """The fields' wire bytes, each behind its 4-byte length: equal keys iff equal fields. The memo key's
+    strings are UTF-8 validated while scanning, so equal bytes and equal text are the same thing."""
+    cdef Py_ssize_t size = 2
+    cdef int i
+    for i in range(n):
+        size += 4 + fields[i].len
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* w = PyBytes_AS_STRING(out)
+    w[0] = tag
+    w[1] = flags
+    w += 2
+    cdef uint32_t length
+    for i in range(n):
+        length = <uint32_t>fields[i].len  # spans are far below 4 GiB (the message size bounds them)
+        memcpy(w, &length, 4)
+        memcpy(w + 4, fields[i].ptr, fields[i].len)
+        w += 4 + fields[i].len
+    return out
+
+
 cdef class Scanner:
     """One ALS stream's compiled reader; shares the memo (and the kinds) of the Python reader."""
 
     cdef dict memo
+    cdef dict raw_memo  # the entry's key fields as raw wire bytes -> kind: skips building the memo key
+    cdef Py_ssize_t memo_len  # len(memo) after the last scan: a smaller one means it was cleared
     cdef object http_kind
     cdef object tcp_kind
     cdef object encode
@@ -1062,6 +1108,8 @@ cdef class Scanner:
         if max_field < 0:  # str slicing from the end is not what truncation means
             raise ValueError("max_field must be >= 0")
         self.memo = memo
+        self.raw_memo = {}
+        self.memo_len = len(memo)
         self.http_kind = http_kind
         self.tcp_kind = tcp_kind
         self.encode = encode
@@ -1100,6 +1148,8 @@ cdef class Scanner:
         msg.ptr = <const uint8_t*>PyBytes_AS_STRING(data)
         msg.len = PyBytes_GET_SIZE(data)
         self.busy = True
+        if len(self.memo) < self.memo_len:  # cleared elsewhere: its kinds are no longer ours to reuse
+            self.raw_memo.clear()
         try:
             err = scan_message(msg, &self.entries, &logs)
             if err == E_MEMORY:
@@ -1112,6 +1162,7 @@ cdef class Scanner:
         finally:
             self.release_slots()
             self.busy = False
+            self.memo_len = len(self.memo)
             self.trim()
 
     cdef void trim(self) noexcept:
@@ -1157,6 +1208,21 @@ cdef class Scanner:
         cdef Span peer = e.peer_response if outbound else e.peer_request
         cdef Span grpc = e.grpc_trailer if e.grpc_trailer.len else e.grpc_header
         cdef bint filter_state = e.filter_state and peer.len == 0
+        cdef Span[7] fields
+        cdef bytes raw = None
+        cdef PyObject* known
+        if self.path_label is None:  # else the key holds a label computed in Python from the path
+            fields[0] = e.cluster
+            fields[1] = e.authority
+            fields[2] = e.raw_code
+            fields[3] = e.raw_flags
+            fields[4] = e.raw_tls
+            fields[5] = peer
+            fields[6] = grpc
+            raw = raw_key(c'h', (2 if filter_state else 0) | (1 if outbound else 0), fields, 7)
+            known = PyDict_GetItem(self.raw_memo, raw)
+            if known != NULL:
+                return <object>known
         key = (
             text_of(e.cluster),
             text_of(e.authority),
@@ -1170,13 +1236,24 @@ cdef class Scanner:
         )
         kind = self.memo.get(key)
         if kind is None:
-            kind = self.http_kind(key, self.filter_state_of(e) if filter_state else ())
+            kind = self.new_kind(self.http_kind, key, self.filter_state_of(e) if filter_state else ())
+        if raw is not None:
+            self.remember(raw, kind)
         return kind
 
     cdef object tcp_kind_of(self, Entry* e):
         cdef bint outbound = starts_with(e.cluster, b"outbound|", 9) or (
             self.peer_in_response_default and not starts_with(e.cluster, b"inbound|", 8)
         )
+        cdef Span[4] fields
+        fields[0] = e.cluster
+        fields[1] = e.raw_flags
+        fields[2] = e.raw_tls
+        fields[3] = e.upstream_address
+        cdef bytes raw = raw_key(c't', (2 if e.filter_state else 0) | (1 if outbound else 0), fields, 4)
+        cdef PyObject* known = PyDict_GetItem(self.raw_memo, raw)
+        if known != NULL:
+            return <object>known
         key = (
             "tcp",
             text_of(e.cluster),
@@ -1187,8 +1264,21 @@ cdef class Scanner:
         )
         kind = self.memo.get(key)
         if kind is None:
-            kind = self.tcp_kind(key, self.filter_state_of(e) if e.filter_state else ())
+            kind = self.new_kind(self.tcp_kind, key, self.filter_state_of(e) if e.filter_state else ())
+        self.remember(raw, kind)
         return kind
+
+    cdef object new_kind(self, object build, tuple key, object filter_state):
+        cdef Py_ssize_t before = len(self.memo)
+        kind = build(key, filter_state)
+        if len(self.memo) <= before:  # the memo was full and cleared: drop the raw keys with it
+            self.raw_memo.clear()
+        return kind
+
+    cdef void remember(self, bytes raw, object kind) except *:
+        if len(self.raw_memo) >= MAX_RAW_KEYS:
+            self.raw_memo.clear()
+        self.raw_memo[raw] = kind
 
     cdef list filter_state_of(self, Entry* e):
         """[(key, value)] of the entry's filter_state_objects, in order (only on a memo miss)."""
@@ -1349,7 +1439,7 @@ cdef class Scanner:
                 "request_bytes": long_of(request_bytes, request_carry),
                 "response_bytes": long_of(response_bytes, response_carry),
             })
-        records.append((<object>slot.record_key, value))
+        records.append(record_of(<object>slot.record_key, value))
         return 0
 
     cdef int observe_tcp(self, Entry* e, Slot* slot, list records, Py_ssize_t index) except -1:
@@ -1370,7 +1460,7 @@ cdef class Scanner:
                 "sent_bytes": e.sent_bytes,
                 "received_bytes": e.received_bytes,
             })
-        records.append((<object>slot.record_key, value))
+        records.append(record_of(<object>slot.record_key, value))
         return 0
 
     cdef object encoded(self, Slot* slot, Py_ssize_t index, dict fields):
