@@ -3,25 +3,50 @@ the card's own counters are ordinary prometheus_client metrics on the context re
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
+from remixer.exposition import TextFamily, label_body
 from telemetry.core.aggregates import Aggregates, cumulative
 from telemetry.structs import ENVOY_BUCKETS
 
+_number = cast(Callable[[float], str], floatToGoString)  # Go's float formatting, as Prometheus expects
 _LE = [str(b) if b != int(b) else str(int(b)) for b in ENVOY_BUCKETS] + ["+Inf"]
-
-
-def _histogram(name: str, doc: str, names: Sequence[str]) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, doc, labels=list(names))
+_HTTP_DOCS = {
+    "istio_request_duration_milliseconds": "Request duration in milliseconds.",
+    "istio_request_bytes": "Request size (headers + body) in bytes.",
+    "istio_response_bytes": "Response size (headers + body) in bytes.",
+}
+_TCP_DOCS = {
+    "istio_tcp_sent_bytes": "TCP bytes sent (response direction).",
+    "istio_tcp_received_bytes": "TCP bytes received (request direction).",
+    "istio_tcp_connections_opened": "TCP connections opened.",
+    "istio_tcp_connections_closed": "TCP connections closed.",
+}
+_TCP_FIELD = {
+    "istio_tcp_sent_bytes": "sent",
+    "istio_tcp_received_bytes": "received",
+    "istio_tcp_connections_opened": "opened",
+    "istio_tcp_connections_closed": "closed",
+}
+_HISTOGRAM_FIELDS = {
+    "istio_request_duration_milliseconds": ("duration", "duration_sum"),
+    "istio_request_bytes": ("request_bytes", "request_sum"),
+    "istio_response_bytes": ("response_bytes", "response_sum"),
+}
 
 
 class IstioCollector:
     """istio_requests_total, istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes,
-    istio_tcp_{sent,received}_bytes_total, istio_tcp_connections_{opened,closed}_total."""
+    istio_tcp_{sent,received}_bytes_total, istio_tcp_connections_{opened,closed}_total.
+
+    The families write their own exposition text (remixer.exposition): each label set's escaped label
+    string is kept between scrapes, so a scrape formats numbers only."""
 
     def __init__(
         self, aggregates: Aggregates, *, http_names: Sequence[str], tcp_names: Sequence[str]
@@ -29,59 +54,62 @@ class IstioCollector:
         self._aggregates = aggregates
         self._http_names = list(http_names)
         self._tcp_names = list(tcp_names)
+        self._bodies: dict[str, dict[tuple[str, ...], str]] = {"http": {}, "tcp": {}}
 
     def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Iterator[Metric]:
-        names = self._http_names
-        requests = CounterMetricFamily(
-            "istio_requests_total", "Requests, as Istio counts them.", labels=names
-        )
-        duration = _histogram(
-            "istio_request_duration_milliseconds", "Request duration in milliseconds.", names
-        )
-        request_bytes = _histogram("istio_request_bytes", "Request size (headers + body) in bytes.", names)
-        response_bytes = _histogram("istio_response_bytes", "Response size (headers + body) in bytes.", names)
-        for labels, series in self._aggregates.http_items():
-            values = list(labels)
-            requests.add_metric(values, series.count)
-            for family, counts, total in (
-                (duration, series.duration, series.duration_sum),
-                (request_bytes, series.request_bytes, series.request_sum),
-                (response_bytes, series.response_bytes, series.response_sum),
-            ):
-                family.add_metric(values, list(zip(_LE, cumulative(counts), strict=True)), total)
-        yield from (requests, duration, request_bytes, response_bytes)
+    def _rows(self, family: str, items: list[tuple[tuple[str, ...], Any]], names: list[str]) -> list[Any]:
+        """(escaped label string, series) per label set; the strings of the sets held now are kept."""
+        known = self._bodies[family]
+        bodies = {labels: known.get(labels) or label_body(names, labels) for labels, _ in items}
+        self._bodies[family] = bodies  # only the label sets held now: never outgrows the aggregates
+        return [(bodies[labels], series) for labels, series in items]
 
-        tcp = self._tcp_names
-        sent = CounterMetricFamily(
-            "istio_tcp_sent_bytes_total", "TCP bytes sent (response direction).", labels=tcp
+    def collect(self) -> Iterator[Metric]:
+        http = list(self._aggregates.http_items())
+        tcp = list(self._aggregates.tcp_items())
+        http_rows = self._rows("http", http, self._http_names)
+        tcp_rows = self._rows("tcp", tcp, self._tcp_names)
+
+        yield TextFamily(
+            "istio_requests",
+            "Requests, as Istio counts them.",
+            "counter",
+            lines=lambda: _counter_lines("istio_requests_total", http_rows, "count"),
+            samples=lambda: _counter_samples("istio_requests_total", self._http_names, http, "count"),
         )
-        received = CounterMetricFamily(
-            "istio_tcp_received_bytes_total", "TCP bytes received (request direction).", labels=tcp
-        )
-        opened = CounterMetricFamily(
-            "istio_tcp_connections_opened_total", "TCP connections opened.", labels=tcp
-        )
-        closed = CounterMetricFamily(
-            "istio_tcp_connections_closed_total", "TCP connections closed.", labels=tcp
-        )
-        for labels, tcp_series in self._aggregates.tcp_items():
-            values = list(labels)
-            sent.add_metric(values, tcp_series.sent)
-            received.add_metric(values, tcp_series.received)
-            opened.add_metric(values, tcp_series.opened)
-            closed.add_metric(values, tcp_series.closed)
-        yield from (sent, received, opened, closed)
+        for name, doc in _HTTP_DOCS.items():
+            yield TextFamily(
+                name,
+                doc,
+                "histogram",
+                lines=lambda name=name: _histogram_lines(name, http_rows),  # type: ignore[misc]
+                samples=lambda name=name, doc=doc: _histogram_samples(  # type: ignore[misc]
+                    name, doc, self._http_names, http
+                ),
+            )
+        for name, doc in _TCP_DOCS.items():
+            field = _TCP_FIELD[name]
+            yield TextFamily(
+                name,
+                doc,
+                "counter",
+                lines=lambda name=name, field=field: _counter_lines(  # type: ignore[misc]
+                    name + "_total", tcp_rows, field
+                ),
+                samples=lambda name=name, field=field: _counter_samples(  # type: ignore[misc]
+                    name + "_total", self._tcp_names, tcp, field
+                ),
+            )
 
         series_count = GaugeMetricFamily(
             "remixer_telemetry_series",
             "Label sets held per Istio metric family (compare with remixer_telemetry_series_limit).",
             labels=["family"],
         )
-        series_count.add_metric(["http"], len(self._aggregates.http))
-        series_count.add_metric(["tcp"], len(self._aggregates.tcp))
+        series_count.add_metric(["http"], len(http))
+        series_count.add_metric(["tcp"], len(tcp))
         yield series_count
         limit = GaugeMetricFamily(
             "remixer_telemetry_series_limit", "Cap on label sets per Istio metric family."
@@ -96,6 +124,51 @@ class IstioCollector:
         for family_name, count in self._aggregates.overflowed.items():
             overflow.add_metric([family_name], count)
         yield overflow
+
+
+def _braced(body: str, extra: str = "") -> str:
+    inside = f"{body},{extra}" if body and extra else body or extra
+    return "{" + inside + "}" if inside else ""
+
+
+def _counter_lines(sample_name: str, rows: list[tuple[str, Any]], field: str) -> Iterator[str]:
+    for body, series in rows:
+        yield f"{sample_name}{_braced(body)} {_number(getattr(series, field))}\n"
+
+
+def _histogram_lines(name: str, rows: list[tuple[str, Any]]) -> Iterator[str]:
+    counts_field, sum_field = _HISTOGRAM_FIELDS[name]
+    bucket = name + "_bucket"
+    for body, series in rows:
+        cumulated = cumulative(getattr(series, counts_field))
+        yield "".join(
+            f"{bucket}{_braced(body, f'le={chr(34)}{le}{chr(34)}')} {_number(count)}\n"
+            for le, count in zip(_LE, cumulated, strict=True)
+        )
+        braced = _braced(body)
+        # _count is the +Inf bucket, as prometheus_client's HistogramMetricFamily writes it.
+        yield f"{name}_count{braced} {_number(cumulated[-1])}\n"
+        yield f"{name}_sum{braced} {_number(getattr(series, sum_field))}\n"
+
+
+def _counter_samples(
+    sample_name: str, names: list[str], items: list[tuple[tuple[str, ...], Any]], field: str
+) -> list[Sample]:
+    family = CounterMetricFamily(sample_name, "", labels=names)
+    for labels, series in items:
+        family.add_metric(list(labels), getattr(series, field))
+    return list(family.samples)
+
+
+def _histogram_samples(
+    name: str, doc: str, names: list[str], items: list[tuple[tuple[str, ...], Any]]
+) -> list[Sample]:
+    counts_field, sum_field = _HISTOGRAM_FIELDS[name]
+    family = HistogramMetricFamily(name, doc, labels=names)
+    for labels, series in items:
+        buckets = list(zip(_LE, cumulative(getattr(series, counts_field)), strict=True))
+        family.add_metric(list(labels), buckets, getattr(series, sum_field))
+    return list(family.samples)
 
 
 class TelemetryStats:

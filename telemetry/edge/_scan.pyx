@@ -199,7 +199,8 @@ cdef inline int read_varint(const uint8_t** cursor, const uint8_t* end, uint64_t
     return E_VARINT
 
 
-cdef inline int read_tag(const uint8_t** cursor, const uint8_t* end, uint32_t* out) noexcept:
+cdef inline int read_any_tag(const uint8_t** cursor, const uint8_t* end, uint32_t* out) noexcept:
+    """A tag, field number 0 included: upb skips such fields inside an unknown group."""
     cdef const uint8_t* p = cursor[0]
     cdef uint64_t value
     cdef uint64_t byte
@@ -221,11 +222,19 @@ cdef inline int read_tag(const uint8_t** cursor, const uint8_t* end, uint32_t* o
             return E_TAG
         if value > 0xFFFFFFFF:
             return E_TAG
-    if value >> 3 == 0:
-        return E_FIELD_ZERO
     out[0] = <uint32_t>value
     cursor[0] = p
     return OK
+
+
+cdef inline int read_tag(const uint8_t** cursor, const uint8_t* end, uint32_t* out) noexcept:
+    """A tag of a message field: field number 0 is malformed there, as upb says."""
+    cdef const uint8_t* start = cursor[0]
+    cdef int err = read_any_tag(cursor, end, out)
+    if not err and out[0] >> 3 == 0:
+        cursor[0] = start
+        return E_FIELD_ZERO
+    return err
 
 
 cdef inline int read_span(const uint8_t** cursor, const uint8_t* end, Span* out) noexcept:
@@ -335,7 +344,7 @@ cdef int skip_group(const uint8_t** cursor, const uint8_t* end, uint32_t number,
     if depth < 0:
         return E_DEPTH
     while cursor[0] < end:
-        err = read_tag(cursor, end, &tag)
+        err = read_any_tag(cursor, end, &tag)
         if err:
             return err
         if tag & 7 == 4:

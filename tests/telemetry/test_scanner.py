@@ -417,6 +417,16 @@ EDGE_CASES = [
     b"\xf8\xff\xff\xff\x1f\x01",  # ... past 32 bits
     b"\x0a\xff\xff\xff\xff\x07",  # length past the end
     b"\x0a\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00",  # 10-byte zero length
+    # Field number 0 inside an unknown group: upb skips it like any field, of every wire type.
+    b"k\x00\x00l",
+    b"k\x00l",  # ... its varint then runs into the end-group: refused
+    b"k\x80\x00\x07l",  # a two-byte zero tag
+    b"k\x01" + b"\x00" * 8 + b"l",
+    b"k\x02\x01zl",
+    b"k\x03\x04l",  # a group numbered 0, closed
+    b"k\x04l",  # an end-group for 0 inside group 13: refused
+    b"k\x05" + b"\x00" * 4 + b"l",
+    _field(2, b"k\x00\x00l"),  # ... and one level down, in a known message
     _group(7, 100),
     _group(7, 101),
     _in_common(_group(99, 97)),
