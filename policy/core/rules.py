@@ -91,8 +91,18 @@ def _regex(pattern: str, ignore_case: bool) -> Callable[[str], bool]:
     except re2.error as exc:
         detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise ValueError(f"invalid RE2 regex: {detail}") from None
-    fullmatch = compiled.fullmatch
-    return lambda value: fullmatch(value) is not None
+    # Match with the engine itself: the wrapper's fullmatch builds a Match object and offset tables
+    # on every call (4.4 µs on the benchmark policy's path regex); an anchored Match on the UTF-8
+    # bytes answers the same yes/no in 1.4 µs.
+    match = re2._re2.RE2(pattern.encode(), compiled.options).Match
+    both = re2._re2.RE2.Anchor.ANCHOR_BOTH
+
+    def test(value: str) -> bool:
+        data = value.encode()
+        whole: tuple[int, int] = match(both, data, 0, len(data))[0]
+        return whole[0] != -1
+
+    return test
 
 
 def _network_test(entries: Iterable[str]) -> Callable[[str], bool]:

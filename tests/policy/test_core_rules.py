@@ -7,6 +7,9 @@ import json
 from typing import Any
 
 import pytest
+import re2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy.core import documents, indexing, matching, rules
 from policy.structs import CheckInput, PolicyError
@@ -296,3 +299,26 @@ def test_quota_keys_are_bounded_for_giant_descriptor_values() -> None:
     other = decide(snap, headers={"x-user": "v" * 65_536}).quotas[0].key
     assert len(huge) < 100
     assert huge != other
+
+
+_PATTERNS = [
+    ("/catalog/v[0-9]+/export/.*\\.csv", False),
+    ("/api/(users|orders)/[^/]+", False),
+    ("ÄPFEL-.*", True),
+    ("x*", False),
+    ("", False),
+    ("[\\x{1F600}-\\x{1F64F}]+", False),
+]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(_PATTERNS), st.text(alphabet=st.characters(codec="utf-8")))
+def test_regex_matchers_answer_as_re2s_own_fullmatch(case: tuple[str, bool], text: str) -> None:
+    pattern, ignore_case = case
+    options = re2.Options()
+    options.case_sensitive = not ignore_case
+    reference = re2.compile(pattern, options)
+    ours = rules._regex(pattern, ignore_case)
+    # The text as it came, and inside a value shaped to match the first pattern.
+    for value in (text, f"/catalog/v12/export/{text}.csv", f"äpfel-{text}"):
+        assert ours(value) == (reference.fullmatch(value) is not None), value
