@@ -165,10 +165,15 @@ class KafkaLink:
                     batch, done = self._next_batch(producer, chunk, done)
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
             await asyncio.wait_for(asyncio.gather(*futures), self.settings.send_timeout_s)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            for future in futures:  # abandoned: their late failures are expected, not news
+        except BaseException as exc:
+            # Abandoned (a broker error, or close() cancelling the shipper): their late failures are
+            # expected, not news. Unretrieved, each would be logged with a traceback whenever the GC
+            # happens to collect it.
+            for future in futures:
                 future.add_done_callback(_retrieve)
-            raise ShipFailed(f"Kafka send to {topic} failed: {exc!r}") from None
+            if isinstance(exc, KafkaError | OSError | TimeoutError):
+                raise ShipFailed(f"Kafka send to {topic} failed: {exc!r}") from None
+            raise
 
     def _next_batch(self, producer: AIOKafkaProducer, records: list[Record], start: int) -> tuple[Any, int]:
         """A batch of records[start:] up to the batch size, and the index of the first record left out."""
