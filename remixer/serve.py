@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from remixer import admin, logs
 from remixer.parts import Part, PartContext, Readiness
 from remixer.settings import Settings, parse_address
-from remixer.shipping import build_record_sinks
+from remixer.shipping import build_record_sinks, quiet_abandoned_sends
 
 log = logging.getLogger("remixer.serve")
 
@@ -155,6 +155,7 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.set_exception_handler(quiet_abandoned_sends)
 
     try:
         await _start(settings, running, registry, worker_index=worker_index, reuse_port=reuse_port)

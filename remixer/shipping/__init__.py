@@ -14,6 +14,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from remixer.shipping.hub import ShippingHub, StreamQueue
+from remixer.shipping.kafka import quiet_abandoned_sends
 from remixer.shipping.metrics import ShippingMetrics
 from remixer.shipping.settings import KafkaSettings, ShippingSettings
 
@@ -26,4 +27,11 @@ def build_record_sinks(
     return ShippingHub(settings, spool_dir=spool_dir, metrics=ShippingMetrics(registry))
 
 
-__all__ = ["KafkaSettings", "ShippingHub", "ShippingSettings", "StreamQueue", "build_record_sinks"]
+__all__ = [
+    "KafkaSettings",
+    "ShippingHub",
+    "ShippingSettings",
+    "StreamQueue",
+    "build_record_sinks",
+    "quiet_abandoned_sends",
+]

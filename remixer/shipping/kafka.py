@@ -248,6 +248,20 @@ def _fill(batch: Any, records: Sequence[Record], start: int) -> int:
     return index
 
 
+def quiet_abandoned_sends(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's exception handler: a Kafka failure nobody retrieved is logged at debug.
+
+    aiokafka fails a batch's internal futures when the broker goes away and leaves some of them
+    unretrieved; asyncio would log each with a traceback whenever the GC collects it, long after the
+    shipper has logged the outage and spooled the records. Everything else goes to asyncio's default.
+    """
+    error = context.get("exception")
+    if context.get("message") == "Future exception was never retrieved" and isinstance(error, KafkaError):
+        log.debug("an abandoned Kafka send failed: %r", error)
+        return
+    loop.default_exception_handler(context)
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()

@@ -4,17 +4,21 @@ And the compiled batch builder against aiokafka's own (the same bytes)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
+from aiokafka.errors import NodeNotReadyError
 from aiokafka.producer.message_accumulator import BatchBuilder, MessageBatch
 from aiokafka.record._crecords.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from remixer.shipping import _batch, build_record_sinks
+from remixer.shipping import _batch, build_record_sinks, quiet_abandoned_sends
 from remixer.shipping.kafka import _BuiltBatch
 from remixer.shipping.settings import KafkaSettings, ShippingSettings
 from tests.realparts.kafka import TansuBroker, consume
@@ -216,3 +220,30 @@ async def test_an_idempotent_sender_sets_the_producer_state_of_a_whole_batch() -
         sent.append(bytes(batch.get_data_buffer()))
     assert sent[1] == sent[0]
     assert ours.append(timestamp=None, key=b"k", value=b"v") is None  # full: nothing is added later
+
+
+# ---- failures nobody retrieved -----------------------------------------------------------------------
+
+
+async def test_an_abandoned_kafka_failure_is_not_logged_as_an_error(caplog: Any) -> None:
+    # What aiokafka leaves behind when the broker goes away: a failed future nobody retrieves. asyncio
+    # would log it with a traceback whenever the GC collects it; remixer serve's loop handler keeps
+    # such Kafka failures at debug and hands everything else to asyncio's default.
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(quiet_abandoned_sends)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for error in (NodeNotReadyError("node 1 not ready"), ValueError("not Kafka's")):
+                future = loop.create_future()
+                future.set_exception(error)
+                del future
+                gc.collect()
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1
+        assert errors[0].getMessage().startswith("Future exception was never retrieved")
+        assert "not Kafka's" in errors[0].getMessage()
+        assert "NodeNotReady" not in errors[0].getMessage()
+        assert any("abandoned Kafka send" in r.getMessage() for r in caplog.records)
+    finally:
+        loop.set_exception_handler(previous)
