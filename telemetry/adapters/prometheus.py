@@ -4,6 +4,7 @@ the card's own counters are ordinary prometheus_client metrics on the context re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -17,27 +18,19 @@ from telemetry.structs import ENVOY_BUCKETS
 
 _number = cast(Callable[[float], str], floatToGoString)  # Go's float formatting, as Prometheus expects
 _LE = [str(b) if b != int(b) else str(int(b)) for b in ENVOY_BUCKETS] + ["+Inf"]
-_HTTP_DOCS = {
-    "istio_request_duration_milliseconds": "Request duration in milliseconds.",
-    "istio_request_bytes": "Request size (headers + body) in bytes.",
-    "istio_response_bytes": "Response size (headers + body) in bytes.",
+_LE_LABELS = [f'le="{le}"' for le in _LE]
+# name -> (help, per-bucket counts field, sum field) of each HttpSeries histogram.
+_HISTOGRAMS = {
+    "istio_request_duration_milliseconds": ("Request duration in milliseconds.", "duration", "duration_sum"),
+    "istio_request_bytes": ("Request size (headers + body) in bytes.", "request_bytes", "request_sum"),
+    "istio_response_bytes": ("Response size (headers + body) in bytes.", "response_bytes", "response_sum"),
 }
-_TCP_DOCS = {
-    "istio_tcp_sent_bytes": "TCP bytes sent (response direction).",
-    "istio_tcp_received_bytes": "TCP bytes received (request direction).",
-    "istio_tcp_connections_opened": "TCP connections opened.",
-    "istio_tcp_connections_closed": "TCP connections closed.",
-}
-_TCP_FIELD = {
-    "istio_tcp_sent_bytes": "sent",
-    "istio_tcp_received_bytes": "received",
-    "istio_tcp_connections_opened": "opened",
-    "istio_tcp_connections_closed": "closed",
-}
-_HISTOGRAM_FIELDS = {
-    "istio_request_duration_milliseconds": ("duration", "duration_sum"),
-    "istio_request_bytes": ("request_bytes", "request_sum"),
-    "istio_response_bytes": ("response_bytes", "response_sum"),
+# name -> (help, TcpSeries field) of each TCP counter.
+_TCP_COUNTERS = {
+    "istio_tcp_sent_bytes": ("TCP bytes sent (response direction).", "sent"),
+    "istio_tcp_received_bytes": ("TCP bytes received (request direction).", "received"),
+    "istio_tcp_connections_opened": ("TCP connections opened.", "opened"),
+    "istio_tcp_connections_closed": ("TCP connections closed.", "closed"),
 }
 
 
@@ -76,31 +69,24 @@ class IstioCollector:
             "istio_requests",
             "Requests, as Istio counts them.",
             "counter",
-            lines=lambda: _counter_lines("istio_requests_total", http_rows, "count"),
-            samples=lambda: _counter_samples("istio_requests_total", self._http_names, http, "count"),
+            lines=partial(_counter_lines, "istio_requests_total", http_rows, "count"),
+            samples=partial(_counter_samples, "istio_requests_total", self._http_names, http, "count"),
         )
-        for name, doc in _HTTP_DOCS.items():
+        for name, (doc, _, _) in _HISTOGRAMS.items():
             yield TextFamily(
                 name,
                 doc,
                 "histogram",
-                lines=lambda name=name: _histogram_lines(name, http_rows),  # type: ignore[misc]
-                samples=lambda name=name, doc=doc: _histogram_samples(  # type: ignore[misc]
-                    name, doc, self._http_names, http
-                ),
+                lines=partial(_histogram_lines, name, http_rows),
+                samples=partial(_histogram_samples, name, self._http_names, http),
             )
-        for name, doc in _TCP_DOCS.items():
-            field = _TCP_FIELD[name]
+        for name, (doc, field) in _TCP_COUNTERS.items():
             yield TextFamily(
                 name,
                 doc,
                 "counter",
-                lines=lambda name=name, field=field: _counter_lines(  # type: ignore[misc]
-                    name + "_total", tcp_rows, field
-                ),
-                samples=lambda name=name, field=field: _counter_samples(  # type: ignore[misc]
-                    name + "_total", self._tcp_names, tcp, field
-                ),
+                lines=partial(_counter_lines, name + "_total", tcp_rows, field),
+                samples=partial(_counter_samples, name + "_total", self._tcp_names, tcp, field),
             )
 
         series_count = GaugeMetricFamily(
@@ -137,13 +123,13 @@ def _counter_lines(sample_name: str, rows: list[tuple[str, Any]], field: str) ->
 
 
 def _histogram_lines(name: str, rows: list[tuple[str, Any]]) -> Iterator[str]:
-    counts_field, sum_field = _HISTOGRAM_FIELDS[name]
+    _, counts_field, sum_field = _HISTOGRAMS[name]
     bucket = name + "_bucket"
     for body, series in rows:
         cumulated = cumulative(getattr(series, counts_field))
         yield "".join(
-            f"{bucket}{_braced(body, f'le={chr(34)}{le}{chr(34)}')} {_number(count)}\n"
-            for le, count in zip(_LE, cumulated, strict=True)
+            f"{bucket}{_braced(body, le)} {_number(count)}\n"
+            for le, count in zip(_LE_LABELS, cumulated, strict=True)
         )
         braced = _braced(body)
         # _count is the +Inf bucket, as prometheus_client's HistogramMetricFamily writes it.
@@ -160,10 +146,8 @@ def _counter_samples(
     return list(family.samples)
 
 
-def _histogram_samples(
-    name: str, doc: str, names: list[str], items: list[tuple[tuple[str, ...], Any]]
-) -> list[Sample]:
-    counts_field, sum_field = _HISTOGRAM_FIELDS[name]
+def _histogram_samples(name: str, names: list[str], items: list[tuple[tuple[str, ...], Any]]) -> list[Sample]:
+    doc, counts_field, sum_field = _HISTOGRAMS[name]
     family = HistogramMetricFamily(name, doc, labels=names)
     for labels, series in items:
         buckets = list(zip(_LE, cumulative(getattr(series, counts_field)), strict=True))
