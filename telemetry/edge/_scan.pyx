@@ -1243,12 +1243,7 @@ cdef class Scanner:
             self.path_label(text_of(e.path)) if self.path_label is not None else None,
             (True if outbound else False) if filter_state else None,
         )
-        kind = self.memo.get(key)
-        if kind is None:
-            kind = self.new_kind(self.http_kind, key, self.filter_state_of(e) if filter_state else ())
-        if raw is not None:
-            self.remember(raw, kind)
-        return kind
+        return self.kind_for(key, raw, self.http_kind, e, filter_state)
 
     cdef object tcp_kind_of(self, Entry* e):
         cdef bint outbound = starts_with(e.cluster, b"outbound|", 9) or (
@@ -1271,23 +1266,22 @@ cdef class Scanner:
             bytes_of(e.upstream_address),
             (True if outbound else False) if e.filter_state else None,
         )
+        return self.kind_for(key, raw, self.tcp_kind, e, e.filter_state)
+
+    cdef object kind_for(self, tuple key, bytes raw, object build, Entry* e, bint filter_state):
+        """The memo's kind for key, built in Python on a miss; remembered under raw (when given)."""
+        cdef Py_ssize_t before
         kind = self.memo.get(key)
         if kind is None:
-            kind = self.new_kind(self.tcp_kind, key, self.filter_state_of(e) if e.filter_state else ())
-        self.remember(raw, kind)
+            before = len(self.memo)
+            kind = build(key, self.filter_state_of(e) if filter_state else ())
+            if len(self.memo) <= before:  # the memo was full and cleared: drop the raw keys with it
+                self.raw_memo.clear()
+        if raw is not None:
+            if len(self.raw_memo) >= MAX_RAW_KEYS:
+                self.raw_memo.clear()
+            self.raw_memo[raw] = kind
         return kind
-
-    cdef object new_kind(self, object build, tuple key, object filter_state):
-        cdef Py_ssize_t before = len(self.memo)
-        kind = build(key, filter_state)
-        if len(self.memo) <= before:  # the memo was full and cleared: drop the raw keys with it
-            self.raw_memo.clear()
-        return kind
-
-    cdef void remember(self, bytes raw, object kind) except *:
-        if len(self.raw_memo) >= MAX_RAW_KEYS:
-            self.raw_memo.clear()
-        self.raw_memo[raw] = kind
 
     cdef list filter_state_of(self, Entry* e):
         """[(key, value)] of the entry's filter_state_objects, in order (only on a memo miss)."""
