@@ -39,6 +39,8 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import struct_pb2
 
+from remixer.shipping.settings import KafkaTopics
+
 METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 ENTRIES_PER_MESSAGE = 60
 SERVICES = ["reviews", "ratings", "details", "productpage", "cart", "checkout", "search", "users"]
@@ -184,7 +186,7 @@ async def drive(
     return sent, time.monotonic() - started
 
 
-TOPIC = "remixer-access-logs"
+TOPIC = KafkaTopics().access_logs  # where remixer serve ships access-log records by default
 
 
 def topic_records(bootstrap: str) -> int:
@@ -209,11 +211,14 @@ def topic_records(bootstrap: str) -> int:
     return asyncio.run(ask())
 
 
-def scrape(admin_port: int, name: str, labels: str = "") -> float:
+def metrics_page(admin_port: int) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
-        body = resp.read().decode()
+        return bytes(resp.read())
+
+
+def scrape(admin_port: int, name: str, labels: str = "") -> float:
     total = 0.0
-    for line in body.splitlines():
+    for line in metrics_page(admin_port).decode().splitlines():
         if (
             line.startswith(name + "{" if labels or "{" in line.split(" ")[0] else name + " ")
             and labels in line
@@ -227,8 +232,7 @@ def scrape_cost(pid: int, admin_port: int) -> tuple[float, float]:
     costs, size = [], 0
     for _ in range(5):
         cpu0 = cpu_seconds(pid)
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
-            size = len(resp.read())
+        size = len(metrics_page(admin_port))
         time.sleep(0.2)
         costs.append(cpu_seconds(pid) - cpu0)
     return statistics.median(costs), size / 1024
@@ -416,9 +420,8 @@ def main() -> int:
             bootstrap, Path(tmp) / "data", encoding=args.record_encoding, records=not args.no_records
         )
         with serve as (pid, grpc_port, admin_port):
-            measure_remixer(
-                bootstrap, pid, grpc_port, admin_port, messages, args
-            )  # warm-up (caches, Kafka, SQLite)
+            # warm-up (caches, Kafka, SQLite)
+            measure_remixer(bootstrap, pid, grpc_port, admin_port, messages, args)
             rss_start = rss_mb(pid)
             broker_cpu0, client_cpu0 = cpu_seconds(broker_pid), time.process_time()
             for _ in range(args.repeat):
@@ -450,8 +453,7 @@ def main() -> int:
     )
     print(
         f"one /metrics scrape (idle server; Prometheus scrapes every 15-30 s): "
-        f"{scrape_cpu * 1000:.0f} ms CPU, "
-        f"{scrape_kb:,.0f} KB"
+        f"{scrape_cpu * 1000:.0f} ms CPU, {scrape_kb:,.0f} KB"
     )
     print(f"rss: {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB after {args.repeat} runs")
     server_cpu = sum(r["cpu"] for r in remixer_runs)
