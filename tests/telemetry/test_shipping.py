@@ -229,8 +229,10 @@ async def test_an_abandoned_kafka_failure_is_not_logged_as_an_error(caplog: Any)
     # What aiokafka leaves behind when the broker goes away: a failed future nobody retrieves. asyncio
     # would log it with a traceback whenever the GC collects it; remixer serve's loop handler keeps
     # such Kafka failures at debug and hands everything else to asyncio's default.
-    # Earlier tests' abandoned futures belong to their own loops (and handlers): collect them first.
+    # Earlier tests' abandoned futures belong to their own loops (and handlers): collect them first,
+    # and forget what their collection logged.
     gc.collect()
+    caplog.clear()
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(quiet_abandoned_sends)
