@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = ["DecisionLog", "PolicyService"]
 log = logging.getLogger("remixer.policy")
 
 _MAX_CACHED_VALUE = 2048
+_MAX_WIRE_KEY = 8192
 
 
 class DecisionLog:
@@ -48,44 +49,62 @@ class DecisionLog:
         self._metrics = metrics
         self._random = random.random
 
+    def _room(self) -> bool:
+        if self._sample <= 0 or (self._sample < 1 and self._random() >= self._sample):
+            return False
+        if len(self._buffer) >= self._capacity:
+            self._metrics.decision_log_dropped.inc()
+            return False
+        return True
+
     def add(
         self, req: CheckInput, decision: Decision, dry_run: Sequence[str], cached: bool, latency: float
     ) -> None:
-        if self._sample <= 0 or (self._sample < 1 and self._random() >= self._sample):
-            return
-        if len(self._buffer) >= self._capacity:
-            self._metrics.decision_log_dropped.inc()
-            return
-        # Plain strings only: holding the CheckInput would keep each protobuf request alive until the
-        # flush, which costs more than copying the few fields a record needs.
-        self._buffer.append(
-            (
-                time.time(),
-                req.request_id,
-                req.source_address,
-                attributes.principal(req),
-                req.source_service,
-                req.host,
-                req.destination_service,
-                req.destination_port,
-                req.method,
-                req.path,
-                decision,
-                dry_run,
-                cached,
-                latency,
-            )
-        )
+        if self._room():
+            # Plain strings only: holding the CheckInput would keep each protobuf request alive until
+            # the flush, which costs more than copying the few fields a record needs.
+            self._buffer.append((time.time(), None, _fields(req), decision, dry_run, cached, latency))
+
+    def add_wire(
+        self,
+        data: bytes,
+        decode: Callable[[bytes], CheckInput],
+        decision: Decision,
+        dry_run: Sequence[str],
+        cached: bool,
+        latency: float,
+    ) -> None:
+        """A decision made from the request's bytes alone (a cache hit keyed off the wire): they are
+        kept as they are and decoded at the flush, off the Check path."""
+        if self._room():
+            self._buffer.append((time.time(), decode, data, decision, dry_run, cached, latency))
 
     def flush(self) -> int:
         if not self._buffer or self._sink is None:
             return 0
         batch, self._buffer = self._buffer, []
-        records = [_record(*item) for item in batch]
+        records = [
+            _record(at, *(_fields(decode(fields)) if decode is not None else fields), *rest)
+            for at, decode, fields, *rest in batch
+        ]
         accepted = self._sink.offer(records)
         if accepted < len(records):
             self._metrics.decision_log_dropped.inc(len(records) - accepted)
         return accepted
+
+
+def _fields(req: CheckInput) -> tuple[str, str, str, str, str, str, int, str, str]:
+    return (
+        req.request_id,
+        req.source_address,
+        attributes.principal(req),
+        req.source_service,
+        req.host,
+        req.destination_service,
+        req.destination_port,
+        req.method,
+        req.path,
+    )
 
 
 def _record(
@@ -167,6 +186,10 @@ class PolicyService:
     @property
     def snapshot(self) -> rules.Snapshot:
         return self._snapshot
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self._cache_on
 
     def _compile(self, doc: documents.PolicyDocument, *, revision: int) -> rules.Snapshot:
         return rules.compile_snapshot(
@@ -294,14 +317,37 @@ class PolicyService:
 
     # ---- Check ------------------------------------------------------------------------------
 
-    def check_sync(self, req: CheckInput, started: float) -> Decision | matching.Evaluation:
-        """The decision when no I/O is needed; else the Evaluation to pass to `finish`."""
+    def check_cached(
+        self, key: bytes, started: float, data: bytes, decode: Callable[[bytes], CheckInput]
+    ) -> Decision | None:
+        """The cached decision for a key an edge read off the request's wire bytes, or None: then
+        decode the request and call `check_sync` with the same key."""
+        hit = self._cache.get(key, time.monotonic())
+        if hit is None:
+            return None
+        metrics = self.metrics
+        metrics.hot.cache_hits += 1
+        decision = hit.decision
+        latency = time.perf_counter() - started
+        metrics.count_check(decision.kind, decision.rule_id, latency)
+        for rule_id in hit.dry_run_rules:
+            metrics.dry_run.labels(rule=rule_id).inc()
+        self.decisions.add_wire(data, decode, decision, hit.dry_run_rules, True, latency)
+        return decision
+
+    def check_sync(
+        self, req: CheckInput, started: float, wire_key: bytes | None = None
+    ) -> Decision | matching.Evaluation:
+        """The decision when no I/O is needed; else the Evaluation to pass to `finish`.
+
+        `wire_key`: the cache key an edge read off the wire (`check_cached` missed on it); without one
+        the key is the values of the snapshot's referenced attributes."""
         snapshot = self._snapshot
-        key = None
+        key: Hashable | None = None
         try:
             if self._cache_on:
                 cache = self._cache
-                key = snapshot.cache_key(req)
+                key = snapshot.cache_key(req) if wire_key is None else wire_key
                 now = time.monotonic()
                 hit = cache.get(key, now)
                 if hit is not None:
@@ -316,8 +362,7 @@ class PolicyService:
             self._record(req, snapshot.default, (), False, started)
             return snapshot.default
         if not evaluation.quotas:
-            # Giant attribute values (64 KiB headers) would make the cache a memory sink: not cached.
-            if key is not None and all(v is None or len(v) <= _MAX_CACHED_VALUE for v in key):
+            if key is not None and _small(key):
                 cache.put(key, evaluation.decision, evaluation.dry_run_rules, time.monotonic())
             self._record(req, evaluation.decision, evaluation.dry_run_rules, False, started)
             return evaluation.decision
@@ -408,6 +453,13 @@ class PolicyService:
     def explain(self, req: CheckInput) -> Explanation:
         evaluation = matching.evaluate(self._snapshot, req, explain=True)
         return Explanation(evaluation.decision, evaluation, tuple(q.key for q in evaluation.quotas))
+
+
+def _small(key: Hashable) -> bool:
+    """Giant attribute values (64 KiB headers) would make the cache a memory sink: not cached."""
+    if isinstance(key, bytes):
+        return len(key) <= _MAX_WIRE_KEY
+    return all(v is None or len(v) <= _MAX_CACHED_VALUE for v in key)  # type: ignore[attr-defined]
 
 
 def _one_line(exc: BaseException) -> str:

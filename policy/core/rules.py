@@ -52,6 +52,7 @@ class Snapshot:
     limits: Mapping[str, CompiledLimit]
     document: PolicyDocument
     rule_count: int = field(default=0)
+    jwt_header: str = "x-jwt-payload"  # where request.jwt.* claims come from (lower case)
 
     def cache_key(self, req: CheckInput) -> tuple[attributes.AttributeValue, ...]:
         return tuple([get(req) for get in self.cache_key_getters])
@@ -356,4 +357,5 @@ def compile_snapshot(
         limits=limits,
         document=document,
         rule_count=len(document.rules),
+        jwt_header=jwt_header,
     )

@@ -1,8 +1,9 @@
 """envoy.service.auth.v3.Authorization/Check on grpc.aio: CheckRequest -> CheckInput -> CheckResponse.
 
-The handler is registered by hand (not through the generated servicer) so that (a) a request that
-does not decode still gets the policy's decision instead of a gRPC error, and (b) responses for the
-prebuilt decisions of a snapshot are serialised once and sent as bytes.
+The handler is registered by hand (not through the generated servicer) so that (a) it receives the
+request's bytes: a decision-cache hit is keyed straight off the wire (_checkwire) and never builds a
+upb message; (b) a request that does not decode still gets the policy's decision instead of a gRPC
+error; (c) responses for the prebuilt decisions of a snapshot are serialised once and sent as bytes.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from policy.core.rules import Snapshot
 from policy.service import PolicyService
 from policy.structs import CheckInput, Decision
+
+try:
+    from policy.edge._checkwire import KeyReader
+except ImportError:  # built without a C compiler: every Check goes through upb (same decisions)
+    KeyReader = None  # type: ignore[assignment,misc]
 
 __all__ = ["SERVICE_NAME", "AuthorizationHandler", "check_input", "check_response"]
 
@@ -93,6 +100,12 @@ def _parse(data: bytes) -> Any:
         return _UNDECODABLE
 
 
+def decode_input(data: bytes) -> CheckInput:
+    """A CheckRequest's bytes as the policy reads them (CheckInput() when they do not decode)."""
+    request = _parse(data)
+    return CheckInput() if request is _UNDECODABLE else check_input(request)
+
+
 def _serialize(response: Any) -> bytes:
     return response if isinstance(response, bytes) else bytes(response.SerializeToString())
 
@@ -101,12 +114,13 @@ class AuthorizationHandler:
     def __init__(self, service: PolicyService) -> None:
         self._service = service
         self._wire: dict[Decision, bytes] = {}
+        self._keyed: Snapshot | None = None  # the snapshot `_keys` was built for
+        self._keys: KeyReader | None = None
 
     def register(self, server: Any) -> list[str]:
         handlers = {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                self.check, request_deserializer=_parse, response_serializer=_serialize
-            )
+            # No request deserializer: `check` gets the bytes (see the module docstring).
+            "Check": grpc.unary_unary_rpc_method_handler(self.check, response_serializer=_serialize)
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         # As the generated code does: registered methods are looked up in C, not through a Python
@@ -126,9 +140,26 @@ class AuthorizationHandler:
                 self._wire[decision] = data
         return data
 
-    async def check(self, request: Any, context: Any) -> bytes:
+    def _key_reader(self, snapshot: Snapshot) -> KeyReader | None:
+        self._keyed = snapshot
+        self._keys = None
+        if KeyReader is not None and self._service.cache_enabled:
+            keys = KeyReader(snapshot.referenced, jwt_header=snapshot.jwt_header)
+            self._keys = keys if keys.usable else None
+        return self._keys
+
+    async def check(self, data: bytes, context: Any) -> bytes:
         started = time.perf_counter()
         service = self._service
+        keys = self._keys
+        if service.snapshot is not self._keyed:
+            keys = self._key_reader(service.snapshot)
+        key = keys.key(data) if keys is not None else None
+        if key is not None:
+            hit = service.check_cached(key, started, data, decode_input)
+            if hit is not None:
+                return self.wire(hit)
+        request = _parse(data)
         if request is _UNDECODABLE:
             service.count_odd("undecodable")
             req = CheckInput()
@@ -139,7 +170,7 @@ class AuthorizationHandler:
             elif len(req.path) > _MAX_PATH:
                 service.count_odd("long_path")
         try:
-            result = service.check_sync(req, started)
+            result = service.check_sync(req, started, key)
             if not isinstance(result, Decision):
                 result = await service.finish(req, result, started)
         except Exception:

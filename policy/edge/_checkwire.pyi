@@ -1,0 +1,7 @@
+# Types of the compiled CheckRequest key reader (_checkwire.pyx); grpc_authz is its only user.
+from collections.abc import Iterable
+
+class KeyReader:
+    usable: bool
+    def __init__(self, attributes: Iterable[str], *, jwt_header: str) -> None: ...
+    def key(self, data: bytes) -> bytes | None: ...

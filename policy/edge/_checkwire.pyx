@@ -1,0 +1,469 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Decision-cache keys read straight from CheckRequest wire bytes: a cache hit needs no upb message.
+
+A key holds the raw bytes of every field the snapshot's referenced attributes derive from (request.path
+for request.query.*, source.principal and x-forwarded-client-cert for source.namespace, ...), each with
+its presence. Equal keys mean equal attribute values, so a hit answers what evaluation would; unequal
+keys may still hold equal values (another varint spelling), which only costs a miss.
+
+A key is given only for the shape Envoy sends, read exactly as upb would merge it (the last of a
+field wins, repeated messages merge, the last map entry for a key wins). Anything else -- a field this
+reader does not know, another wire type, a oneof case it does not follow, metadata, a group, invalid
+UTF-8 in any string, truncation -- gives None, and the caller takes the upb path, which decides it as
+before. tests/policy/test_checkwire.py holds the keys to the attribute values upb yields.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memcmp
+
+from remixer._wire cimport OK, Span, read_span, read_tag, read_text, read_varint
+
+
+cdef extern from "Python.h":
+    bytes PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)
+
+
+cdef enum:  # the fixed fields a key can hold
+    S_ADDRESS = 0
+    S_SERVICE
+    S_PRINCIPAL
+    D_ADDRESS
+    D_PORT
+    D_SERVICE
+    HTTP_ID
+    METHOD
+    PATH
+    HOST
+    SCHEME
+    N_FIELDS
+
+cdef enum:  # the maps a key can read entries of
+    HEADERS = 0
+    S_LABELS
+    D_LABELS
+    CONTEXT
+    N_MAPS
+
+cdef enum:
+    MAX_NAMES = 64
+    REFUSED = 1  # not a shape this reader vouches for: take the upb path
+
+# Wire tags (field << 3 | wire type): 0 varint, 2 length-delimited.
+cdef enum:
+    T_LEN_1 = (1 << 3) | 2
+    T_LEN_2 = (2 << 3) | 2
+    T_LEN_3 = (3 << 3) | 2
+    T_LEN_4 = (4 << 3) | 2
+    T_LEN_5 = (5 << 3) | 2
+    T_LEN_6 = (6 << 3) | 2
+    T_LEN_7 = (7 << 3) | 2
+    T_LEN_8 = (8 << 3) | 2
+    T_LEN_10 = (10 << 3) | 2
+    T_LEN_11 = (11 << 3) | 2
+    T_LEN_12 = (12 << 3) | 2
+    T_LEN_13 = (13 << 3) | 2
+    T_VARINT_1 = (1 << 3)
+    T_VARINT_2 = (2 << 3)
+    T_VARINT_3 = (3 << 3)
+    T_VARINT_6 = (6 << 3)
+    T_VARINT_9 = (9 << 3)
+
+# Attribute -> the fixed fields and map entries its value is computed from (policy.core.attributes).
+_FIELDS = {
+    "source.address": (S_ADDRESS,),
+    "source.principal": (S_PRINCIPAL,),
+    "source.trust_domain": (S_PRINCIPAL,),
+    "source.namespace": (S_PRINCIPAL,),
+    "source.service_account": (S_PRINCIPAL,),
+    "source.service": (S_SERVICE,),
+    "destination.address": (D_ADDRESS,),
+    "destination.port": (D_PORT,),
+    "destination.host": (HOST,),
+    "destination.service": (D_SERVICE,),
+    "request.id": (HTTP_ID,),
+    "request.method": (METHOD,),
+    "request.path": (PATH,),
+    "request.url": (PATH,),
+    "request.scheme": (SCHEME,),
+}
+_ENTRIES = {  # attribute -> map entries it reads, besides its fixed fields
+    "source.principal": ((HEADERS, "x-forwarded-client-cert"),),
+    "source.trust_domain": ((HEADERS, "x-forwarded-client-cert"),),
+    "source.namespace": ((HEADERS, "x-forwarded-client-cert"),),
+    "source.service_account": ((HEADERS, "x-forwarded-client-cert"),),
+    "request.id": ((HEADERS, "x-request-id"),),
+}
+_FAMILIES = {  # attribute prefix -> the map its suffix names an entry of
+    "request.headers.": HEADERS,
+    "source.labels.": S_LABELS,
+    "destination.labels.": D_LABELS,
+    "context.": CONTEXT,
+}
+
+
+cdef struct Name:
+    const uint8_t* ptr
+    Py_ssize_t len
+    int map  # HEADERS, S_LABELS, ...
+
+
+cdef struct Found:
+    Span fields[N_FIELDS]
+    bint has_field[N_FIELDS]
+    Span entries[MAX_NAMES]
+    bint has_entry[MAX_NAMES]
+
+
+cdef class KeyReader:
+    """Builds decision-cache keys for one snapshot's referenced attributes.
+
+    `usable` is False when an attribute's sources are beyond this reader (the caller then keys on the
+    attribute values as before)."""
+
+    cdef readonly bint usable
+    cdef bint wanted[N_FIELDS]
+    cdef Name names[MAX_NAMES]
+    cdef int n_names
+    cdef bint any_map[N_MAPS]
+    cdef list _keep  # the bytes `names` point into
+
+    def __init__(self, attributes, *, str jwt_header):
+        cdef int i
+        cdef bytes raw
+        for i in range(N_FIELDS):
+            self.wanted[i] = False
+        for i in range(N_MAPS):
+            self.any_map[i] = False
+        self.n_names = 0
+        self._keep = []
+        self.usable = True
+        for name in attributes:
+            entries = list(_ENTRIES.get(name, ()))
+            fields = _FIELDS.get(name)
+            if name.startswith("request.query."):
+                fields = (PATH,)
+            elif name.startswith("request.jwt."):
+                fields = ()
+                entries.append((HEADERS, jwt_header))
+            elif fields is None:
+                for prefix, family in _FAMILIES.items():
+                    if name.startswith(prefix):
+                        fields = ()
+                        entries.append((family, name[len(prefix):]))
+                        break
+            if fields is None:
+                self.usable = False
+                return
+            for i in fields:
+                self.wanted[i] = True
+            for family, entry in entries:
+                raw = entry.encode()
+                if (family, raw) in self._keep:
+                    continue
+                if self.n_names == MAX_NAMES:
+                    self.usable = False
+                    return
+                self._keep.append((family, raw))
+                self.names[self.n_names].ptr = <const uint8_t*>PyBytes_AS_STRING(raw)
+                self.names[self.n_names].len = PyBytes_GET_SIZE(raw)
+                self.names[self.n_names].map = family
+                self.any_map[family] = True
+                self.n_names += 1
+
+    def key(self, bytes data):
+        """The key of a CheckRequest's bytes, or None: not a shape this reader vouches for."""
+        cdef Found found
+        cdef int i
+        if not self.usable:
+            return None
+        for i in range(N_FIELDS):
+            found.has_field[i] = False
+        for i in range(self.n_names):
+            found.has_entry[i] = False
+        cdef Span whole
+        whole.ptr = <const uint8_t*>PyBytes_AS_STRING(data)
+        whole.len = PyBytes_GET_SIZE(data)
+        if scan_check_request(self, whole, &found):
+            return None
+        return self._pack(&found)
+
+    cdef bytes _pack(self, Found* found):
+        # Per source, in plan order: 0 (absent) or 1, a 4-byte length and the raw bytes.
+        cdef Py_ssize_t size = 0
+        cdef int i
+        for i in range(N_FIELDS):
+            if self.wanted[i]:
+                size += 5 + found.fields[i].len if found.has_field[i] else 1
+        for i in range(self.n_names):
+            size += 5 + found.entries[i].len if found.has_entry[i] else 1
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+        cdef char* w = PyBytes_AS_STRING(out)
+        for i in range(N_FIELDS):
+            if self.wanted[i]:
+                w = put_source(w, found.has_field[i], found.fields[i])
+        for i in range(self.n_names):
+            w = put_source(w, found.has_entry[i], found.entries[i])
+        return out
+
+
+cdef inline char* put_source(char* w, bint present, Span value) noexcept:
+    cdef uint32_t n = <uint32_t>value.len
+    if not present:
+        w[0] = 0
+        return w + 1
+    w[0] = 1
+    memcpy(w + 1, &n, 4)
+    if n:
+        memcpy(w + 5, value.ptr, n)
+    return w + 5 + n
+
+
+# ---- the walk: one function per message, each refusing what it does not know --------------------
+
+
+cdef inline int text(const uint8_t** p, const uint8_t* end, Found* found, int field) noexcept:
+    cdef Span value
+    if read_text(p, end, &value):
+        return REFUSED
+    if field >= 0:
+        found.fields[field] = value
+        found.has_field[field] = True
+    return OK
+
+
+cdef inline int varint(const uint8_t** p, const uint8_t* end, Found* found, int field) noexcept:
+    cdef const uint8_t* start = p[0]
+    cdef uint64_t ignored
+    if read_varint(p, end, &ignored):
+        return REFUSED
+    if field >= 0:
+        found.fields[field].ptr = start
+        found.fields[field].len = p[0] - start
+        found.has_field[field] = True
+    return OK
+
+
+cdef inline int message(const uint8_t** p, const uint8_t* end, Span* out) noexcept:
+    return REFUSED if read_span(p, end, out) else OK
+
+
+cdef int scan_check_request(KeyReader reader, Span msg, Found* found) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span sub
+    while p < end:
+        if read_tag(&p, end, &tag) or tag != T_LEN_1:  # attributes
+            return REFUSED
+        if message(&p, end, &sub) or scan_attributes(reader, sub, found):
+            return REFUSED
+    return OK
+
+
+cdef int scan_attributes(KeyReader reader, Span msg, Found* found) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span sub
+    cdef int err
+    while p < end:
+        if read_tag(&p, end, &tag) or tag & 7 != 2:
+            return REFUSED
+        if message(&p, end, &sub):
+            return REFUSED
+        if tag == T_LEN_1:
+            err = scan_peer(reader, sub, found, S_ADDRESS, S_SERVICE, S_PRINCIPAL, S_LABELS)
+        elif tag == T_LEN_2:
+            err = scan_peer(reader, sub, found, D_ADDRESS, D_SERVICE, -1, D_LABELS)
+        elif tag == T_LEN_4:
+            err = scan_request(reader, sub, found)
+        elif tag == T_LEN_10:
+            err = scan_entry(reader, sub, found, CONTEXT)
+        elif tag == T_LEN_11 or tag == T_LEN_13:  # metadata_context, route_metadata_context
+            err = REFUSED if sub.len else OK  # Envoy sends them empty unless configured to fill them
+        elif tag == T_LEN_12:
+            err = scan_tls_session(sub)
+        else:
+            return REFUSED
+        if err:
+            return REFUSED
+    return OK
+
+
+cdef int scan_peer(
+    KeyReader reader, Span msg, Found* found, int address, int service, int principal, int labels
+) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span sub
+    cdef int err
+    while p < end:
+        if read_tag(&p, end, &tag):
+            return REFUSED
+        if tag == T_LEN_1:
+            err = message(&p, end, &sub) or scan_address(sub, found, address)
+        elif tag == T_LEN_2:
+            err = text(&p, end, found, service)
+        elif tag == T_LEN_3:
+            err = message(&p, end, &sub) or scan_entry(reader, sub, found, labels)
+        elif tag == T_LEN_4:
+            err = text(&p, end, found, principal)
+        elif tag == T_LEN_5:  # certificate
+            err = text(&p, end, found, -1)
+        else:
+            return REFUSED
+        if err:
+            return REFUSED
+    return OK
+
+
+cdef int scan_address(Span msg, Found* found, int address) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span sub
+    while p < end:
+        # socket_address only: pipe and envoy_internal_address share its oneof.
+        if read_tag(&p, end, &tag) or tag != T_LEN_1:
+            return REFUSED
+        if message(&p, end, &sub) or scan_socket_address(sub, found, address):
+            return REFUSED
+    return OK
+
+
+cdef int scan_socket_address(Span msg, Found* found, int address) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef int err
+    # Destination port: the field after the address in the enum. named_port (4) shares the port's
+    # oneof and is refused.
+    cdef int port = D_PORT if address == D_ADDRESS else -1
+    while p < end:
+        if read_tag(&p, end, &tag):
+            return REFUSED
+        if tag == T_VARINT_1 or tag == T_VARINT_6:  # protocol, ipv4_compat
+            err = varint(&p, end, found, -1)
+        elif tag == T_LEN_2:
+            err = text(&p, end, found, address)
+        elif tag == T_VARINT_3:
+            err = varint(&p, end, found, port)
+        elif tag == T_LEN_5:  # resolver_name
+            err = text(&p, end, found, -1)
+        else:
+            return REFUSED
+        if err:
+            return REFUSED
+    return OK
+
+
+cdef int scan_request(KeyReader reader, Span msg, Found* found) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span sub
+    while p < end:
+        if read_tag(&p, end, &tag) or message(&p, end, &sub):
+            return REFUSED
+        if tag == T_LEN_1:
+            if scan_timestamp(sub):
+                return REFUSED
+        elif tag == T_LEN_2:
+            if scan_http(reader, sub, found):
+                return REFUSED
+        else:
+            return REFUSED
+    return OK
+
+
+cdef int scan_timestamp(Span msg) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t ignored
+    while p < end:
+        if read_tag(&p, end, &tag) or (tag != T_VARINT_1 and tag != T_VARINT_2):
+            return REFUSED
+        if read_varint(&p, end, &ignored):
+            return REFUSED
+    return OK
+
+
+cdef int scan_http(KeyReader reader, Span msg, Found* found) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span sub
+    cdef int err
+    while p < end:
+        if read_tag(&p, end, &tag):
+            return REFUSED
+        if tag == T_LEN_1:
+            err = text(&p, end, found, HTTP_ID)
+        elif tag == T_LEN_2:
+            err = text(&p, end, found, METHOD)
+        elif tag == T_LEN_3:
+            err = message(&p, end, &sub) or scan_entry(reader, sub, found, HEADERS)
+        elif tag == T_LEN_4:
+            err = text(&p, end, found, PATH)
+        elif tag == T_LEN_5:
+            err = text(&p, end, found, HOST)
+        elif tag == T_LEN_6:
+            err = text(&p, end, found, SCHEME)
+        elif tag == T_LEN_7 or tag == T_LEN_8 or tag == (10 << 3 | 2) or tag == (11 << 3 | 2):
+            err = text(&p, end, found, -1)  # query, fragment, protocol, body
+        elif tag == T_VARINT_9:  # size
+            err = varint(&p, end, found, -1)
+        elif tag == (12 << 3 | 2):  # raw_body: bytes, not checked
+            err = message(&p, end, &sub)
+        else:  # header_map (encode_raw_headers) among others
+            return REFUSED
+        if err:
+            return REFUSED
+    return OK
+
+
+cdef int scan_tls_session(Span msg) noexcept:
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span ignored
+    while p < end:
+        if read_tag(&p, end, &tag) or tag != T_LEN_1 or read_text(&p, end, &ignored):
+            return REFUSED
+    return OK
+
+
+cdef int scan_entry(KeyReader reader, Span msg, Found* found, int map) noexcept:
+    """One map<string, string> entry; the last entry with a wanted key sets its value."""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span key
+    cdef Span value
+    cdef Name* name
+    cdef int i
+    key.ptr = value.ptr = NULL
+    key.len = value.len = 0
+    while p < end:
+        if read_tag(&p, end, &tag):
+            return REFUSED
+        if tag == T_LEN_1:
+            if read_text(&p, end, &key):
+                return REFUSED
+        elif tag == T_LEN_2:
+            if read_text(&p, end, &value):
+                return REFUSED
+        else:
+            return REFUSED
+    if reader.any_map[map]:
+        for i in range(reader.n_names):
+            name = &reader.names[i]
+            if name.map == map and name.len == key.len and (
+                key.len == 0 or memcmp(name.ptr, key.ptr, key.len) == 0
+            ):
+                found.entries[i] = value
+                found.has_entry[i] = True
+    return OK
