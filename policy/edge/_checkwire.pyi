@@ -5,3 +5,26 @@ class KeyReader:
     usable: bool
     def __init__(self, attributes: Iterable[str], *, jwt_header: str) -> None: ...
     def key(self, data: bytes) -> bytes | None: ...
+
+def read_input(
+    data: bytes,
+) -> (
+    tuple[
+        str,
+        str,
+        str,
+        str,
+        str,
+        dict[str, str],
+        str,
+        str,
+        str,
+        dict[str, str],
+        str,
+        int,
+        str,
+        dict[str, str],
+        dict[str, str],
+    ]
+    | None
+): ...

@@ -22,6 +22,7 @@ from remixer._wire cimport OK, Span, read_span, read_tag, read_text, read_varint
 
 cdef extern from "Python.h":
     bytes PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)
+    str PyUnicode_DecodeUTF8(const char* s, Py_ssize_t n, const char* errors)
 
 
 cdef enum:  # the fixed fields a key can hold
@@ -47,6 +48,7 @@ cdef enum:  # the maps a key can read entries of
 
 cdef enum:
     MAX_NAMES = 64
+    MAX_ENTRIES = 256  # map entries read_input takes (more: the upb path)
     REFUSED = 1  # not a shape this reader vouches for: take the upb path
 
 # Wire tags (field << 3 | wire type): 0 varint, 2 length-delimited.
@@ -111,8 +113,18 @@ cdef struct Name:
 cdef struct Found:
     Span fields[N_FIELDS]
     bint has_field[N_FIELDS]
+    # Keys: the wanted map entries (names) and the values found for them.
+    const Name* names
+    int n_names
+    bint any_map[N_MAPS]
     Span entries[MAX_NAMES]
     bint has_entry[MAX_NAMES]
+    # read_input: every map entry, in wire order.
+    bint collect
+    int n_all
+    Span all_keys[MAX_ENTRIES]
+    Span all_values[MAX_ENTRIES]
+    uint8_t all_maps[MAX_ENTRIES]
 
 
 cdef class KeyReader:
@@ -177,14 +189,12 @@ cdef class KeyReader:
         cdef int i
         if not self.usable:
             return None
-        for i in range(N_FIELDS):
-            found.has_field[i] = False
-        for i in range(self.n_names):
-            found.has_entry[i] = False
-        cdef Span whole
-        whole.ptr = <const uint8_t*>PyBytes_AS_STRING(data)
-        whole.len = PyBytes_GET_SIZE(data)
-        if scan_check_request(self, whole, &found):
+        found.names = self.names
+        found.n_names = self.n_names
+        for i in range(N_MAPS):
+            found.any_map[i] = self.any_map[i]
+        found.collect = False
+        if scan(data, &found):
             return None
         return self._pack(&found)
 
@@ -205,6 +215,69 @@ cdef class KeyReader:
         for i in range(self.n_names):
             w = put_source(w, found.has_entry[i], found.entries[i])
         return out
+
+
+def read_input(bytes data):
+    """CheckInput's fields (in its order) from a CheckRequest's bytes, or None: take the upb path.
+
+    The same values as grpc_authz.check_input on the upb message, maps as plain dicts."""
+    cdef Found found
+    cdef int i
+    found.n_names = 0
+    for i in range(N_MAPS):
+        found.any_map[i] = False
+    found.collect = True
+    found.n_all = 0
+    if scan(data, &found):
+        return None
+    cdef list maps = [{} for i in range(N_MAPS)]
+    cdef dict target
+    for i in range(found.n_all):
+        target = maps[found.all_maps[i]]
+        target[_text(found.all_keys[i])] = _text(found.all_values[i])
+    cdef dict headers = maps[HEADERS]
+    cdef uint64_t port = 0
+    cdef const uint8_t* p
+    if found.has_field[D_PORT]:
+        p = found.fields[D_PORT].ptr
+        read_varint(&p, p + found.fields[D_PORT].len, &port)
+    return (
+        _field(&found, METHOD),
+        _field(&found, PATH),
+        _field(&found, HOST),
+        _field(&found, SCHEME),
+        headers.get("x-request-id") or _field(&found, HTTP_ID),
+        headers,
+        _field(&found, S_ADDRESS),
+        _field(&found, S_PRINCIPAL),
+        _field(&found, S_SERVICE),
+        maps[S_LABELS],
+        _field(&found, D_ADDRESS),
+        <uint32_t>port,  # uint32: upb keeps the low 32 bits
+        _field(&found, D_SERVICE),
+        maps[D_LABELS],
+        maps[CONTEXT],
+    )
+
+
+cdef inline str _text(Span s):
+    return PyUnicode_DecodeUTF8(<const char*>s.ptr, s.len, NULL)  # already validated
+
+
+cdef inline str _field(Found* found, int field):
+    return _text(found.fields[field]) if found.has_field[field] else ""
+
+
+cdef int scan(bytes data, Found* found) noexcept:
+    cdef int i
+    cdef Span whole
+    for i in range(N_FIELDS):
+        found.has_field[i] = False
+    for i in range(found.n_names):
+        found.has_entry[i] = False
+    whole.ptr = <const uint8_t*>PyBytes_AS_STRING(data)
+    whole.len = PyBytes_GET_SIZE(data)
+    return scan_check_request(whole, found)
 
 
 cdef inline char* put_source(char* w, bint present, Span value) noexcept:
@@ -248,7 +321,7 @@ cdef inline int message(const uint8_t** p, const uint8_t* end, Span* out) noexce
     return REFUSED if read_span(p, end, out) else OK
 
 
-cdef int scan_check_request(KeyReader reader, Span msg, Found* found) noexcept:
+cdef int scan_check_request(Span msg, Found* found) noexcept:
     cdef const uint8_t* p = msg.ptr
     cdef const uint8_t* end = msg.ptr + msg.len
     cdef uint32_t tag
@@ -256,12 +329,12 @@ cdef int scan_check_request(KeyReader reader, Span msg, Found* found) noexcept:
     while p < end:
         if read_tag(&p, end, &tag) or tag != T_LEN_1:  # attributes
             return REFUSED
-        if message(&p, end, &sub) or scan_attributes(reader, sub, found):
+        if message(&p, end, &sub) or scan_attributes(sub, found):
             return REFUSED
     return OK
 
 
-cdef int scan_attributes(KeyReader reader, Span msg, Found* found) noexcept:
+cdef int scan_attributes(Span msg, Found* found) noexcept:
     cdef const uint8_t* p = msg.ptr
     cdef const uint8_t* end = msg.ptr + msg.len
     cdef uint32_t tag
@@ -273,13 +346,13 @@ cdef int scan_attributes(KeyReader reader, Span msg, Found* found) noexcept:
         if message(&p, end, &sub):
             return REFUSED
         if tag == T_LEN_1:
-            err = scan_peer(reader, sub, found, S_ADDRESS, S_SERVICE, S_PRINCIPAL, S_LABELS)
+            err = scan_peer(sub, found, S_ADDRESS, S_SERVICE, S_PRINCIPAL, S_LABELS)
         elif tag == T_LEN_2:
-            err = scan_peer(reader, sub, found, D_ADDRESS, D_SERVICE, -1, D_LABELS)
+            err = scan_peer(sub, found, D_ADDRESS, D_SERVICE, -1, D_LABELS)
         elif tag == T_LEN_4:
-            err = scan_request(reader, sub, found)
+            err = scan_request(sub, found)
         elif tag == T_LEN_10:
-            err = scan_entry(reader, sub, found, CONTEXT)
+            err = scan_entry(sub, found, CONTEXT)
         elif tag == T_LEN_11 or tag == T_LEN_13:  # metadata_context, route_metadata_context
             err = REFUSED if sub.len else OK  # Envoy sends them empty unless configured to fill them
         elif tag == T_LEN_12:
@@ -292,7 +365,7 @@ cdef int scan_attributes(KeyReader reader, Span msg, Found* found) noexcept:
 
 
 cdef int scan_peer(
-    KeyReader reader, Span msg, Found* found, int address, int service, int principal, int labels
+    Span msg, Found* found, int address, int service, int principal, int labels
 ) noexcept:
     cdef const uint8_t* p = msg.ptr
     cdef const uint8_t* end = msg.ptr + msg.len
@@ -307,7 +380,7 @@ cdef int scan_peer(
         elif tag == T_LEN_2:
             err = text(&p, end, found, service)
         elif tag == T_LEN_3:
-            err = message(&p, end, &sub) or scan_entry(reader, sub, found, labels)
+            err = message(&p, end, &sub) or scan_entry(sub, found, labels)
         elif tag == T_LEN_4:
             err = text(&p, end, found, principal)
         elif tag == T_LEN_5:  # certificate
@@ -359,7 +432,7 @@ cdef int scan_socket_address(Span msg, Found* found, int address) noexcept:
     return OK
 
 
-cdef int scan_request(KeyReader reader, Span msg, Found* found) noexcept:
+cdef int scan_request(Span msg, Found* found) noexcept:
     cdef const uint8_t* p = msg.ptr
     cdef const uint8_t* end = msg.ptr + msg.len
     cdef uint32_t tag
@@ -371,7 +444,7 @@ cdef int scan_request(KeyReader reader, Span msg, Found* found) noexcept:
             if scan_timestamp(sub):
                 return REFUSED
         elif tag == T_LEN_2:
-            if scan_http(reader, sub, found):
+            if scan_http(sub, found):
                 return REFUSED
         else:
             return REFUSED
@@ -391,7 +464,7 @@ cdef int scan_timestamp(Span msg) noexcept:
     return OK
 
 
-cdef int scan_http(KeyReader reader, Span msg, Found* found) noexcept:
+cdef int scan_http(Span msg, Found* found) noexcept:
     cdef const uint8_t* p = msg.ptr
     cdef const uint8_t* end = msg.ptr + msg.len
     cdef uint32_t tag
@@ -405,7 +478,7 @@ cdef int scan_http(KeyReader reader, Span msg, Found* found) noexcept:
         elif tag == T_LEN_2:
             err = text(&p, end, found, METHOD)
         elif tag == T_LEN_3:
-            err = message(&p, end, &sub) or scan_entry(reader, sub, found, HEADERS)
+            err = message(&p, end, &sub) or scan_entry(sub, found, HEADERS)
         elif tag == T_LEN_4:
             err = text(&p, end, found, PATH)
         elif tag == T_LEN_5:
@@ -436,14 +509,14 @@ cdef int scan_tls_session(Span msg) noexcept:
     return OK
 
 
-cdef int scan_entry(KeyReader reader, Span msg, Found* found, int map) noexcept:
+cdef int scan_entry(Span msg, Found* found, int map) noexcept:
     """One map<string, string> entry; the last entry with a wanted key sets its value."""
     cdef const uint8_t* p = msg.ptr
     cdef const uint8_t* end = msg.ptr + msg.len
     cdef uint32_t tag
     cdef Span key
     cdef Span value
-    cdef Name* name
+    cdef const Name* name
     cdef int i
     key.ptr = value.ptr = NULL
     key.len = value.len = 0
@@ -458,9 +531,16 @@ cdef int scan_entry(KeyReader reader, Span msg, Found* found, int map) noexcept:
                 return REFUSED
         else:
             return REFUSED
-    if reader.any_map[map]:
-        for i in range(reader.n_names):
-            name = &reader.names[i]
+    if found.collect:
+        if found.n_all == MAX_ENTRIES:
+            return REFUSED
+        found.all_keys[found.n_all] = key
+        found.all_values[found.n_all] = value
+        found.all_maps[found.n_all] = map
+        found.n_all += 1
+    elif found.any_map[map]:
+        for i in range(found.n_names):
+            name = &found.names[i]
             if name.map == map and name.len == key.len and (
                 key.len == 0 or memcmp(name.ptr, key.ptr, key.len) == 0
             ):

@@ -24,9 +24,9 @@ from policy.service import PolicyService
 from policy.structs import CheckInput, Decision
 
 try:
-    from policy.edge._checkwire import KeyReader
+    from policy.edge._checkwire import KeyReader, read_input
 except ImportError:  # built without a C compiler: every Check goes through upb (same decisions)
-    KeyReader = None  # type: ignore[assignment,misc]
+    KeyReader = read_input = None  # type: ignore[assignment,misc]
 
 __all__ = ["SERVICE_NAME", "AuthorizationHandler", "check_input", "check_response"]
 
@@ -100,10 +100,18 @@ def _parse(data: bytes) -> Any:
         return _UNDECODABLE
 
 
-def decode_input(data: bytes) -> CheckInput:
-    """A CheckRequest's bytes as the policy reads them (CheckInput() when they do not decode)."""
+def decode_input(data: bytes) -> CheckInput | None:
+    """A CheckRequest's bytes as the policy reads them; None when they do not decode."""
+    if read_input is not None:
+        values = read_input(data)  # the shape Envoy sends, read in C; anything else: upb
+        if values is not None:
+            return CheckInput(*values)
     request = _parse(data)
-    return CheckInput() if request is _UNDECODABLE else check_input(request)
+    return None if request is _UNDECODABLE else check_input(request)
+
+
+def _logged_input(data: bytes) -> CheckInput:
+    return decode_input(data) or CheckInput()
 
 
 def _serialize(response: Any) -> bytes:
@@ -156,19 +164,17 @@ class AuthorizationHandler:
             keys = self._key_reader(service.snapshot)
         key = keys.key(data) if keys is not None else None
         if key is not None:
-            hit = service.check_cached(key, started, data, decode_input)
+            hit = service.check_cached(key, started, data, _logged_input)
             if hit is not None:
                 return self.wire(hit)
-        request = _parse(data)
-        if request is _UNDECODABLE:
+        req = decode_input(data)
+        if req is None:
             service.count_odd("undecodable")
             req = CheckInput()
-        else:
-            req = check_input(request)
-            if not req.method:
-                service.count_odd("no_http_attributes")
-            elif len(req.path) > _MAX_PATH:
-                service.count_odd("long_path")
+        elif not req.method:
+            service.count_odd("no_http_attributes")
+        elif len(req.path) > _MAX_PATH:
+            service.count_odd("long_path")
         try:
             result = service.check_sync(req, started, key)
             if not isinstance(result, Decision):

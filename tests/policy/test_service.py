@@ -6,8 +6,11 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import grpc
+import orjson
 import pytest
 import yaml
+from envoy.service.auth.v3 import external_auth_pb2
 
 from policy.structs import CheckInput, PolicyError
 from remixer.envoy import free_port
@@ -164,3 +167,45 @@ async def test_http_listener_refuses_a_taken_port(policy_factory: PolicyFactory)
     first = await policy_factory(policy=LIMITED)
     with pytest.raises(OSError):
         await policy_factory(policy=LIMITED, http_address=f"127.0.0.1:{first.http_port}")
+
+
+async def test_wire_keyed_cache_hits_log_their_own_request(policy_factory: PolicyFactory) -> None:
+    """Over gRPC a hit is found from the request's bytes; its record is decoded at the flush."""
+    run = await policy_factory(policy=LIMITED)
+
+    def request(request_id: str, path: str) -> bytes:
+        msg = external_auth_pb2.CheckRequest()
+        msg.attributes.source.address.socket_address.address = "10.1.2.3"
+        http = msg.attributes.request.http
+        http.method, http.path, http.id = "GET", path, request_id
+        http.headers["x-request-id"] = request_id
+        return bytes(msg.SerializeToString())
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{run.grpc_port}") as channel:
+        check = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
+
+        async def rule_of(data: bytes) -> str:
+            answer = external_auth_pb2.CheckResponse.FromString(await check(data))
+            return str(answer.dynamic_metadata["rule"])
+
+        assert await rule_of(request("rid-1", "/admin/x")) == "deny-admin"
+        assert await rule_of(request("rid-2", "/admin/x")) == "deny-admin"
+        assert run.metric("remixer_policy_cache_hits_total") == 1
+        records = run.sinks.sink("decisions").records
+        await eventually(lambda: len(records) >= 2, what="two decision records")
+        logged = {key: orjson.loads(value) for key, value in records}
+        assert logged[b"rid-2"]["cached"] is True
+        assert logged[b"rid-1"]["cached"] is False
+        assert logged[b"rid-2"]["path"] == "/admin/x"
+        assert logged[b"rid-2"]["source_address"] == "10.1.2.3"
+        assert logged[b"rid-2"]["rule"] == "deny-admin"
+
+        # A new snapshot gets a new key reader and an empty cache.
+        assert await rule_of(request("rid-3", "/open")) == "default"
+        assert await rule_of(request("rid-4", "/open")) == "default"
+        response = await run.put(
+            "rules", "close", {"action": "deny", "match": {"request.path": {"exact": "/open"}}}
+        )
+        assert response.status_code == 200
+        await eventually(lambda: run.part.service.snapshot.rule_count == 4, what="the new snapshot")
+        assert await rule_of(request("rid-5", "/open")) == "close"
