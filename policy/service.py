@@ -323,9 +323,10 @@ class PolicyService:
         """The cached decision for a key an edge read off the request's wire bytes, or None: then
         decode the request and call `check_sync` with the same key."""
         hit = self._cache.get(key, time.monotonic())
-        if hit is None:
-            return None
         metrics = self.metrics
+        if hit is None:
+            metrics.hot.cache_misses += 1
+            return None
         metrics.hot.cache_hits += 1
         decision = hit.decision
         latency = time.perf_counter() - started
@@ -340,16 +341,15 @@ class PolicyService:
     ) -> Decision | matching.Evaluation:
         """The decision when no I/O is needed; else the Evaluation to pass to `finish`.
 
-        `wire_key`: the cache key an edge read off the wire (`check_cached` missed on it); without one
-        the key is the values of the snapshot's referenced attributes."""
+        `wire_key`: the cache key an edge read off the wire, which `check_cached` just missed on; without
+        one the key is the values of the snapshot's referenced attributes."""
         snapshot = self._snapshot
-        key: Hashable | None = None
+        key: Hashable | None = wire_key
+        cache = self._cache
         try:
-            if self._cache_on:
-                cache = self._cache
-                key = snapshot.cache_key(req) if wire_key is None else wire_key
-                now = time.monotonic()
-                hit = cache.get(key, now)
+            if self._cache_on and key is None:
+                key = snapshot.cache_key(req)
+                hit = cache.get(key, time.monotonic())
                 if hit is not None:
                     self.metrics.hot.cache_hits += 1
                     self._record(req, hit.decision, hit.dry_run_rules, True, started)

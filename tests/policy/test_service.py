@@ -191,6 +191,7 @@ async def test_wire_keyed_cache_hits_log_their_own_request(policy_factory: Polic
         assert await rule_of(request("rid-1", "/admin/x")) == "deny-admin"
         assert await rule_of(request("rid-2", "/admin/x")) == "deny-admin"
         assert run.metric("remixer_policy_cache_hits_total") == 1
+        assert run.metric("remixer_policy_cache_misses_total") == 1
         records = run.sinks.sink("decisions").records
         await eventually(lambda: len(records) >= 2, what="two decision records")
         logged = {key: orjson.loads(value) for key, value in records}
