@@ -39,6 +39,9 @@ protos: $(VENV)/.test-deps
 	$(BIN)/python protos/regenerate.py
 
 bench: $(VENV)/.test-deps
+	@# bench/check.py drives the servers with h2load (Debian nghttp2-client) when it is installed.
+	@command -v h2load >/dev/null || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nghttp2-client >/dev/null || true; }
 	$(BIN)/python bench/check.py
 	$(BIN)/python bench/als.py
 	$(BIN)/python bench/controller.py

@@ -28,7 +28,7 @@ from policy.settings import PolicySettings
 from policy.structs import CheckInput, Decision, PolicyError, QuotaVerdict
 from remixer.parts import Readiness, RecordSink
 
-__all__ = ["DecisionLog", "PolicyService"]
+__all__ = ["DecisionLog", "PolicyService", "RecordFields", "record_fields"]
 
 log = logging.getLogger("remixer.policy")
 
@@ -63,29 +63,29 @@ class DecisionLog:
         if self._room():
             # Plain strings only: holding the CheckInput would keep each protobuf request alive until
             # the flush, which costs more than copying the few fields a record needs.
-            self._buffer.append((time.time(), None, _fields(req), decision, dry_run, cached, latency))
+            self._buffer.append((time.time(), None, record_fields(req), decision, dry_run, cached, latency))
 
     def add_wire(
         self,
         data: bytes,
-        decode: Callable[[bytes], CheckInput],
+        fields: Callable[[bytes], RecordFields],
         decision: Decision,
         dry_run: Sequence[str],
         cached: bool,
         latency: float,
     ) -> None:
         """A decision made from the request's bytes alone (a cache hit keyed off the wire): they are
-        kept as they are and decoded at the flush, off the Check path."""
+        kept as they are, and `fields` reads the record's fields from them at the flush."""
         if self._room():
-            self._buffer.append((time.time(), decode, data, decision, dry_run, cached, latency))
+            self._buffer.append((time.time(), fields, data, decision, dry_run, cached, latency))
 
     def flush(self) -> int:
         if not self._buffer or self._sink is None:
             return 0
         batch, self._buffer = self._buffer, []
         records = [
-            _record(at, *(_fields(decode(fields)) if decode is not None else fields), *rest)
-            for at, decode, fields, *rest in batch
+            _record(at, *(read(fields) if read is not None else fields), *rest)
+            for at, read, fields, *rest in batch
         ]
         accepted = self._sink.offer(records)
         if accepted < len(records):
@@ -93,7 +93,11 @@ class DecisionLog:
         return accepted
 
 
-def _fields(req: CheckInput) -> tuple[str, str, str, str, str, str, int, str, str]:
+# request id, source address, principal, source service, host, destination service and port, method, path
+RecordFields = tuple[str, str, str, str, str, str, int, str, str]
+
+
+def record_fields(req: CheckInput) -> RecordFields:
     return (
         req.request_id,
         req.source_address,
@@ -318,7 +322,7 @@ class PolicyService:
     # ---- Check ------------------------------------------------------------------------------
 
     def check_cached(
-        self, key: bytes, started: float, data: bytes, decode: Callable[[bytes], CheckInput]
+        self, key: bytes, started: float, data: bytes, fields: Callable[[bytes], RecordFields]
     ) -> Decision | None:
         """The cached decision for a key an edge read off the request's wire bytes, or None: then
         decode the request and call `check_sync` with the same key."""
@@ -333,7 +337,7 @@ class PolicyService:
         metrics.count_check(decision.kind, decision.rule_id, latency)
         for rule_id in hit.dry_run_rules:
             metrics.dry_run.labels(rule=rule_id).inc()
-        self.decisions.add_wire(data, decode, decision, hit.dry_run_rules, True, latency)
+        self.decisions.add_wire(data, fields, decision, hit.dry_run_rules, True, latency)
         return decision
 
     def check_sync(

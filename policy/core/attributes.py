@@ -14,7 +14,16 @@ from urllib.parse import parse_qsl
 
 from policy.structs import CheckInput
 
-__all__ = ["AttributeValue", "Getter", "getter", "jwt_claims", "path_only", "principal", "spiffe_parts"]
+__all__ = [
+    "AttributeValue",
+    "Getter",
+    "getter",
+    "jwt_claims",
+    "path_only",
+    "peer_principal",
+    "principal",
+    "spiffe_parts",
+]
 
 # A claim can be a list (groups, aud); every other attribute is one string or absent (None).
 AttributeValue = str | tuple[str, ...] | None
@@ -55,7 +64,13 @@ def principal(req: CheckInput) -> str:
     """The peer principal from mTLS, else the client URI SAN Envoy forwarded in XFCC."""
     if req.source_principal:
         return req.source_principal
-    xfcc = req.headers.get("x-forwarded-client-cert")
+    return peer_principal("", req.headers.get("x-forwarded-client-cert"))
+
+
+def peer_principal(source_principal: str, xfcc: str | None) -> str:
+    """`principal` from its two sources (for readers that have them without a CheckInput)."""
+    if source_principal:
+        return source_principal
     return _xfcc_uri(xfcc) if xfcc else ""
 
 

@@ -236,11 +236,6 @@ def read_input(bytes data):
         target = maps[found.all_maps[i]]
         target[_text(found.all_keys[i])] = _text(found.all_values[i])
     cdef dict headers = maps[HEADERS]
-    cdef uint64_t port = 0
-    cdef const uint8_t* p
-    if found.has_field[D_PORT]:
-        p = found.fields[D_PORT].ptr
-        read_varint(&p, p + found.fields[D_PORT].len, &port)
     return (
         _field(&found, METHOD),
         _field(&found, PATH),
@@ -253,11 +248,60 @@ def read_input(bytes data):
         _field(&found, S_SERVICE),
         maps[S_LABELS],
         _field(&found, D_ADDRESS),
-        <uint32_t>port,  # uint32: upb keeps the low 32 bits
+        _port(&found),
         _field(&found, D_SERVICE),
         maps[D_LABELS],
         maps[CONTEXT],
     )
+
+
+cdef const char* REQUEST_ID = b"x-request-id"
+cdef const char* XFCC = b"x-forwarded-client-cert"
+
+
+def log_fields(bytes data):
+    """A decision record's fields, or None (take the upb path): request id, source address, principal,
+    the x-forwarded-client-cert header (None when absent), source service, host, destination service
+    and port, method, path. The principal falls back to XFCC only through the caller's
+    attributes.peer_principal, which reads it as rules do."""
+    cdef Found found
+    cdef Name names[2]
+    cdef int i
+    names[0].ptr = <const uint8_t*>REQUEST_ID
+    names[0].len = 12
+    names[0].map = HEADERS
+    names[1].ptr = <const uint8_t*>XFCC
+    names[1].len = 23
+    names[1].map = HEADERS
+    found.names = names
+    found.n_names = 2
+    for i in range(N_MAPS):
+        found.any_map[i] = i == HEADERS
+    found.collect = False
+    if scan(data, &found):
+        return None
+    cdef str request_id = _text(found.entries[0]) if found.has_entry[0] else ""
+    return (
+        request_id or _field(&found, HTTP_ID),
+        _field(&found, S_ADDRESS),
+        _field(&found, S_PRINCIPAL),
+        _text(found.entries[1]) if found.has_entry[1] else None,
+        _field(&found, S_SERVICE),
+        _field(&found, HOST),
+        _field(&found, D_SERVICE),
+        _port(&found),
+        _field(&found, METHOD),
+        _field(&found, PATH),
+    )
+
+
+cdef uint32_t _port(Found* found) noexcept:
+    cdef uint64_t port = 0
+    cdef const uint8_t* p
+    if found.has_field[D_PORT]:
+        p = found.fields[D_PORT].ptr
+        read_varint(&p, p + found.fields[D_PORT].len, &port)
+    return <uint32_t>port  # uint32: upb keeps the low 32 bits
 
 
 cdef inline str _text(Span s):

@@ -19,14 +19,15 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from policy.core import attributes
 from policy.core.rules import Snapshot
-from policy.service import PolicyService
+from policy.service import PolicyService, RecordFields, record_fields
 from policy.structs import CheckInput, Decision
 
 try:
-    from policy.edge._checkwire import KeyReader, read_input
+    from policy.edge._checkwire import KeyReader, log_fields, read_input
 except ImportError:  # built without a C compiler: every Check goes through upb (same decisions)
-    KeyReader = read_input = None  # type: ignore[assignment,misc]
+    KeyReader = log_fields = read_input = None  # type: ignore[assignment,misc]
 
 __all__ = ["SERVICE_NAME", "AuthorizationHandler", "check_input", "check_response"]
 
@@ -110,8 +111,14 @@ def decode_input(data: bytes) -> CheckInput | None:
     return None if request is _UNDECODABLE else check_input(request)
 
 
-def _logged_input(data: bytes) -> CheckInput:
-    return decode_input(data) or CheckInput()
+def wire_record_fields(data: bytes) -> RecordFields:
+    """A decision record's fields from a CheckRequest's bytes (at the decision log's flush)."""
+    fields = log_fields(data) if log_fields is not None else None
+    if fields is None:
+        return record_fields(decode_input(data) or CheckInput())
+    request_id, address, principal, xfcc, service, host, destination, port, method, path = fields
+    principal = attributes.peer_principal(principal, xfcc)
+    return (request_id, address, principal, service, host, destination, port, method, path)
 
 
 def _serialize(response: Any) -> bytes:
@@ -164,7 +171,7 @@ class AuthorizationHandler:
             keys = self._key_reader(service.snapshot)
         key = keys.key(data) if keys is not None else None
         if key is not None:
-            hit = service.check_cached(key, started, data, _logged_input)
+            hit = service.check_cached(key, started, data, wire_record_fields)
             if hit is not None:
                 return self.wire(hit)
         req = decode_input(data)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from policy.core import attributes
 from policy.edge import grpc_authz
 from policy.edge._checkwire import KeyReader, read_input  # built by `pip install -e .` (make test)
+from policy.service import record_fields
 from policy.structs import CheckInput
 
 JWT = "x-jwt-payload"
@@ -37,7 +38,7 @@ FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=list(Heal
 
 # Small alphabets: generated pairs share values often, so equal keys actually occur.
 texts = st.one_of(
-    st.sampled_from(["", "a", "GET", "/a?page=1", "é", "x-user", "spiffe://td/ns/n/sa/s"]),
+    st.sampled_from(["", "a", "GET", "/a?page=1", "é", "x-user", "spiffe://td/ns/n/sa/s", "URI=spiffe://x"]),
     st.text(max_size=12),
 )
 names = st.sampled_from(["x-user", "user-agent", "x-request-id", "x-forwarded-client-cert", JWT, "app", ""])
@@ -96,6 +97,21 @@ def test_read_input_reads_what_upb_reads(msg: Any) -> None:
     expected = _upb(data)
     assert expected is not None
     assert _fields(CheckInput(*values)) == _fields(expected)
+
+
+@FUZZ
+@given(first=check_requests(), second=check_requests())
+def test_decision_records_read_off_the_wire_match_upb(first: Any, second: Any) -> None:
+    for data in (first.SerializeToString(), first.SerializeToString() + second.SerializeToString()):
+        expected = _upb(data)
+        assert expected is not None
+        assert grpc_authz.wire_record_fields(data) == record_fields(expected)
+
+
+def test_decision_records_of_damaged_bytes_still_have_fields() -> None:
+    data = _with(lambda m: m.attributes.request.http.header_map.headers.add(key="k", value="v"))
+    assert grpc_authz.wire_record_fields(data)[-2:] == ("GET", "/a")  # read by upb
+    assert grpc_authz.wire_record_fields(b"\xff") == record_fields(CheckInput())
 
 
 @FUZZ
