@@ -8,6 +8,7 @@ error; (c) responses for the prebuilt decisions of a snapshot are serialised onc
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -30,6 +31,8 @@ except ImportError:  # built without a C compiler: every Check goes through upb 
     KeyReader = log_fields = read_input = None  # type: ignore[assignment,misc]
 
 __all__ = ["SERVICE_NAME", "AuthorizationHandler", "check_input", "check_response"]
+
+log = logging.getLogger("remixer.policy")
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -133,6 +136,11 @@ class AuthorizationHandler:
         self._keys: KeyReader | None = None
 
     def register(self, server: Any) -> list[str]:
+        if KeyReader is None:
+            log.warning(
+                "policy/edge/_checkwire was not built (no C compiler at install): every Check is read "
+                "through upb and cache hits cost more CPU; the decisions are the same"
+            )
         handlers = {
             # No request deserializer: `check` gets the bytes (see the module docstring).
             "Check": grpc.unary_unary_rpc_method_handler(self.check, response_serializer=_serialize)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2
 
+from policy.edge import grpc_authz
 from policy.structs import CheckInput, PolicyError
 from remixer.envoy import free_port
 from tests.policy.conftest import PolicyFactory, eventually, write_policy
@@ -169,8 +170,15 @@ async def test_http_listener_refuses_a_taken_port(policy_factory: PolicyFactory)
         await policy_factory(policy=LIMITED, http_address=f"127.0.0.1:{first.http_port}")
 
 
-async def test_wire_keyed_cache_hits_log_their_own_request(policy_factory: PolicyFactory) -> None:
-    """Over gRPC a hit is found from the request's bytes; its record is decoded at the flush."""
+@pytest.mark.parametrize("compiled", [True, False], ids=["wire-reader", "upb-only"])
+async def test_grpc_cache_hits_log_their_own_request(
+    policy_factory: PolicyFactory, monkeypatch: pytest.MonkeyPatch, compiled: bool
+) -> None:
+    """Over gRPC a hit is found from the request's bytes (its record read at the flush); without the
+    compiled reader (no C compiler at install) the same through upb."""
+    if not compiled:
+        for name in ("KeyReader", "read_input", "log_fields"):
+            monkeypatch.setattr(grpc_authz, name, None)
     run = await policy_factory(policy=LIMITED)
 
     def request(request_id: str, path: str) -> bytes:
