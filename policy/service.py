@@ -332,13 +332,9 @@ class PolicyService:
             metrics.hot.cache_misses += 1
             return None
         metrics.hot.cache_hits += 1
-        decision = hit.decision
-        latency = time.perf_counter() - started
-        metrics.count_check(decision.kind, decision.rule_id, latency)
-        for rule_id in hit.dry_run_rules:
-            metrics.dry_run.labels(rule=rule_id).inc()
-        self.decisions.add_wire(data, fields, decision, hit.dry_run_rules, True, latency)
-        return decision
+        latency = self._count(hit.decision, hit.dry_run_rules, started)
+        self.decisions.add_wire(data, fields, hit.decision, hit.dry_run_rules, True, latency)
+        return hit.decision
 
     def check_sync(
         self, req: CheckInput, started: float, wire_key: bytes | None = None
@@ -437,12 +433,17 @@ class PolicyService:
     def _record(
         self, req: CheckInput, decision: Decision, dry_run: Sequence[str], cached: bool, started: float
     ) -> None:
+        latency = self._count(decision, dry_run, started)
+        self.decisions.add(req, decision, dry_run, cached, latency)
+
+    def _count(self, decision: Decision, dry_run: Sequence[str], started: float) -> float:
+        """Count one decided Check in the metrics; its latency."""
         latency = time.perf_counter() - started
         metrics = self.metrics
         metrics.count_check(decision.kind, decision.rule_id, latency)
         for rule_id in dry_run:
             metrics.dry_run.labels(rule=rule_id).inc()
-        self.decisions.add(req, decision, dry_run, cached, latency)
+        return latency
 
     def count_odd(self, kind: str, *, message: str = "", exc_info: bool = False, count: bool = True) -> None:
         if count:

@@ -186,15 +186,7 @@ cdef class KeyReader:
     def key(self, bytes data):
         """The key of a CheckRequest's bytes, or None: not a shape this reader vouches for."""
         cdef Found found
-        cdef int i
-        if not self.usable:
-            return None
-        found.names = self.names
-        found.n_names = self.n_names
-        for i in range(N_MAPS):
-            found.any_map[i] = self.any_map[i]
-        found.collect = False
-        if scan(data, &found):
+        if not self.usable or scan(data, self, False, &found):
             return None
         return self._pack(&found)
 
@@ -223,12 +215,7 @@ def read_input(bytes data):
     The same values as grpc_authz.check_input on the upb message, maps as plain dicts."""
     cdef Found found
     cdef int i
-    found.n_names = 0
-    for i in range(N_MAPS):
-        found.any_map[i] = False
-    found.collect = True
-    found.n_all = 0
-    if scan(data, &found):
+    if scan(data, _NOTHING, True, &found):
         return None
     cdef list maps = [{} for i in range(N_MAPS)]
     cdef dict target
@@ -255,8 +242,9 @@ def read_input(bytes data):
     )
 
 
-cdef const char* REQUEST_ID = b"x-request-id"
-cdef const char* XFCC = b"x-forwarded-client-cert"
+# The map entries log_fields reads: [0] x-request-id, [1] x-forwarded-client-cert.
+cdef KeyReader _LOGGED = KeyReader(("request.id", "source.principal"), jwt_header="")
+cdef KeyReader _NOTHING = KeyReader((), jwt_header="")
 
 
 def log_fields(bytes data):
@@ -265,20 +253,7 @@ def log_fields(bytes data):
     and port, method, path. The principal falls back to XFCC only through the caller's
     attributes.peer_principal, which reads it as rules do."""
     cdef Found found
-    cdef Name names[2]
-    cdef int i
-    names[0].ptr = <const uint8_t*>REQUEST_ID
-    names[0].len = 12
-    names[0].map = HEADERS
-    names[1].ptr = <const uint8_t*>XFCC
-    names[1].len = 23
-    names[1].map = HEADERS
-    found.names = names
-    found.n_names = 2
-    for i in range(N_MAPS):
-        found.any_map[i] = i == HEADERS
-    found.collect = False
-    if scan(data, &found):
+    if scan(data, _LOGGED, False, &found):
         return None
     cdef str request_id = _text(found.entries[0]) if found.has_entry[0] else ""
     return (
@@ -312,9 +287,16 @@ cdef inline str _field(Found* found, int field):
     return _text(found.fields[field]) if found.has_field[field] else ""
 
 
-cdef int scan(bytes data, Found* found) noexcept:
+cdef int scan(bytes data, KeyReader reader, bint collect, Found* found) noexcept:
+    """Walk a CheckRequest into `found`: the reader's map entries, or every entry when `collect`."""
     cdef int i
     cdef Span whole
+    found.names = reader.names
+    found.n_names = reader.n_names
+    for i in range(N_MAPS):
+        found.any_map[i] = reader.any_map[i]
+    found.collect = collect
+    found.n_all = 0
     for i in range(N_FIELDS):
         found.has_field[i] = False
     for i in range(found.n_names):
@@ -529,11 +511,11 @@ cdef int scan_http(Span msg, Found* found) noexcept:
             err = text(&p, end, found, HOST)
         elif tag == T_LEN_6:
             err = text(&p, end, found, SCHEME)
-        elif tag == T_LEN_7 or tag == T_LEN_8 or tag == (10 << 3 | 2) or tag == (11 << 3 | 2):
+        elif tag == T_LEN_7 or tag == T_LEN_8 or tag == T_LEN_10 or tag == T_LEN_11:
             err = text(&p, end, found, -1)  # query, fragment, protocol, body
         elif tag == T_VARINT_9:  # size
             err = varint(&p, end, found, -1)
-        elif tag == (12 << 3 | 2):  # raw_body: bytes, not checked
+        elif tag == T_LEN_12:  # raw_body: bytes, not checked
             err = message(&p, end, &sub)
         else:  # header_map (encode_raw_headers) among others
             return REFUSED
