@@ -13,8 +13,7 @@ import yaml
 
 from tests.controller.fakekube import FakeKube
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-SIDECAR_CRD = SHARED / "istio-crds" / "sidecar-crd.yaml"
+SIDECAR_CRD = Path(__file__).resolve().parents[1] / "istio-crds" / "sidecar-crd.yaml"
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""Where deploy/ and ../shared live, and how to build the Kustomize trees (shared by the deploy tests)."""
+"""Where deploy/ and the Istio CRD schemas live, and how to build the Kustomize trees (shared by the deploy
+tests)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-# CI clones main with shared/ beside it.
-SHARED = REPO.parent / "shared"
-ISTIO_CRDS = SHARED / "istio-crds"
+# Istio's own CRD files, copied verbatim (each names its istio/api commit), so a checkout anywhere validates.
+ISTIO_CRDS = REPO / "tests" / "istio-crds"
 
 # The Kubernetes version every core object is validated against (kubernetes-validate's schemas).
 KUBERNETES_VERSION = "1.30.0"

@@ -1,4 +1,4 @@
-"""Validators built from the real Istio CRD schemas in ../shared/istio-crds (shared by the deploy tests)."""
+"""Validators built from the real Istio CRD schemas in tests/istio-crds (shared by the deploy tests)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Istio wiring: every Istio object validates against the real CRD schemas (../shared/istio-crds), and the
+"""Istio wiring: every Istio object validates against the real CRD schemas (tests/istio-crds), and the
 MeshConfig providers point at the Services and ports the Kubernetes manifests really define."""
 
 from __future__ import annotations
