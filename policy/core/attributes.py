@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 from policy.structs import CheckInput
 
 __all__ = [
+    "PLAIN_FIELDS",
     "AttributeValue",
     "Getter",
     "getter",
@@ -146,6 +147,19 @@ def _host(req: CheckInput) -> str:
     cut = host.rfind(":")
     return host if cut < 0 else host[:cut]
 
+
+# Attributes that are one CheckInput field, empty meaning absent (_FIELDS reads them; the compiled
+# evaluator reads the field itself).
+PLAIN_FIELDS = {
+    "source.address": "source_address",
+    "source.service": "source_service",
+    "destination.address": "destination_address",
+    "destination.service": "destination_service",
+    "request.id": "request_id",
+    "request.method": "method",
+    "request.url": "path",
+    "request.scheme": "scheme",
+}
 
 # Inline `or None` (empty -> absent): these run per Check, several per cache key.
 _FIELDS: dict[str, Getter] = {

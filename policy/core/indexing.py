@@ -7,6 +7,7 @@ that can match, in evaluation order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +19,17 @@ from policy.structs import CheckInput, Decision
 __all__ = [
     "CompiledLimit",
     "CompiledRule",
+    "GroupPlan",
     "IndexKey",
+    "LeafPlan",
+    "Plan",
     "Predicate",
     "PrefixNode",
     "StageIndex",
     "build_index",
     "index_key",
     "literal_prefix",
+    "required_literals",
 ]
 
 Predicate = Callable[[CheckInput], bool]
@@ -41,6 +46,32 @@ class CompiledLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class LeafPlan:
+    """One matcher of a rule, as data: what the compiled evaluator (_evaluator.pyx) runs. `op` names a
+    test it does itself (present, exact, prefix, suffix, in; regex: the literals a match needs, then
+    `test`; network: dotted-quad IPv4 against the CIDR groups, other text through `test`); "test"
+    calls `test`, the same function the Python predicate calls."""
+
+    attribute: str
+    get: attributes.Getter
+    op: str
+    # bool (present), str (exact/prefix/suffix), frozenset[str] (in), tuple[str] (regex),
+    # tuple[(ip version, prefix length, frozenset of address >> (bits - length))] (network)
+    operand: Any
+    test: Callable[[str], bool] | None  # None for present
+    multi: bool  # the value may be a tuple (JWT claims): any element matching is a match
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    kind: str  # all | any | not (one part)
+    parts: tuple[LeafPlan | GroupPlan, ...]
+
+
+Plan = LeafPlan | GroupPlan
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRule:
     rule_id: str
     stage: str  # deny | rate_limit | allow
@@ -49,6 +80,7 @@ class CompiledRule:
     predicate: Predicate
     decision: Decision | None  # deny/allow: the prebuilt outcome
     limit: CompiledLimit | None  # rate_limit: what to consume
+    plan: Plan  # the predicate as data
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +119,7 @@ class StageIndex:
 
     - by_exact: request.path exact literals;
     - prefixes: request.path prefixes (also the literal start of path regexes and globs), in a trie;
-    - by_value: (attribute getter, {value: rules}) for `exact`/`in` matchers on any other attribute;
+    - by_value: (attribute, its getter, {value: rules}) for `exact`/`in` matchers on any other attribute;
     - always: rules with no usable literal.
     A request gathers only the groups its values select, then runs those rules in evaluation order.
     """
@@ -95,7 +127,7 @@ class StageIndex:
     always: tuple[CompiledRule, ...]
     by_exact: Mapping[str, tuple[CompiledRule, ...]]
     prefixes: PrefixNode
-    by_value: tuple[tuple[attributes.Getter, Mapping[str, tuple[CompiledRule, ...]]], ...]
+    by_value: tuple[tuple[str, attributes.Getter, Mapping[str, tuple[CompiledRule, ...]]], ...]
     size: int
 
     def candidates(self, path: str, req: CheckInput) -> Sequence[CompiledRule]:
@@ -109,7 +141,7 @@ class StageIndex:
                 found.append(hit)
         if path.startswith("/") and self.prefixes is not _NO_PREFIXES:
             found += self.prefixes.groups(path)
-        for get, table in self.by_value:
+        for _, get, table in self.by_value:
             value = get(req)
             if value is not None:
                 if isinstance(value, str):
@@ -128,7 +160,7 @@ class StageIndex:
     def all_rules(self) -> list[CompiledRule]:
         """Every rule of the stage in evaluation order (the reference a linear scan would use)."""
         groups = [self.always, *self.by_exact.values(), *self.prefixes.all_groups()]
-        groups += [g for _, table in self.by_value for g in table.values()]
+        groups += [g for _, _, table in self.by_value for g in table.values()]
         unique = {r.ordinal: r for group in groups for r in group}
         return [unique[k] for k in sorted(unique)]
 
@@ -172,6 +204,84 @@ def literal_prefix(pattern: str, *, glob: bool) -> str:
             break
         out.append(ch)
     return "".join(out)
+
+
+_REPEAT = re.compile(r"\{[0-9]+(,[0-9]*)?\}")
+
+
+def required_literals(pattern: str) -> tuple[str, ...]:
+    """Literal runs every match of an RE2 pattern contains (RE2's prefilter idea): a value missing
+    one cannot match, and the engine is not called. Only top-level literals outside groups, classes
+    and optional repeats count; on any syntax this does not follow (flags, \\Q, POSIX classes,
+    top-level alternation) the answer is (), which only means the engine always runs."""
+    if "(?" in pattern.replace("(?:", "").replace("(?P<", ""):
+        return ()  # inline flags change what the rest means
+    runs: list[str] = []
+    run: list[str] = []
+    depth = 0
+    last_literal = False  # the atom just read is the last char of `run`
+
+    def close() -> None:
+        if run:
+            runs.append("".join(run))
+            run.clear()
+
+    i, size = 0, len(pattern)
+    while i < size:
+        ch = pattern[i]
+        i += 1
+        literal = ""
+        if ch == "\\":
+            if i >= size or pattern[i] == "Q":
+                return ()
+            escaped = pattern[i]
+            i += 1
+            if escaped.isascii() and not escaped.isalnum():
+                literal = escaped  # escaped punctuation
+            elif escaped in "xpP" and pattern.startswith("{", i):
+                end = pattern.find("}", i)
+                if end < 0:
+                    return ()
+                i = end + 1
+        elif ch == "[":
+            end = i + (pattern.startswith("^", i))
+            if pattern.startswith("]", end):
+                return ()
+            while end < size and pattern[end] != "]":
+                if pattern[end] == "[":
+                    return ()
+                end += 2 if pattern[end] == "\\" else 1
+            if end >= size:
+                return ()
+            i = end + 1
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return ()
+        elif ch == "|":
+            if depth == 0:
+                return ()
+        elif ch in "?*{":
+            if last_literal:
+                run.pop()  # the char before may be absent
+            if ch == "{":
+                repeat = _REPEAT.match(pattern, i - 1)
+                if repeat is not None:
+                    i = repeat.end()
+        elif ch not in "+.^$":
+            literal = ch
+        if literal and depth == 0:
+            run.append(literal)
+            last_literal = True
+        else:  # anything else ends a run ("+" keeps the char before it: it occurs at least once)
+            close()
+            last_literal = False
+    if depth != 0:
+        return ()
+    close()
+    return tuple(runs)
 
 
 def index_key(match: dict[str, Any], lists: Mapping[str, ListDoc]) -> IndexKey | None:
@@ -227,7 +337,11 @@ def build_index(rules: Sequence[tuple[CompiledRule, IndexKey | None]], *, jwt_he
         by_exact={k: tuple(v) for k, v in exact.items()},
         prefixes=_prefix_trie(prefixes),
         by_value=tuple(
-            (attributes.getter(attribute, jwt_header=jwt_header), {k: tuple(v) for k, v in table.items()})
+            (
+                attribute,
+                attributes.getter(attribute, jwt_header=jwt_header),
+                {k: tuple(v) for k, v in table.items()},
+            )
             for attribute, table in values.items()
         ),
         size=len(rules),

@@ -12,6 +12,7 @@ Dry-run rules are evaluated at every stage and reported, never enforced.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from policy.core.attributes import path_only
@@ -84,6 +85,8 @@ def _scan(
 def evaluate(snapshot: Snapshot, req: CheckInput, *, explain: bool = False) -> Evaluation:
     if explain:
         return _evaluate_traced(snapshot, req)
+    if snapshot.program is not None:  # the same evaluation in C (_evaluator.pyx)
+        return _compiled(snapshot, req)
     # The Check hot path: same order and outcome as _evaluate_traced, without the trace bookkeeping;
     # a decision with no dry-run matches and no quota reuses the rule's prebuilt Evaluation.
     path = path_only(req)
@@ -115,7 +118,19 @@ def evaluate(snapshot: Snapshot, req: CheckInput, *, explain: bool = False) -> E
     return _outcome(decision, quotas, dry)
 
 
-def _outcome(decision: Decision, quotas: tuple[QuotaRequest, ...], dry: list[str] | None) -> Evaluation:
+def _compiled(snapshot: Snapshot, req: CheckInput) -> Evaluation:
+    found = snapshot.program.run(req)
+    if isinstance(found, Decision):
+        return _outcome(found, (), None)
+    decision, limited, dry_run = found
+    return _outcome(
+        decision,
+        tuple(QuotaRequest(r.rule_id, r.limit, quota_key(r.limit, req)) for r in limited if r.limit),
+        dry_run,
+    )
+
+
+def _outcome(decision: Decision, quotas: tuple[QuotaRequest, ...], dry: Sequence[str] | None) -> Evaluation:
     if dry is None and not quotas:
         plain = _PLAIN.get(decision)
         if plain is None:

@@ -26,8 +26,13 @@ from policy.core.documents import (
     check_attribute,
     describe,
 )
-from policy.core.indexing import CompiledLimit, CompiledRule, Predicate, StageIndex
+from policy.core.indexing import CompiledLimit, CompiledRule, GroupPlan, LeafPlan, Plan, Predicate, StageIndex
 from policy.structs import CheckInput, Decision, PolicyError
+
+try:
+    from policy.core._evaluator import Program
+except ImportError:  # built without a C compiler: matching.evaluate runs the Python predicates
+    Program = None  # type: ignore[assignment,misc]
 
 __all__ = ["CompiledLimit", "CompiledRule", "Predicate", "Snapshot", "StageIndex", "compile_snapshot"]
 
@@ -53,12 +58,19 @@ class Snapshot:
     document: PolicyDocument
     rule_count: int = field(default=0)
     jwt_header: str = "x-jwt-payload"  # where request.jwt.* claims come from (lower case)
+    # The same rules compiled for the C evaluator (_evaluator.Program); None when it is not built.
+    program: Any = None
 
     def cache_key(self, req: CheckInput) -> tuple[attributes.AttributeValue, ...]:
         return tuple([get(req) for get in self.cache_key_getters])
 
 
 # ---- matchers ------------------------------------------------------------------------------------
+
+# A string test, and how the compiled evaluator runs it: an op it does in C (exact, prefix, suffix,
+# in; regex: its required literals first; network: IPv4 text) with its operand, or ("test", None):
+# call the test.
+StringTest = tuple[Callable[[str], bool], str, Any]
 
 
 def _glob_to_regex(glob: str) -> str:
@@ -80,7 +92,7 @@ def _glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
-def _regex(pattern: str, ignore_case: bool) -> Callable[[str], bool]:
+def _regex(pattern: str, ignore_case: bool) -> StringTest:
     if len(pattern) > _MAX_PATTERN:
         raise ValueError(f"pattern longer than {_MAX_PATTERN} characters")
     options = re2.Options()
@@ -95,17 +107,24 @@ def _regex(pattern: str, ignore_case: bool) -> Callable[[str], bool]:
         raise ValueError(f"invalid RE2 regex: {engine.error().decode(errors='replace')}")
     match = engine.Match
     both = re2._re2.RE2.Anchor.ANCHOR_BOTH
+    # Most values miss a literal the pattern needs: that answer costs a substring search, not a call
+    # into RE2 (whose binding alone is most of a cold Check's evaluation).
+    needed = () if ignore_case else indexing.required_literals(pattern)
 
     def test(value: str) -> bool:
+        for literal in needed:
+            if literal not in value:
+                return False
         data = value.encode()
         whole: tuple[int, int] = match(both, data, 0, len(data))[0]
         return whole[0] != -1
 
-    return test
+    return test, "regex", needed
 
 
-def _network_test(entries: Iterable[str]) -> Callable[[str], bool]:
-    """Membership of an IP in CIDRs/IPs: one set lookup per distinct prefix length."""
+def _network_test(entries: Iterable[str]) -> StringTest:
+    """Membership of an IP in CIDRs/IPs: one set lookup per distinct prefix length. The compiled
+    evaluator reads dotted-quad IPv4 text itself against the same (version, length, keys) groups."""
     by_length: dict[tuple[int, int], set[int]] = {}
     for entry in entries:
         try:
@@ -116,7 +135,9 @@ def _network_test(entries: Iterable[str]) -> Callable[[str], bool]:
         by_length.setdefault((net.version, net.prefixlen), set()).add(
             int(net.network_address) >> (bits - net.prefixlen)
         )
-    groups = sorted(by_length.items())
+    groups = tuple(
+        (version, length, frozenset(keys)) for (version, length), keys in sorted(by_length.items())
+    )
 
     parsed: dict[str, tuple[int, int, int] | None] = {}  # address text -> (version, bits, int); bounded
 
@@ -135,33 +156,38 @@ def _network_test(entries: Iterable[str]) -> Callable[[str], bool]:
         if found is None:
             return False
         version, bits, as_int = found
-        for (v, length), keys in groups:  # noqa: SIM110 (a loop, not any(genexpr): runs every Check)
+        for v, length, keys in groups:  # noqa: SIM110 (a loop, not any(genexpr): runs every Check)
             if v == version and (as_int >> (bits - length)) in keys:
                 return True
         return False
 
-    return test
+    return test, "network", groups
 
 
-def _string_test(matcher: MatcherDoc, lists: Mapping[str, ListDoc]) -> Callable[[str], bool]:
+def _string_test(matcher: MatcherDoc, lists: Mapping[str, ListDoc]) -> StringTest:
     fold = matcher.ignore_case
     op = matcher.operator
     if op == "exact":
         want = matcher.exact or ""
-        return (lambda v: v.lower() == want.lower()) if fold else (lambda v: v == want)
+        if fold:
+            return (lambda v: v.lower() == want.lower()), "test", None
+        return (lambda v: v == want), "exact", want
     if op == "prefix":
         start = matcher.prefix or ""
-        return (lambda v: v.lower().startswith(start.lower())) if fold else (lambda v: v.startswith(start))
+        if fold:
+            return (lambda v: v.lower().startswith(start.lower())), "test", None
+        return (lambda v: v.startswith(start)), "prefix", start
     if op == "suffix":
         end = matcher.suffix or ""
-        return (lambda v: v.lower().endswith(end.lower())) if fold else (lambda v: v.endswith(end))
+        if fold:
+            return (lambda v: v.lower().endswith(end.lower())), "test", None
+        return (lambda v: v.endswith(end)), "suffix", end
     if op == "glob":
         return _regex(_glob_to_regex(matcher.glob or ""), fold)
     if op == "regex":
         return _regex(matcher.regex or "", fold)
     if op == "in_":
-        values = frozenset(v.lower() for v in matcher.in_ or ()) if fold else frozenset(matcher.in_ or ())
-        return (lambda v: v.lower() in values) if fold else (lambda v: v in values)
+        return _member_test(matcher.in_ or (), fold)
     if op == "cidr":
         return _network_test(matcher.cidr or ())
     if op == "in_list":
@@ -171,23 +197,31 @@ def _string_test(matcher: MatcherDoc, lists: Mapping[str, ListDoc]) -> Callable[
         listed = lists[name]
         if listed.kind in ("ip", "cidr"):
             return _network_test(listed.entries)
-        members = frozenset(e.lower() for e in listed.entries) if fold else frozenset(listed.entries)
-        return (lambda v: v.lower() in members) if fold else (lambda v: v in members)
+        return _member_test(listed.entries, fold)
     raise ValueError(f"operator {op} is not a string test")
+
+
+def _member_test(values: Iterable[str], fold: bool) -> StringTest:
+    if fold:
+        folded = frozenset(v.lower() for v in values)
+        return (lambda v: v.lower() in folded), "test", None
+    members = frozenset(values)
+    return (lambda v: v in members), "in", members
 
 
 def _leaf(
     attribute: str, raw: Any, *, lists: Mapping[str, ListDoc], jwt_header: str, used: set[str]
-) -> Predicate:
+) -> tuple[Predicate, LeafPlan]:
     name = check_attribute(attribute)
     matcher = MatcherDoc.model_validate(raw)
     used.add(name)
     get = attributes.getter(name, jwt_header=jwt_header)
+    multi = name.startswith("request.jwt.")
     if matcher.present is not None:
         want_present = matcher.present
-        return lambda r: (get(r) is not None) == want_present
-    test = _string_test(matcher, lists)
-    multi = name.startswith("request.jwt.")
+        plan = LeafPlan(name, get, "present", want_present, None, multi)
+        return (lambda r: (get(r) is not None) == want_present), plan
+    test, op, operand = _string_test(matcher, lists)
 
     def leaf(req: CheckInput) -> bool:
         value = get(req)
@@ -197,38 +231,48 @@ def _leaf(
             return any(test(v) for v in value)
         return test(value)  # type: ignore[arg-type]
 
-    return leaf
+    return leaf, LeafPlan(name, get, op, operand, test, multi)
 
 
 def _compile_match(
     match: Any, *, path: str, lists: Mapping[str, ListDoc], jwt_header: str, used: set[str]
-) -> Predicate:
+) -> tuple[Predicate, Plan]:
     if not isinstance(match, dict):
         raise PolicyError(f"field {path}: a match is a mapping of attribute: matcher (and all/any/not)")
     parts: list[Predicate] = []
+    plans: list[Plan] = []
     for key, value in match.items():
         where = f"{path}.{key}"
         if key in ("all", "any"):
             if not isinstance(value, list) or not value:
                 raise PolicyError(f"field {where}: '{key}' takes a non-empty list of matches")
-            subs = [
-                _compile_match(v, path=f"{where}[{i}]", lists=lists, jwt_header=jwt_header, used=used)
-                for i, v in enumerate(value)
-            ]
+            subs, sub_plans = zip(
+                *(
+                    _compile_match(v, path=f"{where}[{i}]", lists=lists, jwt_header=jwt_header, used=used)
+                    for i, v in enumerate(value)
+                ),
+                strict=True,
+            )
             parts.append(_all(subs) if key == "all" else _any(subs))
+            plans.append(GroupPlan(key, sub_plans))
         elif key == "not":
-            inner = _compile_match(value, path=where, lists=lists, jwt_header=jwt_header, used=used)
+            inner, inner_plan = _compile_match(
+                value, path=where, lists=lists, jwt_header=jwt_header, used=used
+            )
             parts.append(lambda r, inner=inner: not inner(r))  # type: ignore[misc]
+            plans.append(GroupPlan("not", (inner_plan,)))
         else:
             try:
-                parts.append(_leaf(str(key), value, lists=lists, jwt_header=jwt_header, used=used))
+                leaf, leaf_plan = _leaf(str(key), value, lists=lists, jwt_header=jwt_header, used=used)
             except ValidationError as exc:
                 raise PolicyError(
                     f"field {where}: {describe(exc, None).removeprefix('field (item): ')}"
                 ) from None
             except ValueError as exc:
                 raise PolicyError(f"field {where}: {exc}") from None
-    return _all(parts)
+            parts.append(leaf)
+            plans.append(leaf_plan)
+    return _all(parts), GroupPlan("all", tuple(plans))
 
 
 def _all(parts: Sequence[Predicate]) -> Predicate:
@@ -320,7 +364,7 @@ def compile_snapshot(
     ordered = sorted(enumerate(document.rules), key=lambda pair: (pair[1].priority, pair[0]))
     for ordinal, (_, rule) in enumerate(ordered):
         try:
-            predicate = _compile_match(
+            predicate, plan = _compile_match(
                 rule.match, path="match", lists=lists, jwt_header=jwt_header, used=used
             )
         except PolicyError as exc:
@@ -338,6 +382,7 @@ def compile_snapshot(
             predicate=predicate,
             decision=_decision_for(rule),
             limit=limit,
+            plan=plan,
         )
         staged[rule.action].append((compiled, indexing.index_key(rule.match, lists)))
     default = (
@@ -346,11 +391,15 @@ def compile_snapshot(
         else Decision(kind="deny", status=default_deny_status, rule_id="default")
     )
     referenced = tuple(sorted(used))
+    deny, rate_limit, allow = (
+        indexing.build_index(staged[stage], jwt_header=jwt_header)
+        for stage in ("deny", "rate_limit", "allow")
+    )
     return Snapshot(
         revision=revision,
-        deny=indexing.build_index(staged["deny"], jwt_header=jwt_header),
-        rate_limit=indexing.build_index(staged["rate_limit"], jwt_header=jwt_header),
-        allow=indexing.build_index(staged["allow"], jwt_header=jwt_header),
+        deny=deny,
+        rate_limit=rate_limit,
+        allow=allow,
         default=default,
         referenced=referenced,
         cache_key_getters=tuple(attributes.getter(a, jwt_header=jwt_header) for a in referenced),
@@ -358,4 +407,5 @@ def compile_snapshot(
         document=document,
         rule_count=len(document.rules),
         jwt_header=jwt_header,
+        program=Program(deny, rate_limit, allow, default) if Program is not None else None,
     )
