@@ -337,12 +337,18 @@ class PolicyService:
         return hit.decision
 
     def check_sync(
-        self, req: CheckInput, started: float, wire_key: bytes | None = None
+        self,
+        req: CheckInput,
+        started: float,
+        wire_key: bytes | None = None,
+        data: bytes | None = None,
+        fields: Callable[[bytes], RecordFields] | None = None,
     ) -> Decision | matching.Evaluation:
         """The decision when no I/O is needed; else the Evaluation to pass to `finish`.
 
         `wire_key`: the cache key an edge read off the wire, which `check_cached` just missed on; without
-        one the key is the values of the snapshot's referenced attributes."""
+        one the key is the values of the snapshot's referenced attributes. `data` and `fields`: the
+        request's bytes and their record reader; its decision record then reads them at the flush."""
         snapshot = self._snapshot
         key: Hashable | None = wire_key
         cache = self._cache
@@ -364,7 +370,13 @@ class PolicyService:
         if not evaluation.quotas:
             if key is not None and _small(key):
                 cache.put(key, evaluation.decision, evaluation.dry_run_rules, time.monotonic())
-            self._record(req, evaluation.decision, evaluation.dry_run_rules, False, started)
+            if data is not None and fields is not None:
+                latency = self._count(evaluation.decision, evaluation.dry_run_rules, started)
+                self.decisions.add_wire(
+                    data, fields, evaluation.decision, evaluation.dry_run_rules, False, latency
+                )
+            else:
+                self._record(req, evaluation.decision, evaluation.dry_run_rules, False, started)
             return evaluation.decision
         if self._sync_quotas:
             verdicts = [

@@ -191,7 +191,7 @@ class AuthorizationHandler:
         elif len(req.path) > _MAX_PATH:
             service.count_odd("long_path")
         try:
-            result = service.check_sync(req, started, key)
+            result = service.check_sync(req, started, key, data, wire_record_fields)
             if not isinstance(result, Decision):
                 result = await service.finish(req, result, started)
         except Exception:

@@ -205,6 +205,9 @@ async def test_grpc_cache_hits_log_their_own_request(
         logged = {key: orjson.loads(value) for key, value in records}
         assert logged[b"rid-2"]["cached"] is True
         assert logged[b"rid-1"]["cached"] is False
+        # Misses too are recorded from the request's bytes (read at the flush).
+        assert logged[b"rid-1"]["path"] == logged[b"rid-2"]["path"] == "/admin/x"
+        assert logged[b"rid-1"]["source_address"] == "10.1.2.3"
         assert logged[b"rid-2"]["path"] == "/admin/x"
         assert logged[b"rid-2"]["source_address"] == "10.1.2.3"
         assert logged[b"rid-2"]["rule"] == "deny-admin"
