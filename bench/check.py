@@ -553,6 +553,16 @@ def main() -> None:
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
+    # Paired per round: each remixer sample over the mean of the round's two bare samples (taken
+    # minutes apart at most, where the medians above span the whole run's drift on a shared machine).
+    def paired(name: str) -> float:
+        bares = zip(results["bare grpc allow-all"], results["bare grpc allow-all (repeating)"], strict=True)
+        return statistics.median(
+            r["rate"] / ((a["rate"] + b["rate"]) / 2) for r, (a, b) in zip(results[name], bares, strict=True)
+        )
+
+    paired_plain = paired("remixer grpc, 200 rules, no cache")
+    paired_cached = paired("remixer grpc, cache hits")
     if use_h2load:  # both bare cases send the same request: pool their samples
         pooled = results["bare grpc allow-all"] + results["bare grpc allow-all (repeating)"]
         results["bare grpc allow-all"] = results["bare grpc allow-all (repeating)"] = pooled
@@ -580,6 +590,10 @@ def main() -> None:
         f"ratio remixer/bare (cache hits): {cached / bare_rep:.3f}   (server CPU per call: {cached_cpu:.3f})"
     )
     print(f"ratio http/grpc mode (no cache): {http_plain / plain:.2f}")
+    print(
+        f"paired per-round ratios (median of {args.repeat}): no cache {paired_plain:.3f}, "
+        f"cache hits {paired_cached:.3f}"
+    )
 
     def best(name: str) -> float:  # least-disturbed sample: other load on a shared machine only adds CPU
         return min(r["cpu_us"] for r in results[name])

@@ -286,6 +286,11 @@ class PolicyService:
                 log.exception("decision log flush failed")
 
     async def start(self) -> None:
+        if not rules.COMPILED_EVALUATOR:
+            log.warning(
+                "policy/core/_evaluator was not built (no C compiler at install): rules are evaluated "
+                "in Python; the decisions are the same, each uncached Check costs more CPU"
+            )
         await self.store.migrate()
         await self.import_files(strict=True)
         await self.reload(force=True)

@@ -34,7 +34,17 @@ try:
 except ImportError:  # built without a C compiler: matching.evaluate runs the Python predicates
     Program = None  # type: ignore[assignment,misc]
 
-__all__ = ["CompiledLimit", "CompiledRule", "Predicate", "Snapshot", "StageIndex", "compile_snapshot"]
+COMPILED_EVALUATOR = Program is not None
+
+__all__ = [
+    "COMPILED_EVALUATOR",
+    "CompiledLimit",
+    "CompiledRule",
+    "Predicate",
+    "Snapshot",
+    "StageIndex",
+    "compile_snapshot",
+]
 
 
 _MAX_PATTERN = 2048

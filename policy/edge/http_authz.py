@@ -104,6 +104,9 @@ def http_input(head: bytes, path_prefix: str) -> tuple[CheckInput, bool, bool]:
     return req, keep_alive, odd
 
 
+_LINGER_SECONDS = 2.0
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpAuthzServer) -> None:
         self._server = server
@@ -111,6 +114,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._busy = False  # a quota call is in flight; later requests wait their turn
         self._closing = False
+        self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -120,8 +124,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._transport = None
+        if self._linger is not None:
+            self._linger.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # the rest of a refused request: read and dropped (see _fail)
         self._buffer += data
         if not self._busy:
             self._process()
@@ -203,14 +211,24 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         body = (message + "\n").encode()
-        if self._transport is not None:
-            self._transport.write(
-                f"HTTP/1.1 {status} {_reason(status)}\r\ncontent-type: text/plain\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-                + body
-            )
-            self._transport.close()
         self._closing = True
+        self._buffer.clear()
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(
+            f"HTTP/1.1 {status} {_reason(status)}\r\ncontent-type: text/plain\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        # Lingering close: closing while the client is still sending (the rest of a 300 KB head)
+        # makes the kernel answer with a reset, which can destroy our answer before the client reads
+        # it. Half-close instead, drop what still arrives, and close at the client's EOF or shortly.
+        transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
 
 
 class HttpAuthzServer:
