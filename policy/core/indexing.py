@@ -243,6 +243,9 @@ def required_literals(pattern: str) -> tuple[str, ...]:
                 if end < 0:
                     return ()
                 i = end + 1
+            else:  # \d, \x41, \101, \pL...: what follows may belong to the escape; take none of it
+                while i < size and pattern[i].isalnum():
+                    i += 1
         elif ch == "[":
             end = i + (pattern.startswith("^", i))
             if pattern.startswith("]", end):

@@ -253,6 +253,9 @@ ATOMS = [(re.escape(c), c) for c in ALPHABET] + [
     (".", ALPHABET),
     ("\\d", "0123456789"),
     ("[a-c]", "abc"),
+    ("\\x41", "A"),
+    ("\\101", "A"),  # octal
+    ("\\pL", "ab"),
 ]
 REPEATS = {"": (1, 1), "?": (0, 1), "*": (0, 2), "+": (1, 2), "{2}": (2, 2), "{1,2}": (1, 2), "*?": (0, 2)}
 
@@ -312,6 +315,8 @@ def test_required_literals_are_in_every_match(case: tuple[str, str], other: str)
         ("\\Qa.b\\E", ()),
         ("[]a]b", ()),
         ("[[:alpha:]]x", ()),
+        ("ab\\x41cd", ("ab",)),  # the digits after \x belong to it: nothing after is taken
+        ("ab\\101", ("ab",)),
     ],
 )
 def test_required_literals_of_known_patterns(pattern: str, needed: tuple[str, ...]) -> None:
