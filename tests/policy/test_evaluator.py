@@ -243,6 +243,28 @@ def test_index_groups_merge_in_rule_order_and_run_each_rule_once() -> None:
     assert evaluation.dry_run_rules == ("first", "second", "third")
 
 
+def test_more_index_groups_than_the_merge_holds_still_run_in_order() -> None:
+    """70 prefixes of one path segment: 70 groups, past the merge's fixed 64 (its sorted fallback)."""
+    policy = {
+        "rules": [
+            {
+                "id": f"p{k}",
+                "action": "deny",
+                "match": {"request.path": {"prefix": "/" + "a" * k}},
+                "dry_run": True,
+            }
+            for k in range(70, 0, -1)
+        ]
+    }
+    snapshot = rules.compile_snapshot(documents.parse_document(policy), revision=1)
+    req = CheckInput(path="/" + "a" * 80)
+    evaluation = matching.evaluate(snapshot, _copy(req))
+    assert evaluation.dry_run_rules == tuple(f"p{k}" for k in range(70, 0, -1))
+    assert _outcome(evaluation) == _outcome(
+        matching.evaluate(dataclasses.replace(snapshot, program=None), req)
+    )
+
+
 # ---- the regex prefilter ----------------------------------------------------------------------------
 
 ALPHABET = "ab/.-"
