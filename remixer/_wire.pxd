@@ -26,47 +26,45 @@ cdef struct Span:
     Py_ssize_t len
 
 
-cdef inline int read_varint(const uint8_t** cursor, const uint8_t* end, uint64_t* out) noexcept:
+cdef inline int read_base128(const uint8_t** cursor, const uint8_t* end, int most, uint64_t* out) noexcept:
+    """A base-128 number of at most `most` bytes: OK, E_TRUNCATED, or -1 when longer (each caller
+    names that error). Bits past 64 are dropped, as upb does."""
     cdef const uint8_t* p = cursor[0]
     cdef uint64_t value = 0
     cdef uint64_t byte
     cdef int i
-    for i in range(10):
+    for i in range(most):
         if p >= end:
             return E_TRUNCATED
         byte = p[0]
         p += 1
-        value |= (byte & 0x7F) << (7 * i)  # bits past 64 are dropped, as upb does
+        value |= (byte & 0x7F) << (7 * i)
         if byte < 0x80:
             out[0] = value
             cursor[0] = p
             return OK
-    return E_VARINT
+    return -1
+
+
+cdef inline int read_varint(const uint8_t** cursor, const uint8_t* end, uint64_t* out) noexcept:
+    cdef int err = read_base128(cursor, end, 10, out)
+    return E_VARINT if err < 0 else err
 
 
 cdef inline int read_any_tag(const uint8_t** cursor, const uint8_t* end, uint32_t* out) noexcept:
     """A tag, field number 0 included: upb skips such fields inside an unknown group."""
     cdef const uint8_t* p = cursor[0]
     cdef uint64_t value
-    cdef uint64_t byte
-    cdef int i
+    cdef int err
     if p < end and p[0] < 0x80:  # one-byte tags: nearly all of them
-        value = p[0]
-        p += 1
-    else:
-        value = 0
-        for i in range(5):
-            if p >= end:
-                return E_TRUNCATED
-            byte = p[0]
-            p += 1
-            value |= (byte & 0x7F) << (7 * i)
-            if byte < 0x80:
-                break
-        else:
-            return E_TAG
-        if value > 0xFFFFFFFF:
-            return E_TAG
+        out[0] = p[0]
+        cursor[0] = p + 1
+        return OK
+    err = read_base128(&p, end, 5, &value)
+    if err:
+        return E_TAG if err < 0 else err
+    if value > 0xFFFFFFFF:
+        return E_TAG
     out[0] = <uint32_t>value
     cursor[0] = p
     return OK
@@ -85,19 +83,10 @@ cdef inline int read_tag(const uint8_t** cursor, const uint8_t* end, uint32_t* o
 cdef inline int read_span(const uint8_t** cursor, const uint8_t* end, Span* out) noexcept:
     """A length-delimited field. upb reads its length as at most 5 bytes (even 0 padded to 6 is refused)."""
     cdef const uint8_t* p = cursor[0]
-    cdef uint64_t size = 0
-    cdef uint64_t byte
-    cdef int i
-    for i in range(5):
-        if p >= end:
-            return E_TRUNCATED
-        byte = p[0]
-        p += 1
-        size |= (byte & 0x7F) << (7 * i)
-        if byte < 0x80:
-            break
-    else:
-        return E_LENGTH
+    cdef uint64_t size
+    cdef int err = read_base128(&p, end, 5, &size)
+    if err:
+        return E_LENGTH if err < 0 else err
     if size >= 0x7FFFFFFF or size > <uint64_t>(end - p):
         return E_LENGTH
     out.ptr = p
