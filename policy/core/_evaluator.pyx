@@ -47,7 +47,8 @@ cdef dict _TESTS = {
     "network": T_NETWORK,
 }
 cdef str _HEADERS = "request.headers."
-cdef Py_ssize_t _MAX_GROUPS = 64
+cdef enum:
+    MAX_GROUPS = 64  # index groups merged on the stack; more go through a sorted dict
 
 
 cdef class Reader:
@@ -89,26 +90,18 @@ cdef class Node:
         raise NotImplementedError
 
 
-cdef class AllOf(Node):
+cdef class Group(Node):
+    """all (any_of False) or any (any_of True) of its parts, stopping at the first that settles it."""
+
     cdef tuple parts
+    cdef bint any_of
 
     cdef bint matches(self, object req, object path) except -1:
         cdef Node part
         for part in self.parts:
-            if not part.matches(req, path):
-                return False
-        return True
-
-
-cdef class AnyOf(Node):
-    cdef tuple parts
-
-    cdef bint matches(self, object req, object path) except -1:
-        cdef Node part
-        for part in self.parts:
-            if part.matches(req, path):
-                return True
-        return False
+            if part.matches(req, path) == self.any_of:
+                return self.any_of
+        return not self.any_of
 
 
 cdef class NoneOf(Node):
@@ -201,8 +194,7 @@ cdef bint _in_networks(uint64_t address, tuple groups) except -1:
 
 cdef Node _node(object plan):
     cdef Leaf leaf
-    cdef AllOf every
-    cdef AnyOf some
+    cdef Group group
     cdef NoneOf negation
     if hasattr(plan, "parts"):
         parts = tuple([_node(part) for part in plan.parts])
@@ -210,13 +202,10 @@ cdef Node _node(object plan):
             negation = NoneOf()
             negation.inner = parts[0]
             return negation
-        if plan.kind == "any":
-            some = AnyOf()
-            some.parts = parts
-            return some
-        every = AllOf()
-        every.parts = parts
-        return every
+        group = Group()
+        group.parts = parts
+        group.any_of = plan.kind == "any"
+        return group
     leaf = Leaf()
     leaf.reader = Reader(plan.attribute, plan.get)
     leaf.op = _TESTS.get(plan.op, T_CALL)
@@ -307,7 +296,7 @@ cdef int _walk(Trie node, str path, list found) except -1:
 cdef object _in_order(list groups):
     """The rules of the groups in evaluation order, each once (groups are each in order)."""
     cdef Py_ssize_t count = len(groups)
-    cdef Py_ssize_t at[64]
+    cdef Py_ssize_t at[MAX_GROUPS]
     cdef Py_ssize_t i, best, last = -1
     cdef Py_ssize_t lowest
     cdef Rule rule
@@ -316,7 +305,7 @@ cdef object _in_order(list groups):
         return ()
     if count == 1:
         return groups[0]
-    if count > _MAX_GROUPS:
+    if count > MAX_GROUPS:
         unique = {r.ordinal: r for g in groups for r in g}
         return [unique[k] for k in sorted(unique)]
     for i in range(count):
