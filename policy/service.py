@@ -337,8 +337,7 @@ class PolicyService:
             metrics.hot.cache_misses += 1
             return None
         metrics.hot.cache_hits += 1
-        latency = self._count(hit.decision, hit.dry_run_rules, started)
-        self.decisions.add_wire(data, fields, hit.decision, hit.dry_run_rules, True, latency)
+        self._record_wire(data, fields, hit.decision, hit.dry_run_rules, True, started)
         return hit.decision
 
     def check_sync(
@@ -376,10 +375,7 @@ class PolicyService:
             if key is not None and _small(key):
                 cache.put(key, evaluation.decision, evaluation.dry_run_rules, time.monotonic())
             if data is not None and fields is not None:
-                latency = self._count(evaluation.decision, evaluation.dry_run_rules, started)
-                self.decisions.add_wire(
-                    data, fields, evaluation.decision, evaluation.dry_run_rules, False, latency
-                )
+                self._record_wire(data, fields, evaluation.decision, evaluation.dry_run_rules, False, started)
             else:
                 self._record(req, evaluation.decision, evaluation.dry_run_rules, False, started)
             return evaluation.decision
@@ -452,6 +448,19 @@ class PolicyService:
     ) -> None:
         latency = self._count(decision, dry_run, started)
         self.decisions.add(req, decision, dry_run, cached, latency)
+
+    def _record_wire(
+        self,
+        data: bytes,
+        fields: Callable[[bytes], RecordFields],
+        decision: Decision,
+        dry_run: Sequence[str],
+        cached: bool,
+        started: float,
+    ) -> None:
+        """`_record` for a Check decided from its bytes: the record is read from them at the flush."""
+        latency = self._count(decision, dry_run, started)
+        self.decisions.add_wire(data, fields, decision, dry_run, cached, latency)
 
     def _count(self, decision: Decision, dry_run: Sequence[str], started: float) -> float:
         """Count one decided Check in the metrics; its latency."""
