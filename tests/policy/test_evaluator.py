@@ -17,7 +17,7 @@ import re2
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from policy.core import documents, indexing, matching, rules
+from policy.core import attributes, documents, indexing, matching, rules
 from policy.core._evaluator import Program  # built by `pip install -e .` (make test)
 from policy.structs import CheckInput, PolicyError
 
@@ -163,6 +163,23 @@ def _copy(req: CheckInput) -> CheckInput:
 
 def _outcome(evaluation: matching.Evaluation) -> tuple[Any, ...]:
     return (evaluation.decision, tuple(q.key for q in evaluation.quotas), evaluation.dry_run_rules)
+
+
+@pytest.mark.parametrize("attribute", sorted(attributes.PLAIN_FIELDS))
+def test_plain_fields_are_read_as_the_python_getters_read_them(attribute: str) -> None:
+    """The compiled evaluator reads these attributes from their CheckInput field (empty -> absent)."""
+    field = attributes.PLAIN_FIELDS[attribute]
+    policy = {
+        "rules": [
+            {"id": "is-v", "action": "deny", "match": {attribute: {"exact": "v"}}},
+            {"id": "absent", "action": "deny", "match": {attribute: {"present": False}}},
+        ]
+    }
+    snapshot = rules.compile_snapshot(documents.parse_document(policy), revision=1)
+    for value, decided in (("v", "is-v"), ("", "absent"), ("w", "default")):
+        req = CheckInput(**{field: value})
+        assert matching.evaluate(snapshot, _copy(req)).decision.rule_id == decided
+        assert matching.evaluate(dataclasses.replace(snapshot, program=None), req).decision.rule_id == decided
 
 
 def test_snapshots_carry_the_compiled_program() -> None:
