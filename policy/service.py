@@ -256,7 +256,7 @@ class PolicyService:
                 data = yaml.safe_load(path.read_text())
                 doc = documents.parse_document(data, source=str(path))
                 plain = doc.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-                plain = {k: plain.get(k, []) for k in ("rules", "lists", "limits")}
+                plain = {k: plain.get(k, []) for k in ("rules", "lists", "limits", "adaptive")}
                 await self.store.sync_origin(
                     f"file:{path}", plain, actor=f"file:{path}", validate=self.validate
                 )

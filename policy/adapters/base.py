@@ -10,7 +10,7 @@ from policy.structs import QuotaVerdict
 
 __all__ = ["AuditEntry", "BackendUnavailable", "ItemKind", "PolicyStore", "QuotaBackend", "StoredPolicy"]
 
-ItemKind = Literal["rule", "list", "limit"]
+ItemKind = Literal["rule", "list", "limit", "adaptive"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -20,7 +20,7 @@ class BackendUnavailable(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class StoredPolicy:
     revision: int
-    data: dict[str, list[dict[str, Any]]]  # {"rules": [...], "lists": [...], "limits": [...]} in order
+    data: dict[str, list[dict[str, Any]]]  # {"rules": [...], "lists": [...], ...} in order
 
 
 @dataclass(frozen=True, slots=True)

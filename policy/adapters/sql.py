@@ -55,8 +55,8 @@ audit = sa.Table(
     sa.Column("body", sa.Text, nullable=True),
 )
 
-_SECTIONS: dict[str, str] = {"rule": "rules", "list": "lists", "limit": "limits"}
-_KEY = {"rule": "id", "list": "name", "limit": "name"}
+_SECTIONS: dict[str, str] = {"rule": "rules", "list": "lists", "limit": "limits", "adaptive": "adaptive"}
+_KEY = {"rule": "id", "list": "name", "limit": "name", "adaptive": "name"}
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -83,6 +83,11 @@ class SqlPolicyStore:
             self.url, connect_args=connect_args, pool_pre_ping=True
         )
         self._postgres = self.url.startswith("postgresql")
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """For the adaptive limits' state table beside the policy (adapters/adaptive_state.py)."""
+        return self._engine
 
     # ---- schema ------------------------------------------------------------------------------
 
@@ -280,7 +285,7 @@ async def _bump(conn: AsyncConnection) -> int:
 async def _read_all(
     conn: AsyncConnection, *, exclude_origin: str | None = None
 ) -> dict[str, list[dict[str, Any]]]:
-    data: dict[str, list[dict[str, Any]]] = {"rules": [], "lists": [], "limits": []}
+    data: dict[str, list[dict[str, Any]]] = {section: [] for section in _SECTIONS.values()}
     query = sa.select(items.c.kind, items.c.body, items.c.origin).order_by(items.c.position)
     for row in await conn.execute(query):
         if exclude_origin is not None and row.origin == exclude_origin:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from policy.core.adaptive import AdaptiveDoc
 from policy.structs import PolicyError
 
 __all__ = [
@@ -239,6 +240,10 @@ class PolicyDocument(BaseModel):
     rules: list[RuleDoc] = Field(default_factory=list)
     lists: list[ListDoc] = Field(default_factory=list)
     limits: list[LimitDoc] = Field(default_factory=list)
+    adaptive: list[AdaptiveDoc] = Field(default_factory=list)
+
+
+_ITEM_WORDS = {"rules": "rule", "lists": "list", "limits": "limit", "adaptive": "adaptive limit"}
 
 
 def describe(exc: ValidationError, data: Any) -> str:
@@ -246,12 +251,13 @@ def describe(exc: ValidationError, data: Any) -> str:
     first = exc.errors()[0]
     loc = list(first["loc"])
     where = ""
-    if len(loc) >= 2 and loc[0] in ("rules", "lists", "limits") and isinstance(loc[1], int):
-        section, index = loc[0], loc[1]
+    if len(loc) >= 2 and loc[0] in _ITEM_WORDS and isinstance(loc[1], int):
+        section, index = str(loc[0]), loc[1]
         item = data.get(section, [])[index] if isinstance(data, dict) else None
         key = "id" if section == "rules" else "name"
         label = item.get(key) if isinstance(item, dict) else None
-        where = f"{section[:-1]} {label!r}" if label else f"{section[:-1]} #{index + 1}"
+        word = _ITEM_WORDS[section]
+        where = f"{word} {label!r}" if label else f"{word} #{index + 1}"
         loc = loc[2:]
     field_path = ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "(item)"
     message = first["msg"].removeprefix("Value error, ")
@@ -263,7 +269,7 @@ def parse_document(data: Any, *, source: str = "policy") -> PolicyDocument:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise PolicyError(f"{source}: a policy document is a mapping with rules, lists and limits")
+        raise PolicyError(f"{source}: a policy document is a mapping with rules, lists, limits and adaptive")
     try:
         return PolicyDocument.model_validate(data)
     except ValidationError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 import re2
 from pydantic import ValidationError
 
-from policy.core import attributes, indexing
+from policy.core import adaptive, attributes, indexing
 from policy.core.documents import (
     LimitDoc,
     ListDoc,
@@ -354,6 +354,8 @@ def compile_snapshot(
     default_deny_status: int = 403,
     jwt_header: str = "x-jwt-payload",
 ) -> Snapshot:
+    _unique((x.name for x in document.adaptive), "adaptive limit")
+    source, document = document, adaptive.expand(document)
     _unique((r.id for r in document.rules), "rule")
     _unique((x.name for x in document.lists), "list")
     _unique((x.name for x in document.limits), "limit")
@@ -414,7 +416,7 @@ def compile_snapshot(
         referenced=referenced,
         cache_key_getters=tuple(attributes.getter(a, jwt_header=jwt_header) for a in referenced),
         limits=limits,
-        document=document,
+        document=source,
         rule_count=len(document.rules),
         jwt_header=jwt_header,
         program=Program(deny, rate_limit, allow, default) if Program is not None else None,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from policy.adapters.base import BackendUnavailable, ItemKind
 from policy.core import documents
+from policy.core.adaptive import AdaptiveDoc
 from policy.service import PolicyService
 from policy.structs import CheckInput, ItemOwnedByFile, PolicyError
 
@@ -87,6 +88,7 @@ _SECTIONS: dict[str, tuple[ItemKind, str, str]] = {
     "rules": ("rule", "rules", "id"),
     "lists": ("list", "lists", "name"),
     "limits": ("limit", "limits", "name"),
+    "adaptive": ("adaptive", "adaptive", "name"),
 }
 
 
@@ -166,6 +168,7 @@ def build_router(service: PolicyService, *, require_writer: Callable[..., Awaita
     _crud("rules", documents.RuleDoc)
     _crud("lists", documents.ListDoc)
     _crud("limits", documents.LimitDoc)
+    _crud("adaptive", AdaptiveDoc)
 
     @router.post(
         "/evaluate", summary="What would happen to this request (nothing enforced, no quota consumed)"

@@ -33,8 +33,14 @@ async def test_migrations_use_their_own_version_table(store: SqlPolicyStore) -> 
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
         version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version_policy"))).scalar()
-    assert {"policy_items", "policy_revision", "policy_audit", "alembic_version_policy"} <= set(tables)
-    assert version == "policy_0001"
+    assert {
+        "policy_items",
+        "policy_revision",
+        "policy_audit",
+        "policy_adaptive_state",
+        "alembic_version_policy",
+    } <= set(tables)
+    assert version == "policy_0002"
     await store.close()
 
 
