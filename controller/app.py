@@ -46,6 +46,8 @@ def make_sink(spec: str, settings: ControllerSettings) -> SidecarSink:
         field_manager=settings.field_manager,
         owner_label=settings.owner_label,
         owner_value=settings.owner_value,
+        control_plane_namespace=settings.control_plane_namespace,
+        mesh_config_map=settings.mesh_config_map,
     )
 
 

@@ -190,6 +190,7 @@ async def _graph(args: argparse.Namespace, settings: ControllerSettings) -> int:
 async def _loop(args: argparse.Namespace, settings: ControllerSettings, data_dir: Path) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from controller.adapters.metrics import ControllerMetrics
     from controller.app import compose
     from controller.reconciling import loop
 
@@ -207,6 +208,12 @@ async def _loop(args: argparse.Namespace, settings: ControllerSettings, data_dir
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             running.add_signal_handler(signum, stop.set)
+    metrics = composition.reconciler.observer
+
+    def count_trigger(_fresh: object) -> None:
+        if isinstance(metrics, ControllerMetrics):
+            metrics.edge_triggers.inc()
+
     try:
         await loop(
             composition.reconciler,
@@ -214,6 +221,7 @@ async def _loop(args: argparse.Namespace, settings: ControllerSettings, data_dir
             stop=stop,
             force=args.force,
             dry_run=args.dry_run,
+            on_edge_trigger=count_trigger,
         )
     finally:
         await composition.close()
@@ -229,6 +237,7 @@ def summary_dict(summary: RunSummary) -> dict[str, Any]:
         "workloads": summary.workloads,
         "written": summary.written,
         "deleted": summary.deleted,
+        "failed": summary.failed,
         "unchanged": summary.unchanged,
         "skipped_rows": summary.skipped_rows,
         "changes": [
@@ -278,7 +287,7 @@ def print_summary(summary: RunSummary, output: str, stream: TextIO) -> None:
     stream.write(
         f"{summary.outcome}: {summary.message}\n"
         f"workloads {summary.workloads}, call edges {summary.edges}, written {summary.written}, "
-        f"deleted {summary.deleted}, unchanged {summary.unchanged}, "
+        f"deleted {summary.deleted}, failed {summary.failed}, unchanged {summary.unchanged}, "
         f"skipped telemetry rows {summary.skipped_rows}\n"
     )
     if summary.shrink is not None:

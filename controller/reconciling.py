@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 from controller import structs
 from controller.adapters.base import CallEdgeSource, Inventory, MetricsSource, SidecarSink
 from controller.core import edges as edge_rows
-from controller.core import plans, promql, scopes, shrink
+from controller.core import meshconfig, plans, promql, scopes, shrink
 from controller.errors import ControllerError, GuardRefused
 from controller.settings import ControllerSettings, parse_duration
 from controller.structs import (
@@ -49,6 +49,7 @@ class DependencyStore(Protocol):
         edges: int,
         written: int,
         scope: str = "*",
+        forget_workloads_before: float | None = None,
     ) -> None: ...
 
 
@@ -157,6 +158,10 @@ class Reconciler:
     inventory: Inventory | None = None
     observer: RunObserver | None = None
     namespaces: list[str] | None = None
+    # Each scoped workload's hosts after the last run: `loop` compares new call edges with them.
+    scoped: dict[WorkloadRef, set[str]] = field(default_factory=dict)
+    # (workload, host) pairs the loop already started a run for, or that a run already saw.
+    noticed: set[tuple[WorkloadRef, str]] = field(default_factory=set)
 
     async def run_once(self, *, now: float, dry_run: bool = False, force: bool = False) -> RunSummary:
         started = time.monotonic()
@@ -173,6 +178,7 @@ class Reconciler:
 
     async def _run(self, *, now: float, dry_run: bool, force: bool) -> RunSummary:
         settings = self.settings
+        ttl = parse_duration(settings.ttl)
         observation = await observe_sources(
             settings=settings,
             metrics_source=self.metrics_source,
@@ -189,58 +195,105 @@ class Reconciler:
         )
         if refusal:
             raise GuardRefused(refusal)
-        merge = scopes.merge_ttl(stored, observed, now=now, ttl_seconds=parse_duration(settings.ttl))
-        infos = {**stored_infos, **scopes.selectors_from_edges(observation.edges)}
+        merge = scopes.merge_ttl(stored, observed, now=now, ttl_seconds=ttl)
+        seen_infos = scopes.selectors_from_telemetry(observation.edges, now=now)
+        # Workloads seen within the TTL (callers and callees); older selectors of another form are not reused.
+        remembered = {
+            ref: info
+            for ref, info in stored_infos.items()
+            if now - info.last_seen <= ttl and scopes.is_injector_selector(info.selector)
+        }
+        infos = {**remembered, **seen_infos}
+        notes: list[str] = []
+        provider_hosts: set[str] = set()
         services = dict(observation.services)
+        inventoried: set[WorkloadRef] = set()
         if self.inventory is not None:
-            infos.update(await asyncio.to_thread(self.inventory.workloads))
+            from_cluster = await asyncio.to_thread(self.inventory.workloads)
+            inventoried = set(from_cluster)
+            infos.update(from_cluster)
             listed = await asyncio.to_thread(self.inventory.services, settings.cluster_domain)
             for host, info in listed.items():
                 # Kubernetes knows the ports; telemetry knows how many workloads answer behind them.
                 seen = services.get(host)
                 services[host] = replace(info, endpoints=seen.endpoints) if seen else info
+            mesh = await asyncio.to_thread(self.inventory.mesh_config)
+            if mesh is None:
+                notes.append(
+                    f"mesh config {settings.control_plane_namespace}/{settings.mesh_config_map} not "
+                    "readable: extension providers outside the pinned namespaces are not pinned"
+                )
+            else:
+                provider_hosts = meshconfig.provider_hosts(mesh, settings.cluster_domain)
+        infos = scopes.without_ambiguity(infos)
+        required = scopes.required_hosts(settings, provider_hosts)
         active = self._in_scope(merge.active)
-        specs, skipped = scopes.compute_sidecars(active, infos, settings)
-        desired = [scopes.to_manifest(spec, settings) for spec in specs]
+        # Leaves: seen (now or within the TTL) but calling nothing still get a scope.
+        for ref in scopes.observed_workloads(observation.edges, settings) | set(remembered):
+            if self.allows_namespace(ref.namespace):
+                active.setdefault(ref, set())
+        specs, skipped = scopes.compute_sidecars(active, infos, settings, required=required)
+        desired = [scopes.to_manifest(spec, settings, required=required) for spec in specs]
         current = [m for m in await asyncio.to_thread(self.sink.observe) if self._namespace_in_scope(m)]
         plan = plans.make_plan(
-            desired, current, owner_label=settings.owner_label, owner_value=settings.owner_value
+            desired,
+            current,
+            owner_label=settings.owner_label,
+            owner_value=settings.owner_value,
+            manager=settings.field_manager,
         )
-        refusal = plans.removal_refusal(plan, max_percent=settings.max_removed_percent, force=force)
+        refusal = plans.removal_refusal(
+            plan,
+            max_percent=settings.max_removed_percent,
+            max_percent_per_workload=settings.max_removed_percent_per_workload,
+            force=force,
+        )
         if refusal:
             raise GuardRefused(refusal)
+        failures: list[structs.WriteFailure] = []
         if plan.to_write or plan.to_delete:
-            await asyncio.to_thread(self.sink.apply, plan.to_write, plan.to_delete, dry_run=dry_run)
-        workload_count = len(set(active) | {ref for ref, info in infos.items() if info.from_kubernetes})
-        estimate = shrink.estimate(specs, services, workloads=workload_count)
+            failures = await asyncio.to_thread(
+                self.sink.apply, plan.to_write, plan.to_delete, dry_run=dry_run
+            )
+        changes = _with_failures(plan.changes, failures)
+        estimate = shrink.estimate(specs, services, workloads=len(set(active) | inventoried))
         if not dry_run:
             await self.store.save(
                 upserts=merge.upserts,
                 expired=merge.expired,
-                infos=[
-                    infos[ref] for ref in sorted(active) if ref in infos and not infos[ref].from_kubernetes
-                ],
+                infos=[seen_infos[ref] for ref in sorted(seen_infos) if ref in active],
                 now=now,
                 edges=len(observed),
                 written=len(plan.to_write),
                 scope=self._scope(),
+                forget_workloads_before=now - ttl,
             )
-        written, deleted = len(plan.to_write), len(plan.to_delete)
+        failed = {(f.namespace, f.name) for f in failures}
+        written = sum(
+            1 for m in plan.to_write if (m["metadata"]["namespace"], m["metadata"]["name"]) not in failed
+        )
+        deleted = sum(1 for key in plan.to_delete if key not in failed)
         outcome: Literal["wrote", "nothing-to-write", "dry-run"] = (
             "dry-run" if dry_run else "wrote" if written or deleted else "nothing-to-write"
         )
+        self.scoped = {
+            ref: set(spec.hosts) for spec in specs if spec.selector is not None for ref in _refs(spec)
+        }
+        self.noticed |= observed
         return RunSummary(
             outcome,
-            f"{written} written, {deleted} deleted, {len(plan.changes) - written - deleted} kept",
+            f"{written} written, {deleted} deleted, {len(failures)} failed, "
+            f"{sum(1 for c in changes if c.action == 'unchanged')} kept",
             edges=len(observed),
             workloads=len(active),
-            changes=plan.changes,
+            changes=changes,
             written=written,
             deleted=deleted,
-            unchanged=sum(1 for change in plan.changes if change.action == "unchanged"),
+            failed=len(failures),
+            unchanged=sum(1 for change in changes if change.action == "unchanged"),
             shrink=estimate,
             skipped_rows=observation.stats.skipped,
-            extra={"no_sidecar": [f"{ref}: {why}" for ref, why in skipped]},
+            extra={"no_sidecar": [f"{ref}: {why}" for ref, why in skipped], "notes": notes},
         )
 
     def _scope(self) -> str:
@@ -248,16 +301,73 @@ class Reconciler:
         return ",".join(sorted(set(wanted))) or "*"
 
     def _in_scope(self, active: dict[WorkloadRef, set[str]]) -> dict[WorkloadRef, set[str]]:
-        return {ref: hosts for ref, hosts in active.items() if self._namespace_allowed(ref.namespace)}
+        return {ref: hosts for ref, hosts in active.items() if self.allows_namespace(ref.namespace)}
 
-    def _namespace_allowed(self, namespace: str) -> bool:
+    def allows_namespace(self, namespace: str) -> bool:
         wanted = self.namespaces if self.namespaces is not None else self.settings.namespaces
-        if namespace in self.settings.excluded_namespaces:
-            return False
-        return not wanted or namespace in wanted
+        return scopes.namespace_allowed(namespace, self.settings, wanted)
 
     def _namespace_in_scope(self, manifest: Manifest) -> bool:
-        return self._namespace_allowed(str((manifest.get("metadata") or {}).get("namespace", "")))
+        return self.allows_namespace(str((manifest.get("metadata") or {}).get("namespace", "")))
+
+
+def _refs(spec: structs.SidecarSpec) -> list[WorkloadRef]:
+    return [WorkloadRef(spec.namespace, name) for name in spec.workloads]
+
+
+def _with_failures(
+    changes: tuple[structs.SidecarChange, ...], failures: list[structs.WriteFailure]
+) -> tuple[structs.SidecarChange, ...]:
+    reasons = {(f.namespace, f.name): f.reason for f in failures}
+    return tuple(
+        replace(change, action="failed", reason=reasons[(change.namespace, change.name)])
+        if (change.namespace, change.name) in reasons
+        else change
+        for change in changes
+    )
+
+
+# A call-edge row is written a flush (and an Envoy access-log flush) after the call it records.
+EDGE_POLL_LOOKBACK = 60.0
+RETRY_FIRST = 5.0
+
+
+async def unscoped_calls(reconciler: Reconciler, *, since: float) -> list[tuple[WorkloadRef, str]]:
+    """Calls first seen since `since` (telemetry's call-edge table) to a host not in the caller's scope and
+    not looked at yet: a first call through PassthroughCluster, or one a stricter mode refused."""
+    if reconciler.call_edges is None:
+        return []
+    rows = await reconciler.call_edges.read(since=since, new_only=True)
+    settings = reconciler.settings
+    fresh = []
+    found = edge_rows.edges_from_call_edge_rows(
+        rows,
+        cluster_domain=settings.cluster_domain,
+        stats=edge_rows.RowStats(),
+        known_namespaces={row.source_namespace for row in rows},
+    )
+    for pair in sorted(scopes.observed_dependencies(found, settings)):
+        workload, host = pair
+        if (
+            reconciler.allows_namespace(workload.namespace)
+            and host not in reconciler.scoped.get(workload, ())
+            and pair not in reconciler.noticed
+        ):
+            reconciler.noticed.add(pair)
+            fresh.append(pair)
+    return fresh
+
+
+async def _run_safely(reconciler: Reconciler, *, now: float, force: bool, dry_run: bool) -> RunSummary:
+    """The loop never dies of one bad run: an unexpected error is logged and counted like a failed source."""
+    try:
+        return await reconciler.run_once(now=now, force=force, dry_run=dry_run)
+    except Exception as error:
+        log.exception("controller run failed unexpectedly")
+        summary = RunSummary("source-failure", f"unexpected error: {type(error).__name__}")
+        if reconciler.observer is not None:
+            reconciler.observer.observe(summary, seconds=0.0, now=now)
+        return summary
 
 
 async def loop(
@@ -268,12 +378,39 @@ async def loop(
     clock: Callable[[], float] = time.time,
     force: bool = False,
     dry_run: bool = False,
+    poll: float | None = None,
+    on_edge_trigger: Callable[[list[tuple[WorkloadRef, str]]], None] | None = None,
 ) -> int:
-    """Run forever (until `stop`): every interval, the same logic as run-once. Returns the run count."""
+    """Run until `stop`: every `interval`, and at once when the call-edge table (polled every `poll`
+    seconds) shows a call to a host its caller's scope lacks. A failed source is retried sooner
+    (5 s, doubling, at most `interval`). Returns the run count."""
+    poll = poll if poll is not None else reconciler.settings.edge_poll_seconds
     count = 0
+    failures = 0
     while not stop.is_set():
-        await reconciler.run_once(now=clock(), force=force, dry_run=dry_run)
+        started = clock()
+        summary = await _run_safely(reconciler, now=started, force=force, dry_run=dry_run)
         count += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+        failures = failures + 1 if summary.outcome == "source-failure" else 0
+        wait = min(interval, RETRY_FIRST * 2 ** (failures - 1)) if failures else interval
+        deadline = time.monotonic() + wait
+        since = started - EDGE_POLL_LOOKBACK
+        while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            step = min(poll, remaining) if reconciler.call_edges is not None else remaining
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=step)
+            if stop.is_set() or reconciler.call_edges is None:
+                continue
+            polled = clock()
+            try:
+                fresh = await unscoped_calls(reconciler, since=since)
+            except ControllerError as error:
+                log.warning("call-edge poll failed: %s", error)
+                continue
+            since = polled - EDGE_POLL_LOOKBACK
+            if fresh:
+                log.info("new call edges outside scopes, running now: %s", fresh[:5])
+                if on_edge_trigger is not None:
+                    on_edge_trigger(fresh)
+                break
     return count

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from controller.core.names import is_dns_subdomain
+
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Matchers every query already has: a selector may not contradict them.
+_OWN_MATCHERS = frozenset({"reporter", "source_workload_namespace"})
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -54,9 +61,25 @@ class ControllerSettings(BaseModel):
         default_factory=lambda: ["istio-system", "kube-system"],
         description="Namespaces never given a Sidecar (gateways ignore Sidecars; system pods are not ours).",
     )
+    control_plane_namespace: str = Field(
+        "istio-system",
+        description="Istio's root namespace: always in every generated Sidecar (istiod, gateways, mesh-wide "
+        "config), and never given a Sidecar.",
+    )
+    remixer_namespace: str = Field(
+        "remixer",
+        description="Namespace of remixer's own services (ext_authz, access-log sink): always in every "
+        "generated Sidecar, so scoped proxies keep their authorization and access-log providers.",
+    )
+    mesh_config_map: str = Field(
+        "istio",
+        description="ConfigMap in the control-plane namespace holding the mesh config; with the kube sink "
+        "the services of its extensionProviders are always in every generated Sidecar too.",
+    )
     pinned_hosts: list[str] = Field(
-        default_factory=lambda: ["istio-system/*"],
-        description="Egress hosts (namespace/fqdn) every generated Sidecar includes.",
+        default_factory=list,
+        description="More egress hosts (namespace/fqdn) every generated Sidecar includes (the control-plane "
+        "and remixer namespaces always are).",
     )
     pinned_hosts_by_namespace: dict[str, list[str]] = Field(
         default_factory=dict, description="Extra pinned hosts per source namespace: {namespace: [hosts]}."
@@ -68,6 +91,12 @@ class ControllerSettings(BaseModel):
     excluded_hosts: list[str] = Field(
         default_factory=list,
         description="Host patterns (shell-style, matched against namespace/fqdn) never added from telemetry.",
+    )
+    outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = Field(
+        "ALLOW_ANY",
+        description="outboundTrafficPolicy.mode of every generated Sidecar. ALLOW_ANY lets a first call to a "
+        "host not yet in scope pass through (and be learnt); REGISTRY_ONLY refuses it (502) until a run "
+        "adds the host.",
     )
     namespace_default_sidecar: bool = Field(
         False,
@@ -102,6 +131,19 @@ class ControllerSettings(BaseModel):
         description="Refuse a run that would remove more than this percentage of all scoped hosts "
         "(unless --force).",
     )
+    max_removed_percent_per_workload: float = Field(
+        50.0,
+        ge=0,
+        le=100,
+        description="Refuse a run that would remove more than this percentage of one Sidecar's hosts "
+        "(unless --force); the refusal names the workloads.",
+    )
+    edge_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="`controller loop`: how often the call-edge table is checked for a call to a host not "
+        "yet in its caller's scope; such a call starts a run at once instead of at the next interval.",
+    )
     sidecar_name_prefix: str = Field("remixer-", description="Prefix of generated Sidecar names.")
     owner_label: str = Field(
         "app.kubernetes.io/managed-by",
@@ -114,6 +156,30 @@ class ControllerSettings(BaseModel):
         description="Kubernetes API server URL for the kube sink; default: in-cluster service account, else "
         "the current kubeconfig context.",
     )
+
+    @field_validator("query_selector")
+    @classmethod
+    def _check_selector(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            if name in _OWN_MATCHERS:
+                raise ValueError(f"{name!r} is set by the controller itself")
+        return value
+
+    @field_validator("control_plane_namespace", "remixer_namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not _NAMESPACE.match(value):
+            raise ValueError(f"{value!r} is not a namespace name (lowercase, digits and '-', <= 63)")
+        return value
+
+    @field_validator("sidecar_name_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if value and not is_dns_subdomain(value + "x"):
+            raise ValueError(f"{value!r} cannot start a Kubernetes object name (lowercase, digits, '-', '.')")
+        return value
 
     @field_validator("window", "ttl", "interval")
     @classmethod

@@ -44,6 +44,9 @@ class CallEdge:
     destination_workload: WorkloadRef | None = None
     destination_app: str = "unknown"
     destination_version: str = "unknown"
+    # The labels Istio's injector puts on every pod (service.istio.io/canonical-name, -revision).
+    source_canonical: tuple[str, str] | None = None
+    destination_canonical: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +61,16 @@ class StoredDependency:
 
 @dataclass(frozen=True, slots=True)
 class WorkloadInfo:
-    """What we know to select a workload's pods: its labels (from Kubernetes or from metrics)."""
+    """What we know to select a workload's pods: its labels (from Kubernetes or from metrics).
+
+    An empty selector with a `problem` means its pods cannot be told apart from another workload's.
+    """
 
     workload: WorkloadRef
     selector: tuple[tuple[str, str], ...]
     from_kubernetes: bool = False
+    problem: str = ""
+    last_seen: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +87,7 @@ class SidecarSpec:
 class SidecarChange:
     namespace: str
     name: str
-    action: Literal["create", "update", "delete", "unchanged", "skipped"]
+    action: Literal["create", "update", "delete", "unchanged", "skipped", "failed"]
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     reason: str = ""
@@ -94,6 +102,17 @@ class Plan:
     changes: tuple[SidecarChange, ...]
     hosts_before: int
     hosts_removed: int
+    # Updates that remove hosts: (the workloads, hosts removed, hosts before).
+    shrinking: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFailure:
+    """One object the sink could not write or delete; the others were still written."""
+
+    namespace: str
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +143,7 @@ class RunSummary:
     changes: tuple[SidecarChange, ...] = ()
     written: int = 0
     deleted: int = 0
+    failed: int = 0
     unchanged: int = 0
     shrink: ShrinkEstimate | None = None
     skipped_rows: int = 0

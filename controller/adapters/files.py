@@ -11,7 +11,7 @@ from typing import TextIO
 import yaml
 
 from controller.errors import SinkFailed
-from controller.structs import Manifest
+from controller.structs import Manifest, WriteFailure
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -52,23 +52,30 @@ class DirSink:
 
     def apply(
         self, manifests: Sequence[Manifest], deletes: Iterable[tuple[str, str]], *, dry_run: bool
-    ) -> None:
+    ) -> list[WriteFailure]:
+        """Each file on its own: one the OS refuses is reported and the others are still written."""
         if dry_run:
-            return
-        try:
-            for manifest in manifests:
-                path = self._path(manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+            return []
+        failures = []
+        for manifest in manifests:
+            namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+            path = self._path(namespace, name)
+            temporary = path.with_name(path.name + ".tmp")
+            try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_suffix(".yaml.tmp")
                 temporary.write_text(dump(manifest), encoding="utf-8")
                 os.replace(temporary, path)
-            for namespace, name in deletes:
-                path = self._path(namespace, name)
+            except OSError as error:
+                failures.append(WriteFailure(namespace, name, f"cannot write {path}: {error.strerror}"))
+        for namespace, name in deletes:
+            path = self._path(namespace, name)
+            try:
                 path.unlink(missing_ok=True)
                 if path.parent.exists() and not any(path.parent.iterdir()):
                     path.parent.rmdir()
-        except OSError as error:
-            raise SinkFailed(f"cannot write Sidecars under {self.root}: {error}") from None
+            except OSError as error:
+                failures.append(WriteFailure(namespace, name, f"cannot delete {path}: {error.strerror}"))
+        return failures
 
 
 class StdoutSink:
@@ -85,10 +92,11 @@ class StdoutSink:
 
     def apply(
         self, manifests: Sequence[Manifest], deletes: Iterable[tuple[str, str]], *, dry_run: bool
-    ) -> None:
+    ) -> list[WriteFailure]:
         stream = self.stream or sys.stdout
         for manifest in manifests:
             stream.write("---\n" + dump(manifest))
         for namespace, name in deletes:
             stream.write(f"# no longer needed: sidecar {namespace}/{name}\n")
         stream.flush()
+        return []

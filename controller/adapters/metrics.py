@@ -18,6 +18,16 @@ class ControllerMetrics:
         self.deleted = Counter(
             "remixer_controller_sidecars_deleted_total", "Sidecars pruned.", registry=registry
         )
+        self.failed = Counter(
+            "remixer_controller_sidecars_failed_total",
+            "Sidecars the sink could not write or delete (skipped; the others were written).",
+            registry=registry,
+        )
+        self.edge_triggers = Counter(
+            "remixer_controller_edge_triggered_runs_total",
+            "Loop runs started early by a call edge to a host not yet in its caller's scope.",
+            registry=registry,
+        )
         self.hosts_added = Counter(
             "remixer_controller_hosts_added_total", "Egress hosts added to Sidecar scopes.", registry=registry
         )
@@ -65,6 +75,7 @@ class ControllerMetrics:
             return
         self.last_success.set(now)
         self.written.inc(summary.written)
+        self.failed.inc(summary.failed)
         self.deleted.inc(summary.deleted)
         if summary.outcome == "wrote":
             self.hosts_added.inc(sum(len(c.added) for c in summary.changes))

@@ -48,9 +48,14 @@ class PrometheusSource:
                 f"Prometheus at {self.url} is unreachable ({type(error).__name__}); "
                 "check --prometheus-url / controller.prometheus_url"
             ) from None
-        except ValueError as error:  # body is not JSON
+        except ValueError as error:  # body is not JSON (cut short, HTML from a proxy, ...)
             raise SourceUnavailable(
-                f"Prometheus at {self.url} returned a malformed answer: {error}"
+                f"Prometheus at {self.url} returned a malformed answer: {_short(str(error))}"
+            ) from None
+        except (KeyError, TypeError, AttributeError):
+            # 200 without data.result: {"status": "error", ...} from the server or a proxy, or another shape.
+            raise SourceUnavailable(
+                f"Prometheus at {self.url} returned a malformed answer (no data.result; status error?)"
             ) from None
         return parse_vector(result, self.url)
 
@@ -77,12 +82,18 @@ def parse_vector(result: Any, url: str) -> list[QueryRow]:
     for sample in result:
         try:
             labels = sample["metric"]
-            value = float(sample["value"][1])
+            stamp, text = sample["value"]
+            # The HTTP API sends [<unix time>, "<value as a string>"]; anything else is not Prometheus.
+            if not isinstance(text, str) or isinstance(stamp, bool) or not isinstance(stamp, int | float):
+                raise TypeError
+            value = float(text)
         except (KeyError, IndexError, TypeError, ValueError):
             raise SourceUnavailable(
                 f"Prometheus at {url} returned a malformed sample: {_short(repr(sample))}"
             ) from None
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
             raise SourceUnavailable(f"Prometheus at {url} returned malformed labels: {_short(repr(labels))}")
         if math.isnan(value):
             continue

@@ -143,7 +143,8 @@ class DependencyStore:
         infos = {}
         for row in wl_rows:
             ref = WorkloadRef(row.namespace, row.workload)
-            infos[ref] = WorkloadInfo(ref, tuple((k, v) for k, v in json.loads(row.selector)))
+            selector = tuple((k, v) for k, v in json.loads(row.selector))
+            infos[ref] = WorkloadInfo(ref, selector, last_seen=row.last_seen)
         return deps, infos, (last.edges if last else None)
 
     async def save(
@@ -156,8 +157,13 @@ class DependencyStore:
         edges: int,
         written: int,
         scope: str = "*",
+        forget_workloads_before: float | None = None,
     ) -> None:
         async with self.engine.begin() as connection:
+            if forget_workloads_before is not None:
+                await connection.execute(
+                    delete(workloads).where(workloads.c.last_seen < forget_workloads_before)
+                )
             dialect = connection.dialect.name
             for start in range(0, len(upserts), _BATCH):
                 chunk = upserts[start : start + _BATCH]
@@ -217,8 +223,10 @@ class CallEdgeReader:
         self.engine = engine
         self.schema = schema
 
-    async def read(self, *, since: float) -> list[CallEdgeRow]:
+    async def read(self, *, since: float, new_only: bool = False) -> list[CallEdgeRow]:
+        """Rows seen since `since`; with `new_only`, rows first seen since then (the loop's cheap poll)."""
         cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
+        column = call_edges.c.first_seen if new_only else call_edges.c.last_seen
         try:
             async with self.engine.connect() as connection:
                 present = await connection.run_sync(
@@ -226,9 +234,7 @@ class CallEdgeReader:
                 )
                 if not present:
                     return []
-                rows = (
-                    await connection.execute(select(call_edges).where(call_edges.c.last_seen >= cutoff))
-                ).all()
+                rows = (await connection.execute(select(call_edges).where(column >= cutoff))).all()
         except SQLAlchemyError as error:
             raise SourceUnavailable(f"call-edge database failed: {error.__class__.__name__}") from None
         return [

@@ -173,6 +173,15 @@ def _label(labels: Mapping[str, str], *names: str) -> str:
     return UNKNOWN
 
 
+def _canonical(labels: Mapping[str, str], side: str) -> tuple[str, str] | None:
+    """The (canonical name, revision) Istio's injector labelled the pods with, when both are known."""
+    name = labels.get(f"{side}_canonical_service", UNKNOWN)
+    revision = labels.get(f"{side}_canonical_revision", UNKNOWN)
+    if known(name) and known(revision) and is_label_value(name) and is_label_value(revision):
+        return (name, revision)
+    return None
+
+
 def _protocol(labels: Mapping[str, str], default: Protocol) -> Protocol:
     if default == "tcp":
         return "tcp"
@@ -209,6 +218,8 @@ def edges_from_rows(
                 destination_workload=_destination_workload(labels),
                 destination_app=_label(labels, "destination_canonical_service", "destination_app"),
                 destination_version=_label(labels, "destination_canonical_revision", "destination_version"),
+                source_canonical=_canonical(labels, "source"),
+                destination_canonical=_canonical(labels, "destination"),
             )
         )
     return edges

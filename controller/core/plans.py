@@ -28,9 +28,58 @@ def is_owned(manifest: Mapping[str, Any], label: str, value: str) -> bool:
     return bool(((manifest.get("metadata") or {}).get("labels") or {}).get(label) == value)
 
 
-def _comparable(manifest: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-    metadata = manifest.get("metadata") or {}
-    return (manifest.get("spec"), metadata.get("labels"), metadata.get("annotations"))
+FieldSet = dict[str, Any]
+# The API server keeps an object's identity out of managedFields.
+_IDENTITY = {"apiVersion", "kind"}
+_IDENTITY_METADATA = {"name", "namespace"}
+
+
+def fields_of(manifest: Mapping[str, Any]) -> FieldSet:
+    """The FieldsV1 set a server-side apply of `manifest` owns (lists are atomic in the Sidecar CRD)."""
+
+    def walk(value: Any) -> FieldSet:
+        return {f"f:{key}": walk(item) for key, item in value.items()} if isinstance(value, Mapping) else {}
+
+    owned = {key: value for key, value in manifest.items() if key not in _IDENTITY}
+    metadata = {k: v for k, v in (owned.pop("metadata", None) or {}).items() if k not in _IDENTITY_METADATA}
+    fields = walk(owned)
+    if metadata:
+        fields["f:metadata"] = walk(metadata)
+    return fields
+
+
+def owned_part(value: Any, fields: FieldSet) -> Any:
+    """The part of `value` that `fields` covers: what one manager's apply decides, nothing else."""
+    if not isinstance(value, Mapping):
+        return value
+    part = {}
+    for key, sub in fields.items():
+        name = key[2:]
+        if key.startswith("f:") and name in value:
+            part[name] = owned_part(value[name], sub) if sub else value[name]
+    return part
+
+
+def _managed_by(manifest: Mapping[str, Any], manager: str) -> FieldSet | None:
+    for entry in (manifest.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == manager and entry.get("operation") == "Apply":
+            fields: FieldSet = entry.get("fieldsV1") or {}
+            return fields
+    return None
+
+
+def needs_write(current: Mapping[str, Any], desired: Mapping[str, Any], manager: str) -> bool:
+    """Whether applying `desired` would change anything we own. Labels, annotations or spec fields other
+    managers own (Argo CD, a webhook, a person) are theirs: they never cause an update. Fields we owned
+    and no longer set would be removed by the apply, so a different owned set is a change too."""
+    wanted = fields_of(desired)
+    owned = _managed_by(current, manager)
+    if owned is None:
+        # No record of ownership (a file of the dir sink): the spec is wholly ours.
+        return current.get("spec") != desired.get("spec") or owned_part(current, wanted) != owned_part(
+            desired, wanted
+        )
+    return owned != wanted or owned_part(current, wanted) != owned_part(desired, wanted)
 
 
 def _nested(first: dict[str, str], second: dict[str, str]) -> bool:
@@ -54,7 +103,12 @@ def _conflict(desired: Manifest, foreign: list[Manifest]) -> str | None:
 
 
 def make_plan(
-    desired: Iterable[Manifest], observed: Iterable[Manifest], *, owner_label: str, owner_value: str
+    desired: Iterable[Manifest],
+    observed: Iterable[Manifest],
+    *,
+    owner_label: str,
+    owner_value: str,
+    manager: str = "remixer-controller",
 ) -> Plan:
     owned: dict[tuple[str, str], Manifest] = {}
     foreign: dict[str, list[Manifest]] = {}
@@ -67,6 +121,7 @@ def make_plan(
     changes: list[SidecarChange] = []
     wanted: set[tuple[str, str]] = set()
     removed_total = 0
+    shrinking: list[tuple[str, int, int]] = []
     for manifest in sorted(desired, key=_key):
         namespace, name = _key(manifest)
         conflict = _conflict(manifest, foreign.get(namespace, []))
@@ -79,10 +134,12 @@ def make_plan(
         if current is None:
             to_write.append(manifest)
             changes.append(SidecarChange(namespace, name, "create", added=tuple(sorted(new_hosts))))
-        elif _comparable(current) != _comparable(manifest):
+        elif needs_write(current, manifest, manager):
             old_hosts = hosts_of(current)
             removed = tuple(sorted(old_hosts - new_hosts))
             removed_total += len(removed)
+            if removed:
+                shrinking.append((_workloads(manifest), len(removed), len(old_hosts)))
             to_write.append(manifest)
             changes.append(
                 SidecarChange(
@@ -98,7 +155,17 @@ def make_plan(
         to_delete.append(key)
         changes.append(SidecarChange(key[0], key[1], "delete", removed=removed))
     hosts_before = sum(len(hosts_of(manifest)) for manifest in owned.values())
-    return Plan(tuple(to_write), tuple(to_delete), tuple(changes), hosts_before, removed_total)
+    return Plan(
+        tuple(to_write), tuple(to_delete), tuple(changes), hosts_before, removed_total, tuple(shrinking)
+    )
+
+
+def _workloads(manifest: Mapping[str, Any]) -> str:
+    metadata = manifest.get("metadata") or {}
+    names = (
+        (metadata.get("annotations") or {}).get("remixer.io/workloads") or metadata.get("name", "")
+    ).split(",")
+    return ", ".join(f"{metadata.get('namespace')}/{name}" for name in names)
 
 
 def volume_refusal(*, edges: int, last_edges: int | None, min_ratio: float) -> str | None:
@@ -113,13 +180,30 @@ def volume_refusal(*, edges: int, last_edges: int | None, min_ratio: float) -> s
     return None
 
 
-def removal_refusal(plan: Plan, *, max_percent: float, force: bool) -> str | None:
-    if force or plan.hosts_before == 0:
+def removal_refusal(
+    plan: Plan, *, max_percent: float, max_percent_per_workload: float = 100.0, force: bool
+) -> str | None:
+    """Mesh-wide: too large a share of all scoped hosts removed; per workload: too large a share of one
+    scope's hosts (one workload losing most of its hosts passes the mesh-wide guard in a large mesh)."""
+    if force:
         return None
-    percent = 100.0 * plan.hosts_removed / plan.hosts_before
-    if percent > max_percent:
-        return (
-            f"the run would remove {plan.hosts_removed} of {plan.hosts_before} scoped hosts "
-            f"({percent:.1f}% > {max_percent:g}%); rerun with --force if that is intended"
+    reasons = []
+    if plan.hosts_before:
+        percent = 100.0 * plan.hosts_removed / plan.hosts_before
+        if percent > max_percent:
+            reasons.append(
+                f"the run would remove {plan.hosts_removed} of {plan.hosts_before} scoped hosts "
+                f"({percent:.1f}% > {max_percent:g}%)"
+            )
+    over = [
+        f"{workloads} ({removed} of {before})"
+        for workloads, removed, before in plan.shrinking
+        if 100.0 * removed / before > max_percent_per_workload
+    ]
+    if over:
+        reasons.append(
+            f"it would remove more than {max_percent_per_workload:g}% of the hosts of {'; '.join(over)}"
         )
-    return None
+    if not reasons:
+        return None
+    return "; ".join(reasons) + "; rerun with --force if that is intended"

@@ -26,6 +26,8 @@ REQUEST_GROUP_BY = (
     "destination_workload",
     "destination_app",
     "destination_version",
+    "destination_canonical_service",
+    "destination_canonical_revision",
     "request_protocol",
 )
 TCP_GROUP_BY = tuple(label for label in REQUEST_GROUP_BY if label != "request_protocol")

@@ -62,7 +62,8 @@ def hosts(manifest: dict[str, Any]) -> list[str]:
 
 @pytest.fixture
 def fake_kube() -> Iterator[tuple[FakeKube, str]]:
-    kube = FakeKube()
+    """The fake API server enforcing deploy/'s RBAC and Istio's Sidecar schema."""
+    kube = FakeKube(crd_validator=sidecar_validator())
     url = kube.start()
     yield kube, url
     kube.stop()

@@ -89,7 +89,11 @@ def test_stdout_sink_streams_yaml_and_keeps_the_summary_on_stderr(
     )
     assert code == 0
     docs = [doc for doc in yaml.safe_load_all(out) if doc]
-    assert [d["metadata"]["name"] for d in docs] == ["remixer-cart-v1", "remixer-frontend-v1"]
+    assert [d["metadata"]["name"] for d in docs] == [
+        "remixer-redis-v1",
+        "remixer-cart-v1",
+        "remixer-frontend-v1",
+    ]
     for doc in docs:
         assert_valid_sidecar(doc)
     assert "wrote:" in err
@@ -123,7 +127,11 @@ def test_json_summary_dry_run_and_graph_export(
     assert code == 0
     summary = json.loads(out)
     assert summary["outcome"] == "dry-run"
-    assert [c["sidecar"] for c in summary["changes"]] == ["remixer-cart-v1", "remixer-frontend-v1"]
+    assert [c["sidecar"] for c in summary["changes"]] == [
+        "remixer-redis-v1",
+        "remixer-cart-v1",
+        "remixer-frontend-v1",
+    ]
     assert summary["xds_estimate"]["clusters_before"] >= summary["xds_estimate"]["clusters_after"]
     per_sidecar = {p["sidecar"]: p for p in summary["xds_estimate"]["per_sidecar"]}
     assert per_sidecar["shop/remixer-frontend-v1"]["clusters_after"] == 1
@@ -242,7 +250,7 @@ async def test_loop_repeats_the_run_and_exposes_metrics(mesh_url: str, tmp_path:
     await composition.close()
     assert runs >= 2
     assert registry.get_sample_value("remixer_controller_runs_total", {"outcome": "wrote"}) == 1
-    assert registry.get_sample_value("remixer_controller_sidecars_written_total") == 2
+    assert registry.get_sample_value("remixer_controller_sidecars_written_total") == 3
     # The first write adds every scoped host; the unchanged re-runs add and remove none.
     added = registry.get_sample_value("remixer_controller_hosts_added_total")
     assert added is not None
@@ -354,4 +362,5 @@ def test_loop_command_serves_metrics_and_stops_on_sigterm(mesh_url: str, tmp_pat
     assert sorted(p.name for p in (tmp_path / "out").glob("*/*.yaml")) == [
         "remixer-cart-v1.yaml",
         "remixer-frontend-v1.yaml",
+        "remixer-redis-v1.yaml",
     ]

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.core import edges, graph, plans, promql, scopes, shrink
+from controller.core import edges, graph, meshconfig, names, plans, promql, scopes, selectors, shrink
 from controller.settings import ControllerSettings, parse_duration
-from controller.structs import CallEdge, QueryRow, StoredDependency, WorkloadInfo, WorkloadRef
+from controller.structs import CallEdge, QueryRow, SidecarSpec, StoredDependency, WorkloadInfo, WorkloadRef
 from tests.controller.conftest import assert_valid_sidecar
 
 SETTINGS = ControllerSettings()
@@ -163,52 +163,187 @@ def test_ttl_never_drops_a_host_seen_within_the_ttl(stored_raw, seen_raw, now) -
     assert {f"ns/{h}" for h in seen_raw} <= active
 
 
+REQUIRED = scopes.required_hosts(SETTINGS)
+CANONICAL = scopes.CANONICAL_NAME, scopes.CANONICAL_REVISION
+
+
 def _specs(active: dict[WorkloadRef, set[str]], infos: dict[WorkloadRef, WorkloadInfo], **overrides: object):  # type: ignore[no-untyped-def]
-    return scopes.compute_sidecars(active, infos, ControllerSettings(**overrides))  # type: ignore[arg-type]
+    return scopes.compute_sidecars(
+        active,
+        infos,
+        ControllerSettings(**overrides),
+        required=REQUIRED,  # type: ignore[arg-type]
+    )
 
 
-def test_sidecars_are_sorted_pinned_and_never_empty() -> None:
-    other = WorkloadRef("shop", "idle-v1")
+def _injected(ref: WorkloadRef, name: str, revision: str = "v1") -> WorkloadInfo:
+    return WorkloadInfo(ref, ((CANONICAL[0], name), (CANONICAL[1], revision)))
+
+
+def test_every_workload_gets_a_scope_leaves_included_with_the_required_hosts() -> None:
+    leaf = WorkloadRef("shop", "idle-v1")
     nolabels = WorkloadRef("shop", "mystery")
     active = {
         wl: {"shop/z.shop.svc.cluster.local", "pay/a.pay.svc.cluster.local"},
-        other: set(),
+        leaf: set(),
         nolabels: {"x/y"},
     }
-    infos = {
-        wl: WorkloadInfo(wl, (("app", "frontend"), ("version", "v1"))),
-        other: WorkloadInfo(other, (("app", "idle"),)),
-    }
+    infos = {wl: _injected(wl, "frontend"), leaf: _injected(leaf, "idle")}
     specs, skipped = _specs(
         active, infos, pinned_hosts_by_namespace={"shop": ["shop/pinned.shop.svc.cluster.local"]}
     )
-    assert [s.name for s in specs] == ["remixer-frontend-v1"]
+    assert [s.name for s in specs] == ["remixer-frontend-v1", "remixer-idle-v1"]
     assert specs[0].hosts == (
         "istio-system/*",
         "pay/a.pay.svc.cluster.local",
+        "remixer/*",
         "shop/pinned.shop.svc.cluster.local",
         "shop/z.shop.svc.cluster.local",
     )
-    assert {str(ref) for ref, _ in skipped} == {"shop/idle-v1", "shop/mystery"}
-    manifest = scopes.to_manifest(specs[0], SETTINGS)
+    # A leaf calls nothing: only what every scope has.
+    assert specs[1].hosts == ("istio-system/*", "remixer/*", "shop/pinned.shop.svc.cluster.local")
+    assert [(str(ref), why) for ref, why in skipped] == [("shop/mystery", "no pod labels known to select it")]
+    manifest = scopes.to_manifest(specs[0], SETTINGS, required=REQUIRED)
     assert_valid_sidecar(manifest)
-    assert manifest["spec"]["workloadSelector"]["labels"] == {"app": "frontend", "version": "v1"}
-
-
-def test_overlapping_selectors_share_one_sidecar_and_default_has_no_selector() -> None:
-    v1, v2, plain = WorkloadRef("shop", "web-v1"), WorkloadRef("shop", "web-v2"), WorkloadRef("shop", "web")
-    active = {v1: {"a/a"}, v2: {"b/b"}, plain: {"c/c"}}
-    infos = {
-        v1: WorkloadInfo(v1, (("app", "web"), ("version", "v1"))),
-        v2: WorkloadInfo(v2, (("app", "web"), ("version", "v2"))),
-        plain: WorkloadInfo(plain, (("app", "web"),)),
+    assert manifest["spec"]["workloadSelector"]["labels"] == {CANONICAL[0]: "frontend", CANONICAL[1]: "v1"}
+    assert manifest["spec"]["outboundTrafficPolicy"] == {"mode": "ALLOW_ANY"}
+    strict = ControllerSettings(outbound_traffic_policy="REGISTRY_ONLY")
+    assert scopes.to_manifest(specs[0], strict, required=REQUIRED)["spec"]["outboundTrafficPolicy"] == {
+        "mode": "REGISTRY_ONLY"
     }
-    specs, _ = _specs(active, infos, namespace_default_sidecar=True)
-    assert [(s.name, s.selector) for s in specs] == [("remixer-web", (("app", "web"),)), ("default", None)]
-    assert set(specs[0].hosts) >= {"a/a", "b/b", "c/c"}
-    assert "./*" in specs[1].hosts
+
+
+@given(
+    st.sets(st.from_regex(r"[a-z]{1,3}/[a-z.*]{1,5}", fullmatch=True), max_size=5),
+    st.sets(st.from_regex(r"[a-z]{1,3}/[a-z.*]{1,5}", fullmatch=True), max_size=3),
+    st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True),
+    st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True),
+)
+def test_the_control_plane_and_remixer_are_in_every_manifest(hosts, providers, plane, home) -> None:  # type: ignore[no-untyped-def]
+    configured = ControllerSettings(control_plane_namespace=plane, remixer_namespace=home)
+    required = scopes.required_hosts(configured, providers)
+    assert {f"{plane}/*", f"{home}/*", *providers} <= required
+    # Whatever spec reaches to_manifest (even one built by hand without them), the output has them.
+    spec = SidecarSpec("shop", "remixer-x", (("a", "b"),), tuple(sorted(hosts)), ("x",))
+    written = set(scopes.to_manifest(spec, configured, required=required)["spec"]["egress"][0]["hosts"])
+    assert required <= written
+    assert hosts <= written
+
+
+def test_mesh_extension_providers_become_pinned_hosts() -> None:
+    # istio/api mesh/v1alpha1/config.proto: service is "[<Namespace>/]<Hostname>".
+    mesh = {
+        "extensionProviders": [
+            {
+                "name": "authz",
+                "envoyExtAuthzGrpc": {"service": "remixer-policy.sec.svc.cluster.local", "port": 9191},
+            },
+            {"name": "als", "envoyHttpAls": {"service": "logs/collector.example.com", "port": 9191}},
+            {"name": "otel", "opentelemetry": {"service": "otel.example.com", "port": 4317}},
+            {"name": "bad", "envoyTcpAls": {"service": "Not A Host", "port": 1}},
+            {"name": "file", "envoyFileAccessLog": {"path": "/dev/stdout"}},
+        ]
+    }
+    assert meshconfig.provider_hosts(mesh, "cluster.local") == {
+        "sec/remixer-policy.sec.svc.cluster.local",
+        "logs/collector.example.com",
+        "*/otel.example.com",
+    }
+    assert meshconfig.provider_hosts({}, "cluster.local") == set()
+
+
+def test_equal_or_nested_selectors_are_skipped_and_named_never_guessed() -> None:
+    v1, v2, web, other = (WorkloadRef("shop", n) for n in ("web-v1", "web-v2", "web", "api"))
+    infos = {
+        v1: _injected(v1, "web", "v1"),
+        # A canonical-name override: web-v2's pods carry the same name and revision as web-v1's.
+        v2: _injected(v2, "web", "v1"),
+        web: WorkloadInfo(web, ((CANONICAL[0], "web"),)),
+        other: _injected(other, "api"),
+    }
+    resolved = scopes.without_ambiguity(infos)
+    assert resolved[other] == infos[other]
+    for ref in (v1, v2, web):
+        assert resolved[ref].selector == ()
+    assert "web-v1, web-v2" in resolved[web].problem
+    specs, skipped = _specs({ref: {"a/a"} for ref in infos}, resolved)
+    assert [s.name for s in specs] == ["remixer-api"]
+    assert {str(ref) for ref, _ in skipped} == {"shop/web", "shop/web-v1", "shop/web-v2"}
+
+
+def test_a_namespace_default_has_no_selector_and_covers_the_namespace() -> None:
+    a, b = WorkloadRef("shop", "a"), WorkloadRef("shop", "b")
+    specs, _ = _specs(
+        {a: {"x/x"}, b: {"y/y"}}, {a: _injected(a, "a"), b: _injected(b, "b")}, namespace_default_sidecar=True
+    )
+    assert [(s.name, s.selector is None) for s in specs] == [
+        ("remixer-a", False),
+        ("remixer-b", False),
+        ("default", True),
+    ]
+    assert {"./*", "x/x", "y/y", *REQUIRED} <= set(specs[2].hosts)
     for spec in specs:
-        assert_valid_sidecar(scopes.to_manifest(spec, SETTINGS))
+        assert_valid_sidecar(scopes.to_manifest(spec, SETTINGS, required=REQUIRED))
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300)
+def test_object_names_are_always_valid_and_fit_a_file_name(workload: str) -> None:
+    name = scopes.sidecar_name("remixer-", workload)
+    assert names.is_dns_subdomain(name)
+    assert len(name) <= names.MAX_NAME
+    assert len((name + ".yaml.tmp").encode()) <= 255
+    if names.is_dns_subdomain("remixer-" + workload) and len("remixer-" + workload) <= names.MAX_NAME:
+        assert name == "remixer-" + workload
+
+
+def test_names_the_api_server_would_refuse_are_made_valid_and_stay_distinct() -> None:
+    made = {
+        w: scopes.sidecar_name("remixer-", w) for w in ("a..b", "a.-b", "a.b", "A.B", "x" * 243, "x" * 244)
+    }
+    assert made["a.b"] == "remixer-a.b"
+    assert len(set(made.values())) == len(made)
+    for name in made.values():
+        assert names.is_dns_subdomain(name), name
+
+
+def test_pods_are_named_after_their_workload_as_istio_does() -> None:
+    # istio/istio pkg/kube/util.go GetDeployMetaFromPod.
+    hashed = {"pod-template-hash": "5d9f8c7b6"}
+    assert (
+        selectors.pod_workload("web-5d9f8c7b6-x2x", "web-5d9f8c7b6-", hashed, ("ReplicaSet", "web-5d9f8c7b6"))
+        == "web"
+    )
+    assert selectors.pod_workload("db-0", "db-", {}, ("StatefulSet", "db")) == "db"
+    assert (
+        selectors.pod_workload("nightly-28990000-abc", "nightly-28990000-", {}, ("Job", "nightly-28990000"))
+        == "nightly"
+    )
+    assert selectors.pod_workload("debug", "", {}, None) == "debug"
+
+
+def test_kube_selectors_select_exactly_one_workload_s_pods() -> None:
+    def owner(name: str, match: dict[str, str], template: dict[str, str]) -> selectors.PodTemplateOwner:
+        return selectors.PodTemplateOwner(
+            WorkloadRef("shop", name), tuple(sorted(match.items())), tuple(sorted(template.items()))
+        )
+
+    owners = [
+        owner("web", {"app": "web"}, {"app": "web", "track": "stable"}),
+        owner("web-canary", {"app": "web", "track": "canary"}, {"app": "web", "track": "canary"}),
+        owner("twin-a", {"team": "x"}, {"team": "x"}),
+        owner("twin-b", {"team": "x"}, {"team": "x"}),
+    ]
+    pods = [
+        selectors.PodLabels("shop", "web", (("app", "web"), ("track", "stable"))),
+        selectors.PodLabels("shop", "web-canary", (("app", "web"), ("track", "canary"))),
+    ]
+    found = selectors.exact_selectors(owners, pods)
+    # app=web would also select the canary's pods: the full template is used instead.
+    assert found[WorkloadRef("shop", "web")].selector == (("app", "web"), ("track", "stable"))
+    assert found[WorkloadRef("shop", "web-canary")].selector == (("app", "web"), ("track", "canary"))
+    assert found[WorkloadRef("shop", "twin-a")].selector == ()
+    assert "twin-b" in found[WorkloadRef("shop", "twin-a")].problem
 
 
 def _manifest(
@@ -254,6 +389,50 @@ def test_plan_writes_only_changes_prunes_only_ours_and_respects_people() -> None
     assert plans.removal_refusal(plan, max_percent=20, force=True) is None
 
 
+def test_the_per_workload_guard_names_the_workloads_a_large_mesh_would_hide() -> None:
+    many = [f"h/{i}" for i in range(7)]
+    observed = [_manifest("remixer-a", many, selector={"app": "a"})] + [
+        _manifest(f"remixer-n{i}", [f"n/{j}" for j in range(10)], selector={"app": f"n{i}"})
+        for i in range(20)
+    ]
+    desired = [_manifest("remixer-a", many[:3], selector={"app": "a"}), *observed[1:]]
+    desired[0]["metadata"]["annotations"] = {"remixer.io/workloads": "a-v1"}
+    plan = plans.make_plan(
+        desired, observed, owner_label=SETTINGS.owner_label, owner_value=SETTINGS.owner_value
+    )
+    # 4 of 207 hosts mesh-wide passes the 20% guard; 4 of a's 7 does not pass the per-workload 50%.
+    assert plans.removal_refusal(plan, max_percent=20, force=False) is None
+    refusal = plans.removal_refusal(plan, max_percent=20, max_percent_per_workload=50, force=False)
+    assert refusal is not None
+    assert "shop/a-v1 (4 of 7)" in refusal
+    assert plans.removal_refusal(plan, max_percent=20, max_percent_per_workload=60, force=False) is None
+    assert plans.removal_refusal(plan, max_percent=20, max_percent_per_workload=50, force=True) is None
+
+
+def test_fields_other_managers_own_never_cause_an_update() -> None:
+    desired = _manifest("remixer-a", ["x/x"], selector={"app": "a"})
+    manager = "remixer-controller"
+    current = json.loads(json.dumps(desired))
+    # As the API server stores it after our apply and someone else's label (kubectl label, Argo CD).
+    current["metadata"]["labels"]["argocd.argoproj.io/instance"] = "mesh"
+    current["metadata"]["managedFields"] = [
+        {"manager": manager, "operation": "Apply", "fieldsV1": plans.fields_of(desired)},
+        {
+            "manager": "argocd",
+            "operation": "Update",
+            "fieldsV1": {"f:metadata": {"f:labels": {"f:argocd.argoproj.io/instance": {}}}},
+        },
+    ]
+    assert not plans.needs_write(current, desired, manager)
+    changed = json.loads(json.dumps(desired))
+    changed["spec"]["egress"][0]["hosts"] = ["x/x", "y/y"]
+    assert plans.needs_write(current, changed, manager)
+    # A field we applied before and no longer do would be removed by the apply: that is a change.
+    fewer = json.loads(json.dumps(desired))
+    del fewer["metadata"]["labels"]
+    assert plans.needs_write(current, fewer, manager)
+
+
 def test_volume_guard() -> None:
     assert plans.volume_refusal(edges=0, last_edges=None, min_ratio=0.5)
     assert plans.volume_refusal(edges=4, last_edges=10, min_ratio=0.5)
@@ -272,6 +451,8 @@ def test_same_input_gives_same_objects_and_a_second_plan_is_empty(calls) -> None
             source_workload_namespace=sns,
             source_workload=swl,
             source_app=swl,
+            source_canonical_service=swl,
+            source_canonical_revision="v1",
             destination_service=f"{svc}.{dns}.svc.cluster.local",
             destination_service_namespace=dns,
         )
@@ -280,12 +461,14 @@ def test_same_input_gives_same_objects_and_a_second_plan_is_empty(calls) -> None
     found, _ = _edges(*rows)
     observed = scopes.observed_dependencies(found, SETTINGS)
     merge = scopes.merge_ttl([], observed, now=0, ttl_seconds=DAY)
-    infos = scopes.selectors_from_edges(found)
+    infos = scopes.without_ambiguity(scopes.selectors_from_telemetry(found))
     first = [
-        scopes.to_manifest(s, SETTINGS) for s in scopes.compute_sidecars(merge.active, infos, SETTINGS)[0]
+        scopes.to_manifest(s, SETTINGS, required=REQUIRED)
+        for s in scopes.compute_sidecars(merge.active, infos, SETTINGS, required=REQUIRED)[0]
     ]
     again = [
-        scopes.to_manifest(s, SETTINGS) for s in scopes.compute_sidecars(merge.active, infos, SETTINGS)[0]
+        scopes.to_manifest(s, SETTINGS, required=REQUIRED)
+        for s in scopes.compute_sidecars(merge.active, infos, SETTINGS, required=REQUIRED)[0]
     ]
     assert json.dumps(first) == json.dumps(again)
     for manifest in first:
@@ -305,8 +488,9 @@ def hosts_sorted(manifest: dict) -> bool:  # type: ignore[type-arg]
 def test_arbitrary_label_values_never_reach_a_manifest_invalid(labels: dict[str, str]) -> None:
     found, _ = _edges(QueryRow(labels, 1.0))
     merge = scopes.merge_ttl([], scopes.observed_dependencies(found, SETTINGS), now=0, ttl_seconds=DAY)
-    for spec in scopes.compute_sidecars(merge.active, scopes.selectors_from_edges(found), SETTINGS)[0]:
-        manifest = scopes.to_manifest(spec, SETTINGS)
+    infos = scopes.without_ambiguity(scopes.selectors_from_telemetry(found))
+    for spec in scopes.compute_sidecars(merge.active, infos, SETTINGS, required=REQUIRED)[0]:
+        manifest = scopes.to_manifest(spec, SETTINGS, required=REQUIRED)
         assert_valid_sidecar(manifest)
         for host in manifest["spec"]["egress"][0]["hosts"]:
             assert re.fullmatch(r"[a-z0-9*.-]+/[a-z0-9*.-]+", host), host

@@ -161,8 +161,13 @@ async def test_sidecar_from_prometheus_scraping_remixer_fed_by_real_envoy(
             "bookinfo/ratings.bookinfo.svc.cluster.local",
             f"bookinfo/{SERVICE}",
             "istio-system/*",
+            "remixer/*",
         ]
-        assert sidecar["spec"]["workloadSelector"]["labels"] == {"app": "productpage", "version": "v1"}
+        # The labels Istio's injector put on the pod (node metadata LABELS), as telemetry reported them.
+        assert sidecar["spec"]["workloadSelector"]["labels"] == {
+            "service.istio.io/canonical-name": "productpage",
+            "service.istio.io/canonical-revision": "v1",
+        }
     finally:
         httpd.shutdown()
         await part.stop(1.0)

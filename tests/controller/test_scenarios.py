@@ -26,6 +26,8 @@ from tests.controller.meshdata import call, fqdn
 from tests.realparts.prometheus import PrometheusFactory, openmetrics_text
 
 DAY = 86400.0
+# In every generated Sidecar with default settings: the control plane and remixer's own namespace.
+PINNED = ["istio-system/*", "remixer/*"]
 
 
 def _settings(url: str, **overrides: object) -> ControllerSettings:
@@ -54,22 +56,35 @@ async def test_first_run_writes_one_sidecar_per_workload_and_rerun_writes_nothin
     summary = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
     assert summary.outcome == "wrote", summary.message
     found = read_dir_sidecars(out)
-    assert sorted(found) == ["shop/remixer-cart-v1", "shop/remixer-frontend-v1"]
+    # Leaves too: billing-v1 and redis-v1 only receive calls, and still get a scope (the pinned hosts).
+    assert sorted(found) == [
+        "data/remixer-redis-v1",
+        "pay/remixer-billing-v1",
+        "shop/remixer-cart-v1",
+        "shop/remixer-frontend-v1",
+    ]
     assert hosts(found["shop/remixer-frontend-v1"]) == [
         "istio-system/*",
         f"pay/{fqdn('billing', 'pay')}",
+        "remixer/*",
         f"shop/{fqdn('cart', 'shop')}",
     ]
-    assert hosts(found["shop/remixer-cart-v1"]) == ["data/" + fqdn("redis", "data"), "istio-system/*"]
+    assert hosts(found["shop/remixer-cart-v1"]) == ["data/" + fqdn("redis", "data"), *PINNED]
+    assert hosts(found["pay/remixer-billing-v1"]) == PINNED
+    assert hosts(found["data/remixer-redis-v1"]) == PINNED
+    # Selected by the labels Istio's injector puts on every pod, never by a guessed app label.
     assert found["shop/remixer-frontend-v1"]["spec"]["workloadSelector"]["labels"] == {
-        "app": "frontend",
-        "version": "v1",
+        "service.istio.io/canonical-name": "frontend",
+        "service.istio.io/canonical-revision": "v1",
     }
+    assert found["shop/remixer-frontend-v1"]["spec"]["outboundTrafficPolicy"] == {"mode": "ALLOW_ANY"}
+    # The xDS estimate counts every workload, leaves included (the gateway is not ours to scope).
     assert summary.shrink is not None
+    assert summary.shrink.workloads == 4
     assert summary.shrink.clusters_after < summary.shrink.clusters_before
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.yaml")}
     again = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now + 60)
-    assert (again.outcome, again.written, again.deleted, again.unchanged) == ("nothing-to-write", 0, 0, 2)
+    assert (again.outcome, again.written, again.deleted, again.unchanged) == ("nothing-to-write", 0, 0, 4)
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("*/*.yaml")}
 
 
@@ -101,9 +116,14 @@ async def test_hosts_persist_for_the_ttl_and_leave_after_it(
         _settings(prom.url, ttl="1d"), sink=f"dir:{out}", data_dir=tmp_path, now=now, force=True
     )
     assert forced.outcome == "wrote"
-    assert forced.changes[0].removed == (f"shop/{fqdn('search', 'shop')}",)
+    # search-v1 itself was not seen for the TTL either: its scope is pruned.
+    assert [(c.name, c.action, c.removed) for c in forced.changes if c.removed] == [
+        ("remixer-frontend-v1", "update", (f"shop/{fqdn('search', 'shop')}",)),
+        ("remixer-search-v1", "delete", tuple(PINNED)),
+    ]
     assert hosts(read_dir_sidecars(out)["shop/remixer-frontend-v1"]) == [
         "istio-system/*",
+        "remixer/*",
         f"shop/{fqdn('cart', 'shop')}",
     ]
 
@@ -119,7 +139,7 @@ async def test_far_fewer_edges_than_last_run_refuses_to_write(
     out = tmp_path / "out"
     assert (
         await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=earlier)
-    ).written == 10
+    ).written == 20  # 10 callers and their 10 leaves
     snapshot = {p: p.read_text() for p in out.glob("*/*.yaml")}
     short = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
     assert short.outcome == "refused"
@@ -248,6 +268,7 @@ async def test_passthrough_calls_from_the_call_edge_table_are_discovered(
     assert hosts(read_dir_sidecars(out)["shop/remixer-frontend-v1"]) == [
         f"books/{fqdn('reviews', 'books')}",
         "istio-system/*",
+        "remixer/*",
         f"shop/{fqdn('cart', 'shop')}",
     ]
 
@@ -283,13 +304,19 @@ async def test_reporter_fallback_unknowns_escaping_and_collisions(
     assert summary.outcome == "wrote", summary.message
     assert summary.skipped_rows >= 1
     found = read_dir_sidecars(out)
-    assert sorted(found) == ["a/remixer-batch-v1", "a/remixer-web-v1", "b/remixer-web-v1"]
-    assert hosts(found["a/remixer-web-v1"]) == [f"a/{fqdn('cart', 'a')}", "istio-system/*"]
-    assert hosts(found["a/remixer-batch-v1"]) == [f"b/{fqdn('cart', 'b')}", "istio-system/*"]
+    assert sorted(found) == [
+        "a/remixer-batch-v1",
+        "a/remixer-cart-v1",
+        "a/remixer-web-v1",
+        "b/remixer-cart-v1",
+        "b/remixer-web-v1",
+    ]
+    assert hosts(found["a/remixer-web-v1"]) == [f"a/{fqdn('cart', 'a')}", *PINNED]
+    assert hosts(found["a/remixer-batch-v1"]) == [f"b/{fqdn('cart', 'b')}", *PINNED]
     assert hosts(found["b/remixer-web-v1"]) == [
         f"a/{fqdn('cart', 'a')}",
         f"b/{fqdn('cart', 'b')}",
-        "istio-system/*",
+        *PINNED,
     ]
 
 
@@ -306,7 +333,7 @@ async def test_a_workload_with_thousands_of_callees(
     summary = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
     assert summary.outcome == "wrote", summary.message
     listed = hosts(read_dir_sidecars(out)["big/remixer-hub-v1"])
-    assert len(listed) == 3001
+    assert len(listed) == 3002
     assert listed == sorted(listed)
 
 
@@ -354,7 +381,12 @@ async def test_dir_sink_prunes_only_its_own_files_and_namespace_filter_limits_th
         namespaces=["shop"],
     )
     assert summary.outcome == "wrote", summary.message
-    assert sorted(read_dir_sidecars(out)) == ["pay/remixer-old", "shop/hand-made", "shop/remixer-frontend-v1"]
+    assert sorted(read_dir_sidecars(out)) == [
+        "pay/remixer-old",
+        "shop/hand-made",
+        "shop/remixer-cart-v1",
+        "shop/remixer-frontend-v1",
+    ]
 
 
 @given(

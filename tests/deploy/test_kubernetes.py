@@ -96,13 +96,22 @@ def test_podmonitor_scrapes_the_admin_port(built: list[dict[str, Any]]) -> None:
 def test_rbac_is_exactly_least_privilege(built: list[dict[str, Any]]) -> None:
     roles = [o for o in built if o["kind"] in {"Role", "ClusterRole"}]
     assert [r["metadata"]["name"] for r in roles] == ["remixer-controller"]
+    # Exactly the controller's calls (tests/controller/test_kube.py derives them from a run against a fake
+    # API server that enforces this role).
     rules = {
-        (tuple(r["apiGroups"]), tuple(sorted(r["resources"])), tuple(sorted(r["verbs"])))
+        (
+            tuple(r["apiGroups"]),
+            tuple(sorted(r["resources"])),
+            tuple(sorted(r["verbs"])),
+            tuple(r.get("resourceNames", ())),
+        )
         for r in roles[0]["rules"]
     }
     assert rules == {
-        (("networking.istio.io",), ("sidecars",), ("create", "delete", "get", "list", "patch", "watch")),
-        (("",), ("namespaces", "pods", "services"), ("get", "list", "watch")),
+        (("networking.istio.io",), ("sidecars",), ("create", "delete", "list", "patch"), ()),
+        (("apps",), ("daemonsets", "deployments", "statefulsets"), ("list",), ()),
+        (("",), ("pods", "services"), ("list",), ()),
+        (("",), ("configmaps",), ("get",), ("istio",)),
     }
     bindings = [o for o in built if o["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
     assert len(bindings) == 1

@@ -1,0 +1,90 @@
+"""Pod selectors from the cluster's own objects, checked to select exactly one workload's pods.
+
+A workload (Deployment, StatefulSet, DaemonSet) is selected by its spec.selector.matchLabels when
+those select no pod of another workload in the namespace; otherwise by all of its pod-template
+labels when those do not; otherwise it gets no selector and the reason (a guess could scope the
+wrong pods, and two Sidecars selecting one pod is undefined behaviour in Istio).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from controller.structs import WorkloadInfo, WorkloadRef
+
+Labels = Mapping[str, str]
+# istio/istio pkg/kube/util.go GetDeployMetaFromPod: a Job <cronjob>-<8 to 10 digits> belongs to the CronJob.
+_CRONJOB_JOB = re.compile(r"^(.+)-\d{8,10}$")
+
+
+@dataclass(frozen=True, slots=True)
+class PodTemplateOwner:
+    workload: WorkloadRef
+    match_labels: tuple[tuple[str, str], ...]
+    template_labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PodLabels:
+    namespace: str
+    workload: str  # as Istio names the pod's workload
+    labels: tuple[tuple[str, str], ...]
+
+
+def pod_workload(name: str, generate_name: str, labels: Labels, controller: tuple[str, str] | None) -> str:
+    """The workload name Istio derives for a pod (istio/istio pkg/kube/util.go GetDeployMetaFromPod)."""
+    if not generate_name or controller is None:
+        return name
+    kind, owner = controller
+    template_hash = labels.get("pod-template-hash", "")
+    if kind == "ReplicaSet" and template_hash and owner.endswith(template_hash):
+        return owner.removesuffix(f"-{template_hash}")
+    if kind == "Job" and (match := _CRONJOB_JOB.match(owner)):
+        return match.group(1)
+    return owner
+
+
+def exact_selectors(
+    owners: Iterable[PodTemplateOwner], pods: Iterable[PodLabels]
+) -> dict[WorkloadRef, WorkloadInfo]:
+    owner_list = list(owners)
+    # Other workloads' pods that exist, and the pods other workloads' templates would make.
+    holders: dict[tuple[str, tuple[str, str]], list[tuple[str, frozenset[tuple[str, str]]]]] = {}
+
+    def hold(namespace: str, workload: str, labels: Iterable[tuple[str, str]]) -> None:
+        label_set = frozenset(labels)
+        for pair in label_set:
+            holders.setdefault((namespace, pair), []).append((workload, label_set))
+
+    for pod in pods:
+        hold(pod.namespace, pod.workload, pod.labels)
+    for owner in owner_list:
+        hold(owner.workload.namespace, owner.workload.name, owner.template_labels)
+
+    def others_selected(ref: WorkloadRef, selector: tuple[tuple[str, str], ...]) -> set[str]:
+        if not selector:
+            return {"every pod of the namespace"}
+        rarest = min((holders.get((ref.namespace, pair), []) for pair in selector), key=len)
+        wanted = set(selector)
+        return {workload for workload, labels in rarest if workload != ref.name and wanted <= labels}
+
+    infos = {}
+    for owner in owner_list:
+        ref = owner.workload
+        template = tuple(sorted({*owner.template_labels, *owner.match_labels}))
+        clash: set[str] = set()
+        for candidate in (owner.match_labels, template):
+            clash = others_selected(ref, candidate)
+            if not clash:
+                infos[ref] = WorkloadInfo(ref, candidate, from_kubernetes=True)
+                break
+        else:
+            infos[ref] = WorkloadInfo(
+                ref,
+                (),
+                from_kubernetes=True,
+                problem=f"its pod-template labels also select pods of {', '.join(sorted(clash))}",
+            )
+    return infos
