@@ -22,6 +22,7 @@ import yaml
 from policy.adapters.base import BackendUnavailable, PolicyStore, QuotaBackend
 from policy.adapters.memory import MemoryQuotas
 from policy.adapters.metrics import PolicyMetrics
+from policy.adaptive import AdaptiveTable
 from policy.core import attributes, documents, matching, quotas, rules
 from policy.core.caching import DecisionCache
 from policy.settings import PolicySettings
@@ -174,6 +175,8 @@ class PolicyService:
         self._quotas = quota_backend
         self._local = quota_backend if isinstance(quota_backend, MemoryQuotas) else MemoryQuotas()
         self._sync_quotas = isinstance(quota_backend, MemoryQuotas)
+        # The limits adaptive rules' controllers set, by caller (policy/adaptive.py).
+        self.adaptive = AdaptiveTable()
         self._snapshot = self._compile(documents.PolicyDocument(), revision=-1)
         self._cache = DecisionCache(size=settings.cache_size, ttl=settings.cache_ttl)
         self._cache_on = self._cache.enabled
@@ -380,12 +383,7 @@ class PolicyService:
                 self._record(req, evaluation.decision, evaluation.dry_run_rules, False, started)
             return evaluation.decision
         if self._sync_quotas:
-            verdicts = [
-                self._local.take_now(
-                    key=q.key, requests=q.limit.requests, period=q.limit.period, algorithm=q.limit.algorithm
-                )
-                for q in evaluation.quotas
-            ]
+            verdicts = [self._take_local(q) for q in evaluation.quotas]
             decision = self._apply_verdicts(evaluation, verdicts)
             self._record(req, decision, evaluation.dry_run_rules, False, started)
             return decision
@@ -409,9 +407,12 @@ class PolicyService:
     async def _take_shared(self, q: matching.QuotaRequest) -> QuotaVerdict | None:
         """A verdict from the shared backend, or the configured fallback (None = admit)."""
         limit = q.limit
+        key, requests = (
+            self.adaptive.resolve(limit, q.key) if self.adaptive.active else (q.key, limit.requests)
+        )
         try:
             return await self._quotas.take(
-                key=q.key, requests=limit.requests, period=limit.period, algorithm=limit.algorithm
+                key=key, requests=requests, period=limit.period, algorithm=limit.algorithm
             )
         except BackendUnavailable as exc:
             fallback = self.settings.quota_fallback
@@ -420,15 +421,24 @@ class PolicyService:
             if fallback == "allow":
                 return None
             if fallback == "deny":
-                return QuotaVerdict(False, limit.requests, 0, 1.0)
-            return self._local.take_now(
-                key=q.key, requests=limit.requests, period=limit.period, algorithm=limit.algorithm
-            )
+                return QuotaVerdict(False, requests, 0, 1.0)
+            return self._take_local(q)
+
+    def _take_local(self, q: matching.QuotaRequest) -> QuotaVerdict:
+        limit = q.limit
+        key, requests = (
+            self.adaptive.resolve(limit, q.key) if self.adaptive.active else (q.key, limit.requests)
+        )
+        return self._local.take_now(
+            key=key, requests=requests, period=limit.period, algorithm=limit.algorithm
+        )
 
     def _apply_verdicts(
         self, evaluation: matching.Evaluation, verdicts: Sequence[QuotaVerdict | None]
     ) -> Decision:
         for q, verdict in zip(evaluation.quotas, verdicts, strict=True):
+            if self.adaptive.active:
+                self.adaptive.observe(q.limit, q.key, verdict is None or verdict.allowed)
             if verdict is None or verdict.allowed:
                 continue
             self.metrics.quota_rejections.labels(limit=q.limit.name, shadow=str(q.limit.shadow).lower()).inc()

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["PolicySettings"]
+__all__ = ["AdaptiveSettings", "PolicySettings"]
 
 
 class PolicySettings(BaseModel):
@@ -99,3 +99,38 @@ class PolicySettings(BaseModel):
         if value and not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value.rstrip("/")
+
+
+class AdaptiveSettings(BaseModel):
+    """The `adaptive:` section: the controller loop of adaptive limits (`remixer serve` part `adaptive`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prometheus_url: str = Field(
+        "http://127.0.0.1:9090",
+        description="Prometheus to read the signals from when the telemetry part runs in another process "
+        "(in the same process the controller reads telemetry's aggregates directly).",
+    )
+    prometheus_window: float = Field(
+        30.0, ge=1, le=3600, description="Seconds of the rate()/histogram_quantile() window over Prometheus."
+    )
+    prometheus_timeout: float = Field(2.0, gt=0, le=60, description="Seconds one Prometheus query may take.")
+    reporter: Literal["source", "destination"] = Field(
+        "destination",
+        description="Which proxy's view of the target the signals come from (the reporter label).",
+    )
+    leader: Literal["auto", "postgres", "redis", "sole"] = Field(
+        "auto",
+        description="How one replica is chosen to compute: postgres (advisory lock), redis (lease), sole "
+        "(this process; worker 0). auto: postgres with a PostgreSQL store, else redis with Redis quotas, "
+        "else sole.",
+    )
+    lease_ttl: float = Field(
+        5.0, gt=0, le=300, description="Seconds a Redis leader lease lasts without renewal."
+    )
+    resolution: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Seconds between wake-ups of the loop (each rule ticks at its interval).",
+    )

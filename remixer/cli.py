@@ -1,4 +1,4 @@
-"""The `remixer` command: serve, controller, demo."""
+"""The `remixer` command: serve, controller, adaptive, demo."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--parts",
         metavar="LIST",
-        help="comma-separated parts to run: policy,telemetry,admin (server.parts).",
+        help="comma-separated parts to run: policy,telemetry,admin,adaptive (server.parts).",
     )
     serve.add_argument(
         "--workers", type=int, metavar="N", help="worker processes sharing the ports (server.workers)."
@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     from controller import cli as controller_cli
 
     controller_cli.add_arguments(controller)
+
+    adaptive = commands.add_parser(
+        "adaptive",
+        help="adaptive limits: what their controllers decided (status)",
+        description="Inspect the adaptive limits of a running remixer.",
+    )
+    _common(adaptive)
+    from remixer import adaptive_cli
+
+    adaptive_cli.add_arguments(adaptive)
 
     demo = commands.add_parser(
         "demo",
@@ -171,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from controller import cli as controller_cli
 
         return controller_cli.run(args, settings.controller, data_dir=settings.server.data_dir)
+    if args.command == "adaptive":
+        from remixer import adaptive_cli
+
+        return adaptive_cli.run(args, settings)
     from remixer.demo import run_demo
 
     return run_demo(settings, requests=args.requests, keep_running=args.keep_running)

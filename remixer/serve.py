@@ -98,7 +98,29 @@ def build_parts(settings: Settings, context: PartContext) -> list[Part]:
         from telemetry.app import build_part as build_telemetry
 
         parts.append(build_telemetry(settings.telemetry, context))
+    if "adaptive" in settings.server.parts:
+        parts.append(_adaptive_part(settings, context, parts))
     return parts
+
+
+def _adaptive_part(settings: Settings, context: PartContext, parts: list[Part]) -> Part:
+    """The controller beside the policy part; its signals from telemetry in process, else Prometheus."""
+    from controller.adapters.prometheus import PrometheusSource
+    from policy.adaptive import SignalSource
+    from policy.adaptive_app import build_part as build_adaptive
+    from policy.app import PolicyPart
+    from remixer.adaptive_signals import PrometheusSignals, TelemetrySignals
+
+    adaptive = settings.adaptive
+    policy = next(p for p in parts if isinstance(p, PolicyPart))
+    aggregates = next((getattr(p, "aggregates", None) for p in parts if p.name == "telemetry"), None)
+    source: SignalSource
+    if aggregates is not None:
+        source = TelemetrySignals(aggregates, reporter=adaptive.reporter)
+    else:
+        prometheus = PrometheusSource(adaptive.prometheus_url, timeout=adaptive.prometheus_timeout, retries=0)
+        source = PrometheusSignals(prometheus, reporter=adaptive.reporter, window=adaptive.prometheus_window)
+    return build_adaptive(adaptive, context, policy, source)
 
 
 def _grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -17,11 +17,11 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from controller.settings import ControllerSettings
-from policy.settings import PolicySettings
+from policy.settings import AdaptiveSettings, PolicySettings
 from remixer.shipping.settings import ShippingSettings
 from telemetry.settings import TelemetrySettings
 
-PartName = Literal["policy", "telemetry", "admin"]
+PartName = Literal["policy", "telemetry", "admin", "adaptive"]
 ALL_PARTS: tuple[PartName, ...] = ("policy", "telemetry", "admin")
 
 
@@ -63,8 +63,8 @@ class ServerSettings(BaseModel):
     parts: list[PartName] = Field(
         default_factory=lambda: list(ALL_PARTS),
         description="Which parts this process runs: policy (ext_authz), telemetry (access-log sink), admin "
-        "(admin API, /metrics, /healthz, /readyz). Run policy and telemetry in separate deployments to scale "
-        "them apart.",
+        "(admin API, /metrics, /healthz, /readyz), adaptive (the adaptive limits' controller; needs policy). "
+        "Run policy and telemetry in separate deployments to scale them apart.",
     )
     grpc_address: str = Field(
         "127.0.0.1:9191",
@@ -112,6 +112,8 @@ class ServerSettings(BaseModel):
     def _some_part(cls, value: list[PartName]) -> list[PartName]:
         if not value:
             raise ValueError("at least one part must run")
+        if "adaptive" in value and "policy" not in value:
+            raise ValueError("part adaptive enforces through part policy: run both in one process")
         return list(dict.fromkeys(value))
 
 
@@ -151,6 +153,9 @@ class Settings(BaseSettings):
     )
     controller: ControllerSettings = Field(
         default_factory=ControllerSettings, description="Sidecar controller."
+    )
+    adaptive: AdaptiveSettings = Field(
+        default_factory=AdaptiveSettings, description="Adaptive limits' controller loop."
     )
 
     @classmethod
