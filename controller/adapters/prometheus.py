@@ -38,6 +38,10 @@ class PrometheusSource:
             raise SourceUnavailable(
                 f"Prometheus at {self.url} refused the query: {_short(str(error))}"
             ) from None
+        except requests.exceptions.JSONDecodeError as error:  # cut short, HTML from a proxy, ...
+            raise SourceUnavailable(
+                f"Prometheus at {self.url} returned a malformed answer (not JSON: {_short(str(error))})"
+            ) from None
         except requests.Timeout:
             raise SourceUnavailable(f"Prometheus at {self.url} did not answer in time") from None
         except requests.RequestException as error:

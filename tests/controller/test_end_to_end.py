@@ -35,7 +35,13 @@ async def _allow(*_args: Any, **_kwargs: Any) -> None:
 
 
 def _client_sidecar(
-    *, admin_port: int, als_port: int, outbound_port: int, passthrough_port: int, upstream_port: int
+    *,
+    admin_port: int,
+    als_port: int,
+    outbound_port: int,
+    passthrough_port: int,
+    upstream_port: int,
+    als_flush: str = "0.1s",
 ) -> dict[str, Any]:
     cluster = f"outbound|9080||{SERVICE}"
     node = {
@@ -55,7 +61,7 @@ def _client_sidecar(
             },
         },
     }
-    access_log = [envoy.http_grpc_access_log("remixer_als", log_name="http_envoy_accesslog", flush="0.1s")]
+    access_log = [envoy.http_grpc_access_log("remixer_als", log_name="http_envoy_accesslog", flush=als_flush)]
     outbound = envoy.http_listener(
         "outbound",
         outbound_port,

@@ -3,9 +3,15 @@ reporter fallback, unknown handling, escaping, name collisions, thousands of cal
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,10 +19,13 @@ import yaml
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine
 
 from controller.adapters.prometheus import parse_vector
+from controller.app import compose
 from controller.errors import SourceUnavailable
+from controller.reconciling import loop
 from controller.settings import ControllerSettings
 from remixer.calledges import call_edges
 from remixer.calledges import metadata as call_edges_metadata
@@ -408,3 +417,178 @@ def test_malformed_prometheus_results_are_rejected_never_misread(result: object)
         return
     assert isinstance(result, list)
     assert all(isinstance(row.value, float) for row in rows)
+
+
+class _AnsweringProxy:
+    """In front of the real Prometheus: forwards queries, or answers them the way a broken Prometheus,
+    a proxy or a truncated connection would (shapes from prometheus/prometheus web/api/v1/api.go)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.mode = "forward"
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                request = urllib.request.Request(
+                    f"{proxy.upstream}{self.path}",
+                    data=body,
+                    headers={"content-type": self.headers.get("content-type", "")},
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answer = response.read()
+                data = proxy.rewrite(answer)
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def rewrite(self, answer: bytes) -> bytes:
+        parsed = json.loads(answer)
+        result = parsed["data"]["result"]
+        if self.mode == "error-status":
+            return (
+                b'{"status":"error","errorType":"execution","error":"query processing would load too many"}'
+            )
+        if self.mode == "missing-data":
+            return b'{"status":"success"}'
+        if self.mode == "partial":
+            return answer[: len(answer) // 2]
+        if self.mode == "wrong-types":
+            for sample in result:
+                sample["value"] = [sample["value"][0], float(sample["value"][1])]
+            return json.dumps(parsed).encode()
+        if self.mode == "matrix":
+            parsed["data"] = {
+                "resultType": "matrix",
+                "result": [{"metric": s["metric"], "values": [s["value"]]} for s in result],
+            }
+            return json.dumps(parsed).encode()
+        return answer
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+BROKEN_ANSWERS = ("error-status", "missing-data", "partial", "wrong-types", "matrix")
+
+
+def test_unexpected_prometheus_answers_fail_the_run_and_write_nothing(
+    prometheus_factory: PrometheusFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    prom = prometheus_factory(
+        openmetrics=openmetrics_text([call(now, source=("shop", "web-v1"), service=("shop", "cart"))])
+    )
+    proxy = _AnsweringProxy(prom.url)
+    out = tmp_path / "out"
+    try:
+        for mode in BROKEN_ANSWERS:
+            proxy.mode = mode
+            code, stdout, stderr = run_cli(
+                [
+                    "run-once",
+                    "--prometheus-url",
+                    proxy.url,
+                    "--sink",
+                    f"dir:{out}",
+                    "--data-dir",
+                    str(tmp_path),
+                ],
+                capsys,
+            )
+            assert code == 3, (mode, stdout, stderr)
+            assert "source-failure: Prometheus at" in stdout, mode
+            assert "malformed" in stdout, mode
+            assert "Traceback" not in stdout + stderr
+            assert not out.exists(), mode
+        proxy.mode = "forward"
+        code, stdout, _ = run_cli(
+            ["run-once", "--prometheus-url", proxy.url, "--sink", f"dir:{out}", "--data-dir", str(tmp_path)],
+            capsys,
+        )
+        assert code == 0, stdout
+        assert sorted(read_dir_sidecars(out)) == ["shop/remixer-cart-v1", "shop/remixer-web-v1"]
+    finally:
+        proxy.stop()
+
+
+async def test_the_loop_counts_source_failures_retries_and_recovers(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    prom = prometheus_factory(
+        openmetrics=openmetrics_text([call(now, source=("shop", "web-v1"), service=("shop", "cart"))])
+    )
+    proxy = _AnsweringProxy(prom.url)
+    registry = CollectorRegistry()
+    out = tmp_path / "out"
+    composition = await compose(
+        _settings(proxy.url), sink_spec=f"dir:{out}", data_dir=tmp_path, registry=registry
+    )
+    stop = asyncio.Event()
+    runner = asyncio.create_task(loop(composition.reconciler, interval=0.2, stop=stop, clock=lambda: now))
+
+    def runs(outcome: str) -> float:
+        return registry.get_sample_value("remixer_controller_runs_total", {"outcome": outcome}) or 0
+
+    try:
+        for mode in BROKEN_ANSWERS:
+            proxy.mode = mode
+            seen = runs("source-failure")
+            deadline = time.monotonic() + 20
+            while runs("source-failure") < seen + 2:
+                assert not runner.done(), runner
+                assert time.monotonic() < deadline, mode
+                await asyncio.sleep(0.05)
+            assert not out.exists(), mode
+        proxy.mode = "forward"
+        deadline = time.monotonic() + 20
+        while runs("wrote") < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert sorted(read_dir_sidecars(out)) == ["shop/remixer-cart-v1", "shop/remixer-web-v1"]
+    finally:
+        stop.set()
+        await runner
+        await composition.close()
+        proxy.stop()
+
+
+def test_a_bad_query_selector_is_a_usage_error_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "remixer.yaml"
+    config.write_text(yaml.safe_dump({"controller": {"query_selector": {"source-cluster": "prod"}}}))
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "remixer"),
+            "controller",
+            "--config",
+            str(config),
+            "run-once",
+            "--sink",
+            "stdout",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "query_selector" in lines[0]
+    assert "source-cluster" in lines[0]
