@@ -607,7 +607,99 @@ CONTROLLER = Dashboard(
     ),
 )
 
-DASHBOARDS = (MESH, SERVICE, POLICY, TELEMETRY, CONTROLLER)
+# ---- adaptive limits ---------------------------------------------------------------------------------------
+
+RULE = 'rule=~"$rule"'
+
+ADAPTIVE = Dashboard(
+    uid="remixer-adaptive",
+    title="remixer / Adaptive limits",
+    description="Each adaptive limit's controller: the signal against its setpoint, the PID terms, the limit "
+    "it set within its bounds, and what each caller had admitted or shed.",
+    variables=(Variable("rule", "label_values(remixer_adaptive_limit, rule)", label="Rule"),),
+    rows=(
+        (
+            Panel(
+                "Limit within its bounds",
+                (
+                    q(f"max by (rule) (remixer_adaptive_limit{{{RULE}}})", "{{rule}} limit"),
+                    q(f"max by (rule, bound) (remixer_adaptive_bound{{{RULE}}})", "{{rule}} {{bound}}"),
+                ),
+                unit="reqps",
+            ),
+            Panel(
+                "Signal and setpoint",
+                (
+                    q(f"max by (rule, signal) (remixer_adaptive_signal{{{RULE}}})", "{{rule}} {{signal}}"),
+                    q(
+                        f"max by (rule, signal) (remixer_adaptive_setpoint{{{RULE}}})",
+                        "{{rule}} {{signal}} setpoint",
+                    ),
+                ),
+                description="Latency signals in ms, error_ratio as a fraction, concurrency in requests.",
+            ),
+        ),
+        (
+            Panel(
+                "Steering signal (reading / setpoint)",
+                (q(f"max by (rule) (remixer_adaptive_measured_ratio{{{RULE}}})", "{{rule}}"),),
+                description="1 is on target; the controller clips it to [0, 2].",
+            ),
+            Panel(
+                "PID terms",
+                (q(f"max by (rule, term) (remixer_adaptive_term{{{RULE}}})", "{{rule}} {{term}}"),),
+                description="In log-limit units: limit = max_rate x exp(P + I + D).",
+            ),
+        ),
+        (
+            Panel(
+                "Admitted and rejected by caller",
+                (
+                    q(
+                        "sum by (rule, caller, decision) "
+                        f"(rate(remixer_adaptive_requests_total{{{RULE}}}{RATE}))",
+                        "{{rule}} {{caller}} {{decision}}",
+                    ),
+                ),
+                unit="reqps",
+                description="Dry-run rules count what they would have rejected.",
+            ),
+            Panel(
+                "Each caller's part of the limit",
+                (
+                    q(
+                        f"max by (rule, caller) (remixer_adaptive_caller_limit{{{RULE}}})",
+                        "{{rule}} {{caller}}",
+                    ),
+                ),
+                unit="reqps",
+            ),
+        ),
+        (
+            Panel(
+                "Replicas computing (should be 1)",
+                (q("sum(remixer_adaptive_leader)"),),
+                kind="stat",
+                width=8,
+            ),
+            Panel(
+                "Controller mode",
+                (q(f"max by (rule, mode) (remixer_adaptive_mode{{{RULE}}}) == 1", "{{rule}} {{mode}}"),),
+                kind="stat",
+                width=8,
+                description="track: following the signal; hold: no fresh signal; decay: back to max_rate.",
+            ),
+            Panel(
+                "Dry-run rules",
+                (q(f"max by (rule) (remixer_adaptive_dry_run{{{RULE}}})", "{{rule}}"),),
+                kind="stat",
+                width=8,
+            ),
+        ),
+    ),
+)
+
+DASHBOARDS = (MESH, SERVICE, POLICY, TELEMETRY, CONTROLLER, ADAPTIVE)
 
 
 # ---- rendering to Grafana's dashboard JSON model -----------------------------------------------------------

@@ -38,6 +38,15 @@ from .schemas import crd_validators
 ENVOY_EXAMPLE = DEPLOY / "envoy/envoy-remixer.yaml"
 DASHBOARDS = sorted((DEPLOY / "grafana/dashboards").glob("*.json"))
 DEMO_POLICY = REPO / "policy/examples/demo-policy.yaml"
+ADAPTIVE_RULE = {
+    "name": "productpage",
+    "target": {"service": "127.0.0.1", "match": {"request.path": {"prefix": "/productpage"}}},
+    "signals": [{"signal": "p99_latency_ms", "setpoint": 250}, {"signal": "error_ratio", "setpoint": 0.05}],
+    "min_rate": 10,
+    "max_rate": 1000,
+    "interval": 0.5,
+    "dry_run": True,
+}
 # What Grafana would pick for $__rate_interval; wide enough to cover the whole run.
 RATE_INTERVAL = "5m"
 
@@ -154,9 +163,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
     kafka = TansuBroker(workdir)
+    # An adaptive limit in dry run over the inbound traffic (telemetry labels its destination_service
+    # with the authority, 127.0.0.1 here), so the adaptive dashboard has data and nothing is shed.
+    adaptive = workdir / "adaptive.yaml"
+    adaptive.write_text(yaml.safe_dump({"adaptive": [ADAPTIVE_RULE]}))
     config, remixer_ports = remixer_config(
         workdir,
-        policy={"policy_files": [str(DEMO_POLICY)]},
+        server={"parts": ["policy", "telemetry", "admin", "adaptive"]},
+        policy={"policy_files": [str(DEMO_POLICY), str(adaptive)]},
         shipping={"kafka": {"enabled": True, "bootstrap_servers": [kafka.bootstrap], "linger_ms": 20}},
     )
     remixer = RemixerServer(workdir, config, remixer_ports)
@@ -203,6 +217,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _wait_for(stack, 'istio_requests_total{reporter="source",response_code="503"}')
         _wait_for(stack, "istio_tcp_connections_opened_total")
         _wait_for(stack, 'remixer_shipping_records_sent_total{stream="access-logs"} > 0')
+        _wait_for(stack, 'max_over_time(remixer_adaptive_signal{signal="p99_latency_ms"}[5m]) > 0')
         # The controller loop reads the same Prometheus and exposes remixer_controller_* for scraping.
         controller = subprocess.Popen(
             [
