@@ -88,7 +88,7 @@ def test_dashboard_files_are_the_generators_output() -> None:
     on_disk = {p.name: p.read_text() for p in (GRAFANA / "dashboards").glob("*.json")}
     assert on_disk == rendered, "dashboards are stale: python -m tests.deploy.regenerate"
     titles = {json.loads(text)["title"] for text in rendered.values()}
-    assert len(titles) == 5
+    assert len(titles) == 6
 
 
 def test_dashboards_are_well_formed_grafana_models() -> None:
