@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.core.names import is_dns_subdomain
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d|w)")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # Matchers every query already has: a selector may not contradict them.
 _OWN_MATCHERS = frozenset({"reporter", "source_workload_namespace"})
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -19,7 +19,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 
 def parse_duration(text: str) -> float:
     """'5m' -> 300.0 seconds; the Prometheus duration units ms, s, m, h, d, w (one unit only)."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h or 7d")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -161,7 +161,7 @@ class ControllerSettings(BaseModel):
     @classmethod
     def _check_selector(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not _LABEL_NAME.match(name):
+            if not _LABEL_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
             if name in _OWN_MATCHERS:
                 raise ValueError(f"{name!r} is set by the controller itself")
@@ -170,7 +170,7 @@ class ControllerSettings(BaseModel):
     @field_validator("control_plane_namespace", "remixer_namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
-        if not _NAMESPACE.match(value):
+        if not _NAMESPACE.fullmatch(value):
             raise ValueError(f"{value!r} is not a namespace name (lowercase, digits and '-', <= 63)")
         return value
 

@@ -20,26 +20,26 @@ UNKNOWN = "unknown"
 UNKNOWN_SOURCE = WorkloadRef(UNKNOWN, UNKNOWN)
 EGRESS_CLUSTERS = frozenset({"PassthroughCluster", "BlackHoleCluster"})
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_WORKLOAD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_WORKLOAD_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
 def is_namespace(value: str) -> bool:
-    return bool(_DNS_LABEL.match(value))
+    return bool(_DNS_LABEL.fullmatch(value))
 
 
 def is_fqdn(value: str) -> bool:
-    return len(value) <= 253 and bool(_DNS_SUBDOMAIN.match(value))
+    return len(value) <= 253 and bool(_DNS_SUBDOMAIN.fullmatch(value))
 
 
 def is_label_value(value: str) -> bool:
-    return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
+    return len(value) <= 63 and bool(_LABEL_VALUE.fullmatch(value))
 
 
 def is_workload_name(value: str) -> bool:
-    return len(value) <= 253 and bool(_WORKLOAD_NAME.match(value))
+    return len(value) <= 253 and bool(_WORKLOAD_NAME.fullmatch(value))
 
 
 def looks_like_ip(value: str) -> bool:

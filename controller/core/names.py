@@ -15,12 +15,12 @@ DNS_SUBDOMAIN_MAX = 253
 # <name>.yaml.tmp must stay within NAME_MAX (255 bytes): 240 + 9 leaves room.
 MAX_NAME = 240
 _DIGEST = 10
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _NOT_NAME = re.compile(r"[^-a-z0-9.]+")
 
 
 def is_dns_subdomain(value: str) -> bool:
-    return len(value) <= DNS_SUBDOMAIN_MAX and bool(_SUBDOMAIN.match(value))
+    return len(value) <= DNS_SUBDOMAIN_MAX and bool(_SUBDOMAIN.fullmatch(value))
 
 
 def object_name(text: str) -> str:

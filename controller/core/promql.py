@@ -33,7 +33,7 @@ REQUEST_GROUP_BY = (
 TCP_GROUP_BY = tuple(label for label in REQUEST_GROUP_BY if label != "request_protocol")
 SERVICE_GROUP_BY = ("destination_service_namespace", "destination_service", "destination_workload")
 
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 QueryKind = Literal["requests", "errors", "tcp_sent", "tcp_received", "services"]
 
@@ -62,7 +62,7 @@ def escape_regex_alternatives(values: Iterable[str]) -> str:
 
 
 def matcher(name: str, op: Literal["=", "!=", "=~", "!~"], value: str) -> str:
-    if not _LABEL_NAME.match(name):
+    if not _LABEL_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
     return f'{name}{op}"{escape_value(value)}"'
 

@@ -16,7 +16,7 @@ from controller.structs import WorkloadInfo, WorkloadRef
 
 Labels = Mapping[str, str]
 # istio/istio pkg/kube/util.go GetDeployMetaFromPod: a Job <cronjob>-<8 to 10 digits> belongs to the CronJob.
-_CRONJOB_JOB = re.compile(r"^(.+)-\d{8,10}$")
+_CRONJOB_JOB = re.compile(r"(.+)-[0-9]{8,10}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ def pod_workload(name: str, generate_name: str, labels: Labels, controller: tupl
     template_hash = labels.get("pod-template-hash", "")
     if kind == "ReplicaSet" and template_hash and owner.endswith(template_hash):
         return owner.removesuffix(f"-{template_hash}")
-    if kind == "Job" and (match := _CRONJOB_JOB.match(owner)):
+    if kind == "Job" and (match := _CRONJOB_JOB.fullmatch(owner)):
         return match.group(1)
     return owner
 

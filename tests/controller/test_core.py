@@ -579,3 +579,18 @@ def test_short_service_names_are_completed_like_kubernetes_dns() -> None:
     assert host("10.0.0.1") is None
     assert host("PassthroughCluster") is None
     assert host("bad name") is None
+
+
+def test_names_with_a_trailing_newline_are_not_names() -> None:
+    from controller.core import edges, promql
+
+    assert edges.is_namespace("shop")
+    assert not edges.is_namespace("shop\n")
+    assert edges.is_fqdn("a.shop.svc")
+    assert not edges.is_fqdn("a.shop.svc\n")
+    assert edges.is_label_value("v1")
+    assert not edges.is_label_value("v1\n")
+    assert edges.is_workload_name("cart-v1")
+    assert not edges.is_workload_name("cart-v1\n")
+    with pytest.raises(ValueError, match="not a Prometheus label name"):
+        promql.matcher("app\n", "=", "x")

@@ -227,3 +227,13 @@ def test_aggregates_cap_series_into_overflow() -> None:
     assert agg.overflowed["http"] == 3
     assert cumulative(one.duration)[-1] == 1
     assert cumulative(one.response_bytes)[:7] == [0, 0, 0, 0, 0, 0, 0]
+
+
+def test_ids_with_a_trailing_newline_are_not_left_as_they_are() -> None:
+    """`$` accepts a trailing newline: a segment '42\\n' must not pass as a number label value, and a
+    template must not match '/orders/1\\n' as if it were '/orders/1'."""
+    paths = PathTemplates(["/orders/{id}"])
+    assert paths.template("/orders/1") == "/orders/{id}"
+    assert paths.template("/orders/1\n/x") != "/orders/{id}"
+    assert PathTemplates([]).template("/n/42") == "/n/{num}"
+    assert PathTemplates([]).template("/n/42\n") == "/n/42\n"
