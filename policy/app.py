@@ -48,7 +48,12 @@ class PolicyPart:
             sink = None
         self.service = PolicyService(
             settings=settings,
-            store=SqlPolicyStore(database_url(settings, context), schema=settings.database_schema),
+            store=SqlPolicyStore(
+                database_url(settings, context),
+                schema=settings.database_schema,
+                connect_timeout=settings.store_connect_timeout,
+                timeout=settings.store_timeout,
+            ),
             quota_backend=_quota_backend(settings),
             metrics=self.metrics,
             decisions=DecisionLog(

@@ -34,6 +34,8 @@ __all__ = ["DecisionLog", "PolicyService", "RecordFields", "record_fields"]
 log = logging.getLogger("remixer.policy")
 
 _MAX_CACHED_VALUE = 2048
+_NOTHING_DECODED = CheckInput()
+_REPEAT_STORE_ERROR = 60.0  # seconds between log lines while the store keeps failing the same way
 _MAX_WIRE_KEY = 8192
 
 
@@ -178,11 +180,15 @@ class PolicyService:
         # The limits adaptive rules' controllers set, by caller (policy/adaptive.py).
         self.adaptive = AdaptiveTable()
         self._snapshot = self._compile(documents.PolicyDocument(), revision=-1)
+        self._undecodable = self._undecodable_for(self._snapshot)
         self._cache = DecisionCache(size=settings.cache_size, ttl=settings.cache_ttl)
         self._cache_on = self._cache.enabled
         self._loaded = False
         self._last_store_ok = time.monotonic()
-        self._file_stamps: dict[Path, tuple[float, int]] = {}
+        self._file_stamps: dict[Path, _Stamp] = {}
+        self._broken_files: dict[Path, _BrokenFile] = {}
+        self._store_error: str | None = None
+        self._store_error_logged = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._odd_logged = 0.0
@@ -205,14 +211,25 @@ class PolicyService:
             default_decision=self.settings.default_decision,
             default_deny_status=self.settings.default_deny_status,
             jwt_header=self.settings.jwt_payload_header.lower(),
+            max_list_entries=self.settings.max_list_entries,
         )
 
     def validate(self, data: dict[str, list[dict[str, Any]]]) -> None:
         """The one validation both YAML files and the admin API go through (raises PolicyError)."""
         self._compile(documents.parse_document(data), revision=0)
 
+    def _undecodable_for(self, snapshot: rules.Snapshot) -> Decision:
+        answer = self.settings.undecodable_decision
+        if answer == "allow":
+            return Decision(kind="allow", status=200, rule_id="undecodable")
+        if answer == "deny":
+            status = self.settings.default_deny_status
+            return Decision(kind="deny", status=status, rule_id="undecodable", body="undecodable request\n")
+        return snapshot.default
+
     def _swap(self, snapshot: rules.Snapshot) -> None:
         self._snapshot = snapshot
+        self._undecodable = self._undecodable_for(snapshot)
         # A new cache per snapshot: nothing decided under an old policy survives the swap.
         self._cache = DecisionCache(size=self.settings.cache_size, ttl=self.settings.cache_ttl)
         self.metrics.revision.set(snapshot.revision)
@@ -230,9 +247,12 @@ class PolicyService:
                 stored = await self.store.load()
             except BackendUnavailable as exc:
                 self.metrics.reload_errors.labels(source="store").inc()
-                log.warning("policy store unavailable, serving revision %d: %s", self._snapshot.revision, exc)
+                self._store_failed(str(exc))
                 return False
             self._last_store_ok = time.monotonic()
+            if self._store_error is not None:
+                log.info("policy store answers again, %.1fs without it", self.staleness())
+                self._store_error = None
             try:
                 snapshot = self._compile(documents.parse_document(stored.data), revision=stored.revision)
             except PolicyError as exc:
@@ -248,28 +268,59 @@ class PolicyService:
             self._loaded = True
             return True
 
+    def _store_failed(self, error: str) -> None:
+        """Every failed poll counts; the log says it when the error changes, then once a minute."""
+        now = time.monotonic()
+        if error != self._store_error or now - self._store_error_logged >= _REPEAT_STORE_ERROR:
+            self._store_error, self._store_error_logged = error, now
+            log.warning("%s; serving revision %d", error, self._snapshot.revision)
+
     async def import_files(self, *, strict: bool) -> None:
-        """Sync each policy file that changed into the store (the file owns its items)."""
+        """Sync each policy file that changed into the store (the file owns its items).
+
+        A file that fails is logged and counted once per change of its content (stat stamp), not at
+        every poll, and shows in /readyz until it loads; the previous policy keeps serving."""
         for path in self.settings.policy_files:
             try:
-                stat = path.stat()
-                stamp = (stat.st_mtime, stat.st_size)
-                if self._file_stamps.get(path) == stamp:
-                    continue
-                data = yaml.safe_load(path.read_text())
-                doc = documents.parse_document(data, source=str(path))
-                plain = doc.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-                plain = {k: plain.get(k, []) for k in ("rules", "lists", "limits", "adaptive")}
+                stamp = _stamp(path)
+            except OSError as exc:
+                self._file_failed(path, None, f"cannot be read: {exc.strerror or exc}", strict=strict)
+                continue
+            if self._file_stamps.get(path) == stamp:
+                continue
+            broken = self._broken_files.get(path)
+            if broken is not None and broken.stamp == stamp:
+                continue
+            try:
+                plain = read_policy_file(path)
                 await self.store.sync_origin(
                     f"file:{path}", plain, actor=f"file:{path}", validate=self.validate
                 )
-                self._file_stamps[path] = stamp
-            except (OSError, yaml.YAMLError, PolicyError, BackendUnavailable) as exc:
-                self.metrics.reload_errors.labels(source="file").inc()
-                message = f"policy file {path} not loaded: {_one_line(exc)}"
+            except OSError as exc:
+                self._file_failed(path, stamp, f"cannot be read: {exc.strerror or exc}", strict=strict)
+                continue
+            except PolicyError as exc:
+                self._file_failed(path, stamp, str(exc), strict=strict)
+                continue
+            except BackendUnavailable as exc:
+                # The store's trouble, not the file's: tried again at the next poll, counted by reload().
                 if strict:
-                    raise PolicyError(message) from None
-                log.error("%s (keeping the previous policy)", message)
+                    raise PolicyError(f"policy file {path} not loaded: {exc}") from None
+                continue
+            self._file_stamps[path] = stamp
+            if self._broken_files.pop(path, None) is not None:
+                log.info("policy file %s loaded again", path)
+
+    def _file_failed(self, path: Path, stamp: _Stamp | None, error: str, *, strict: bool) -> None:
+        message = f"policy file {path} not loaded: {error}"
+        if strict:
+            raise PolicyError(message)
+        broken = self._broken_files.get(path)
+        if broken is not None and broken.stamp == stamp and broken.error == error:
+            return
+        self._broken_files[path] = _BrokenFile(stamp, error, time.time())
+        self.metrics.reload_errors.labels(source="file").inc()
+        log.error("%s (still serving revision %d)", message, self._snapshot.revision)
 
     async def _poll(self) -> None:
         while True:
@@ -322,10 +373,18 @@ class PolicyService:
         detail = f"revision {snap.revision}, {snap.rule_count} rules, store read {stale:.1f}s ago"
         if not self._loaded:
             return Readiness(False, "policy not loaded yet")
+        ready = True
         max_stale = self.settings.max_staleness
         if max_stale and stale > max_stale:
-            return Readiness(False, detail + f" (over max_staleness {max_stale:g}s)")
-        return Readiness(True, detail)
+            ready = False
+            detail += f" (over max_staleness {max_stale:g}s)"
+        for path, broken in sorted(self._broken_files.items()):
+            ready = ready and self.settings.ready_with_broken_file
+            detail += (
+                f"; policy file {path} broken for {time.time() - broken.since:.0f}s "
+                f"(serving revision {snap.revision}): {broken.error}"
+            )
+        return Readiness(ready, detail)
 
     # ---- Check ------------------------------------------------------------------------------
 
@@ -342,6 +401,14 @@ class PolicyService:
         metrics.hot.cache_hits += 1
         self._record_wire(data, fields, hit.decision, hit.dry_run_rules, True, started)
         return hit.decision
+
+    def check_undecodable(self, started: float) -> Decision:
+        """A request whose bytes do not decode: no attribute can be trusted, so no rule is evaluated;
+        `undecodable_decision` answers."""
+        self.count_odd("undecodable")
+        decision = self._undecodable
+        self._record(_NOTHING_DECODED, decision, (), False, started)
+        return decision
 
     def check_sync(
         self,
@@ -503,5 +570,34 @@ def _small(key: Hashable) -> bool:
     return all(v is None or len(v) <= _MAX_CACHED_VALUE for v in key)  # type: ignore[attr-defined]
 
 
-def _one_line(exc: BaseException) -> str:
-    return (str(exc) or type(exc).__name__).splitlines()[0][:500]
+# What tells a changed file apart: an edit moves mtime or size, a ConfigMap swap (symlink) the inode.
+_Stamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> _Stamp:
+    stat = path.stat()
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@dataclass(frozen=True, slots=True)
+class _BrokenFile:
+    stamp: _Stamp | None
+    error: str
+    since: float
+
+
+def read_policy_file(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """A policy file as the store holds it; PolicyError naming file:line:column for bad YAML and
+    listing every invalid field."""
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        context = getattr(exc, "context", None)
+        raise PolicyError(f"{where}: {problem}" + (f" ({context})" if context else "")) from None
+    doc = documents.parse_document(data, source=str(path))
+    plain = doc.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return {k: plain.get(k, []) for k in ("rules", "lists", "limits", "adaptive")}

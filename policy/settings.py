@@ -22,10 +22,26 @@ class PolicySettings(BaseModel):
         None,
         description="PostgreSQL schema for the policy tables (created when missing). Unset: the default.",
     )
+    store_connect_timeout: float = Field(
+        2.0, gt=0, le=60, description="Seconds to open a connection to the policy store before giving up."
+    )
+    store_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds a policy store statement may take (PostgreSQL command timeout, SQLite lock "
+        "wait). A store that does not answer within the two timeouts makes admin writes answer 503 naming "
+        "it and counts a reload error; Checks never wait on the store.",
+    )
     policy_files: list[Path] = Field(
         default_factory=list,
         description="YAML policy files (GitOps): imported into the store at start and whenever they change. "
         "Rules, lists and limits from a file are owned by that file.",
+    )
+    ready_with_broken_file: bool = Field(
+        True,
+        description="Stay ready while a policy file fails to load (the last good policy keeps serving; "
+        "/readyz names the file, its error and the revision served). false: not-ready until it is fixed.",
     )
     reload_interval: float = Field(
         1.0,
@@ -37,6 +53,17 @@ class PolicySettings(BaseModel):
         "allow", description="Decision when no deny, rate-limit or allow rule decides a request."
     )
     default_deny_status: int = Field(403, ge=200, le=599, description="HTTP status of the default deny.")
+    undecodable_decision: Literal["default", "allow", "deny"] = Field(
+        "default",
+        description="Answer to a gRPC CheckRequest whose bytes do not decode (no attribute can be trusted): "
+        "default (the default_decision), allow, or deny (with default_deny_status). Counted in "
+        'remixer_policy_odd_inputs_total{kind="undecodable"}.',
+    )
+    max_list_entries: int = Field(
+        100_000,
+        ge=1,
+        description="Most entries one list may hold (policy files and admin API alike); more is refused.",
+    )
     quota_backend: Literal["memory", "redis"] = Field(
         "memory", description="Where quota counters live: memory (per process) or redis (shared by replicas)."
     )

@@ -293,6 +293,7 @@ async def _start(
                 | {"server": Readiness(not running.draining, "draining" if running.draining else "")}
             ),
             alive=lambda: not running.draining,
+            max_body_bytes=server.admin_max_body_bytes,
         )
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5

@@ -87,6 +87,12 @@ class ServerSettings(BaseModel):
         description="Bearer token required by admin API writes. When unset, a random one is generated into "
         "DATA_DIR/admin-token (mode 0600).",
     )
+    admin_max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest admin API request body; a larger one is refused with 413 without being read "
+        "(or as soon as a streamed body passes it).",
+    )
     grpc_tls: GrpcTlsSettings = Field(
         default_factory=GrpcTlsSettings, description="TLS / mTLS for the gRPC port."
     )

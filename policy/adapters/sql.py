@@ -6,13 +6,16 @@ validates the whole would-be policy and only then writes: a refused change leave
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -73,16 +76,45 @@ def async_url(url: str) -> str:
 
 
 class SqlPolicyStore:
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    """Every call is bounded (`connect_timeout` to open a connection, `timeout` for the statements) and
+    every failure of the store leaves as BackendUnavailable naming the store, never as a driver error."""
+
+    def __init__(
+        self, url: str, *, schema: str | None = None, connect_timeout: float = 2.0, timeout: float = 5.0
+    ) -> None:
         self.url = async_url(url)
         self.schema = schema
-        connect_args: dict[str, Any] = {}
-        if schema and self.url.startswith("postgresql"):
-            connect_args["server_settings"] = {"search_path": schema}
-        self._engine: AsyncEngine = create_async_engine(
-            self.url, connect_args=connect_args, pool_pre_ping=True
-        )
         self._postgres = self.url.startswith("postgresql")
+        connect_args: dict[str, Any] = {}
+        if self._postgres:
+            # asyncpg: `timeout` covers opening a connection (TCP and startup), `command_timeout`
+            # each statement, so a store that accepts and never answers fails in seconds, not minutes.
+            connect_args = {"timeout": connect_timeout, "command_timeout": timeout}
+            if schema:
+                connect_args["server_settings"] = {"search_path": schema}
+        elif self.url.startswith("sqlite"):
+            connect_args = {"timeout": timeout}  # how long to wait for another writer's lock
+        self._engine: AsyncEngine = create_async_engine(
+            self.url, connect_args=connect_args, pool_pre_ping=True, pool_timeout=timeout
+        )
+        # A backstop over a whole call, whatever the driver does: a connection, then the statements.
+        self._deadline = connect_timeout + timeout
+        self.name = make_url(self.url).render_as_string(hide_password=True) + (
+            f" (schema {schema})" if schema else ""
+        )
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """Translate every way the store can fail into BackendUnavailable naming the store."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                yield
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"policy store {self.name} did not answer within {self._deadline:g}s"
+            ) from None
+        except (SQLAlchemyError, OSError) as exc:
+            raise BackendUnavailable(f"policy store {self.name} unavailable: {_brief(exc)}") from exc
 
     @property
     def engine(self) -> AsyncEngine:
@@ -93,16 +125,13 @@ class SqlPolicyStore:
 
     async def migrate(self) -> None:
         """Alembic upgrade to head (version table alembic_version_policy)."""
-        try:
-            async with self._engine.begin() as conn:
-                if self._postgres:
-                    # Replicas starting together must not race each other's migrations.
-                    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7312024)"))
-                    if self.schema:
-                        await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-                await conn.run_sync(self._upgrade)
-        except SQLAlchemyError as exc:
-            raise BackendUnavailable(f"policy store migration failed: {_brief(exc)}") from exc
+        async with self._call(), self._engine.begin() as conn:
+            if self._postgres:
+                # Replicas starting together must not race each other's migrations.
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7312024)"))
+                if self.schema:
+                    await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+            await conn.run_sync(self._upgrade)
 
     def _upgrade(self, sync_conn: sa.Connection) -> None:
         alembic_upgrade(sync_conn, MIGRATIONS, schema=self.schema)
@@ -110,23 +139,17 @@ class SqlPolicyStore:
     # ---- reads -------------------------------------------------------------------------------
 
     async def revision(self) -> int:
-        try:
-            async with self._engine.connect() as conn:
-                return await _current_revision(conn)
-        except (SQLAlchemyError, OSError) as exc:
-            raise BackendUnavailable(f"policy store unreachable: {_brief(exc)}") from exc
+        async with self._call(), self._engine.connect() as conn:
+            return await _current_revision(conn)
 
     async def load(self) -> StoredPolicy:
-        try:
-            async with self._engine.connect() as conn:
-                rev = await _current_revision(conn)
-                data = await _read_all(conn)
-                return StoredPolicy(revision=rev, data=data)
-        except (SQLAlchemyError, OSError) as exc:
-            raise BackendUnavailable(f"policy store unreachable: {_brief(exc)}") from exc
+        async with self._call(), self._engine.connect() as conn:
+            rev = await _current_revision(conn)
+            data = await _read_all(conn)
+            return StoredPolicy(revision=rev, data=data)
 
     async def audit(self, *, limit: int) -> Sequence[AuditEntry]:
-        async with self._engine.connect() as conn:
+        async with self._call(), self._engine.connect() as conn:
             rows = await conn.execute(sa.select(audit).order_by(audit.c.id.desc()).limit(limit))
             return [
                 AuditEntry(
@@ -147,7 +170,7 @@ class SqlPolicyStore:
     async def put(
         self, kind: ItemKind, name: str, body: dict[str, Any], *, actor: str, origin: str, validate: Validator
     ) -> int:
-        async with self._engine.begin() as conn:
+        async with self._call(), self._engine.begin() as conn:
             rev = await _bump(conn)
             await _refuse_file_owned(conn, kind, name, origin)
             data = await _read_all(conn)
@@ -187,7 +210,7 @@ class SqlPolicyStore:
             return rev
 
     async def delete(self, kind: ItemKind, name: str, *, actor: str, validate: Validator) -> int | None:
-        async with self._engine.begin() as conn:
+        async with self._call(), self._engine.begin() as conn:
             exists = (
                 await conn.execute(sa.select(items.c.name).where(items.c.kind == kind, items.c.name == name))
             ).first()
@@ -207,7 +230,7 @@ class SqlPolicyStore:
         self, origin: str, data: dict[str, list[dict[str, Any]]], *, actor: str, validate: Validator
     ) -> int:
         """Make the items owned by `origin` (a policy file) exactly `data`; no-op when nothing changed."""
-        async with self._engine.begin() as conn:
+        async with self._call(), self._engine.begin() as conn:
             rows = (await conn.execute(sa.select(items).order_by(items.c.position))).all()
             mine = {(r.kind, r.name): r for r in rows if r.origin == origin}
             others = {(r.kind, r.name) for r in rows if r.origin != origin}
@@ -290,7 +313,11 @@ async def _read_all(
     for row in await conn.execute(query):
         if exclude_origin is not None and row.origin == exclude_origin:
             continue
-        data[_SECTIONS[row.kind]].append(json.loads(row.body))
+        body = json.loads(row.body)
+        if row.kind == "rule":
+            # Rows written while `match` was optional left out an empty one: it meant every request.
+            body.setdefault("match", {})
+        data[_SECTIONS[row.kind]].append(body)
     return data
 
 

@@ -10,6 +10,7 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from policy.core.adaptive import AdaptiveDoc
 from policy.structs import PolicyError
@@ -57,8 +58,10 @@ ATTRIBUTE_MAPS = (
     "request.jwt.",
     "context.",
 )
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+# fullmatch everywhere: `$` would also accept a trailing newline, which names carry into headers,
+# metric labels and files.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -147,7 +150,7 @@ class AllowAction(BaseModel):
 def _valid_headers(value: dict[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, header_value in value.items():
-        if not _HEADER_NAME.match(name):
+        if not _HEADER_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid header name")
         if "\r" in header_value or "\n" in header_value:
             raise ValueError(f"header {name!r} value contains a line break")
@@ -163,8 +166,9 @@ class RuleDoc(BaseModel):
     description: str = ""
     priority: int = Field(0, description="lower runs first within its stage; ties keep file order")
     dry_run: bool = Field(False, description="evaluate, log and count, never enforce")
+    # Required: a rule whose `match` was forgotten must not silently apply to every request.
     match: dict[str, Any] = Field(
-        default_factory=dict, description="attribute: matcher pairs (all must match), plus all/any/not"
+        description="attribute: matcher pairs (all must match), plus all/any/not; `{}` matches every request"
     )
     deny: DenyAction | None = None
     allow: AllowAction | None = None
@@ -173,7 +177,7 @@ class RuleDoc(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError("ids are 1-128 characters of letters, digits, '_', '.', ':' and '-'")
         return value
 
@@ -201,7 +205,7 @@ class ListDoc(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError("names are 1-128 characters of letters, digits, '_', '.', ':' and '-'")
         return value
 
@@ -224,7 +228,7 @@ class LimitDoc(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError("names are 1-128 characters of letters, digits, '_', '.', ':' and '-'")
         return value
 
@@ -247,22 +251,29 @@ _ITEM_WORDS = {"rules": "rule", "lists": "list", "limits": "limit", "adaptive": 
 
 
 def describe(exc: ValidationError, data: Any) -> str:
-    """'rule "deny-admin" field match.path: ...' from pydantic's first error."""
-    first = exc.errors()[0]
-    loc = list(first["loc"])
+    """Every error pydantic found, on one line: "rule 'deny-admin': field match.path: ...; rule ..."."""
+    return "; ".join(_describe_one(error, data) for error in exc.errors())
+
+
+def _describe_one(error: ErrorDetails, data: Any) -> str:
+    loc = list(error["loc"])
     where = ""
     if len(loc) >= 2 and loc[0] in _ITEM_WORDS and isinstance(loc[1], int):
         section, index = str(loc[0]), loc[1]
-        item = data.get(section, [])[index] if isinstance(data, dict) else None
+        items = data.get(section, []) if isinstance(data, dict) else []
+        item = items[index] if isinstance(items, list) and index < len(items) else None
         key = "id" if section == "rules" else "name"
         label = item.get(key) if isinstance(item, dict) else None
         word = _ITEM_WORDS[section]
-        where = f"{word} {label!r}" if label else f"{word} #{index + 1}"
+        where = f"{word} {label!r}" if isinstance(label, str) and label else f"{word} #{index + 1}"
         loc = loc[2:]
     field_path = ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "(item)"
-    message = first["msg"].removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
-    return f"{where + ': ' if where else ''}field {field_path}: {message}{more}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing" and field_path == "match":
+        message += " (write `match: {}` for a rule that applies to every request)"
+    elif error["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{where + ': ' if where else ''}field {field_path}: {message}"
 
 
 def parse_document(data: Any, *, source: str = "policy") -> PolicyDocument:

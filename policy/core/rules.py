@@ -353,6 +353,7 @@ def compile_snapshot(
     default_decision: str = "allow",
     default_deny_status: int = 403,
     jwt_header: str = "x-jwt-payload",
+    max_list_entries: int = 100_000,
 ) -> Snapshot:
     _unique((x.name for x in document.adaptive), "adaptive limit")
     source, document = document, adaptive.expand(document)
@@ -360,12 +361,18 @@ def compile_snapshot(
     _unique((x.name for x in document.lists), "list")
     _unique((x.name for x in document.limits), "limit")
     lists = {x.name: x for x in document.lists}
+    errors: list[str] = []  # every item's first error, so that one edit can fix them all
     for listed in document.lists:
-        if listed.kind in ("ip", "cidr"):
+        if len(listed.entries) > max_list_entries:
+            errors.append(
+                f"list {listed.name!r}: field entries: {len(listed.entries)} entries, over the "
+                f"{max_list_entries} allowed (policy.max_list_entries)"
+            )
+        elif listed.kind in ("ip", "cidr"):
             try:
                 _network_test(listed.entries)
             except ValueError as exc:
-                raise PolicyError(f"list {listed.name!r}: field entries: {exc}") from None
+                errors.append(f"list {listed.name!r}: field entries: {exc}")
     limits = {x.name: _compile_limit(x, jwt_header) for x in document.limits}
     used: set[str] = set()
     staged: dict[str, list[tuple[CompiledRule, indexing.IndexKey | None]]] = {
@@ -380,11 +387,13 @@ def compile_snapshot(
                 rule.match, path="match", lists=lists, jwt_header=jwt_header, used=used
             )
         except PolicyError as exc:
-            raise PolicyError(f"rule {rule.id!r}: {exc}") from None
+            errors.append(f"rule {rule.id!r}: {exc}")
+            continue
         limit = None
         if rule.action == "rate_limit":
             if rule.limit not in limits:
-                raise PolicyError(f"rule {rule.id!r}: field limit: limit {rule.limit!r} does not exist")
+                errors.append(f"rule {rule.id!r}: field limit: limit {rule.limit!r} does not exist")
+                continue
             limit = limits[rule.limit]
         compiled = CompiledRule(
             rule_id=rule.id,
@@ -397,6 +406,8 @@ def compile_snapshot(
             plan=plan,
         )
         staged[rule.action].append((compiled, indexing.index_key(rule.match, lists)))
+    if errors:
+        raise PolicyError("; ".join(errors))
     default = (
         Decision(kind="allow", status=200, rule_id="default")
         if default_decision == "allow"

@@ -6,10 +6,11 @@ the store transaction) and are refused with 422 naming the rule and the field.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from policy.adapters.base import BackendUnavailable, ItemKind
@@ -98,6 +99,30 @@ def _actor(request: Request) -> str:
     return f"api:{who}@{host}" if who else f"api@{host}"
 
 
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, whatever its content-type says (`curl -d` sends
+    form-urlencoded). Read here rather than by FastAPI so that the document's own validation speaks:
+    one line per error naming the field, and the item's name taken from the URL."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise HTTPException(status_code=422, detail=f"the body is not JSON{where}: {_reason(exc)}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(status_code=422, detail="the body must be a JSON object")
+    return body
+
+
+def _reason(exc: ValueError) -> str:
+    return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+
+
 def build_router(service: PolicyService, *, require_writer: Callable[..., Awaitable[None]]) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["policy"])
     store = service.store
@@ -115,29 +140,41 @@ def build_router(service: PolicyService, *, require_writer: Callable[..., Awaita
         await service.reload()
         return revision
 
-    def _items(section: str) -> list[dict[str, Any]]:
-        _, key, _ = _SECTIONS[section]
-        doc = service.snapshot.document.model_dump(mode="json", by_alias=True)
-        return list(doc[key])
+    def _items(section: str) -> list[BaseModel]:
+        _, attribute, _ = _SECTIONS[section]
+        return list(getattr(service.snapshot.document, attribute))
 
     def _crud(section: str, model: type[BaseModel]) -> None:
         kind, _, key = _SECTIONS[section]
 
-        @router.get(f"/{section}", summary=f"List {section} (as enforced by this replica)")
-        async def list_items() -> list[dict[str, Any]]:
+        # The documents' own models type the responses, which puts their schemas in the OpenAPI
+        # components; the PUT body refers to the same schema (see `_json_body` for why it is read by hand).
+        @router.get(
+            f"/{section}",
+            response_model=list[model],  # type: ignore[valid-type]
+            summary=f"List {section} (as enforced by this replica)",
+        )
+        async def list_items() -> list[BaseModel]:
             return _items(section)
 
-        @router.get(f"/{section}/{{name}}", summary=f"Get one of the {section}")
-        async def get_item(name: str) -> dict[str, Any]:
+        @router.get(f"/{section}/{{name}}", response_model=model, summary=f"Get one of the {section}")
+        async def get_item(name: str) -> BaseModel:
             for item in _items(section):
-                if item.get(key) == name:
+                if getattr(item, key) == name:
                     return item
             raise HTTPException(status_code=404, detail=f"{kind} {name!r} not found")
 
         @router.put(
-            f"/{section}/{{name}}", dependencies=writer, summary=f"Create or replace one of the {section}"
+            f"/{section}/{{name}}",
+            dependencies=writer,
+            summary=f"Create or replace one of the {section}",
+            description=f"The body is a {model.__name__} as in a policy file's `{section}:`; its `{key}` "
+            "may be left out (the URL names it).",
+            openapi_extra=_body_schema(model),
+            responses={413: {"description": "body over server.admin_max_body_bytes"}},
         )
-        async def put_item(name: str, body: dict[str, Any], request: Request) -> WriteResult:
+        async def put_item(name: str, request: Request) -> WriteResult:
+            body = await _json_body(request)
             body = {**body, key: body.get(key, name)}
             if body[key] != name:
                 raise HTTPException(
@@ -224,8 +261,9 @@ def build_router(service: PolicyService, *, require_writer: Callable[..., Awaita
         )
 
     @router.get("/policy/audit", summary="Who changed what, newest first")
-    async def audit(limit: int = 100) -> list[AuditOut]:
-        limit = max(1, min(limit, 1000))
+    async def audit(
+        limit: Annotated[int, Query(ge=1, le=1000, description="how many entries (1-1000)")] = 100,
+    ) -> list[AuditOut]:
         try:
             entries = await store.audit(limit=limit)
         except BackendUnavailable as exc:

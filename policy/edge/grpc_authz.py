@@ -184,9 +184,8 @@ class AuthorizationHandler:
                 return self.wire(hit)
         req = decode_input(data)
         if req is None:
-            service.count_odd("undecodable")
-            req = CheckInput()
-        elif not req.method:
+            return self.wire(service.check_undecodable(started))
+        if not req.method:
             service.count_odd("no_http_attributes")
         elif len(req.path) > _MAX_PATH:
             service.count_odd("long_path")

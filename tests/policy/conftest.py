@@ -16,12 +16,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 import yaml
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from policy.app import PolicyPart
 from policy.settings import PolicySettings
-from remixer.admin import token_guard
+from remixer.admin import build_admin_app, token_guard
 from remixer.parts import PartContext, Record
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -95,7 +94,11 @@ async def policy_factory(tmp_path: Path) -> AsyncIterator[PolicyFactory]:
     running: list[RunningPolicy] = []
 
     async def start(
-        *, policy: dict[str, Any] | str | None = None, records: Any = None, **overrides: Any
+        *,
+        policy: dict[str, Any] | str | None = None,
+        records: Any = None,
+        max_body_bytes: int = 4 << 20,
+        **overrides: Any,
     ) -> RunningPolicy:
         files = [write_policy(tmp_path, policy)] if policy is not None else []
         settings = PolicySettings(
@@ -119,9 +122,13 @@ async def policy_factory(tmp_path: Path) -> AsyncIterator[PolicyFactory]:
         except BaseException:
             await server.stop(0)
             raise
-        app = FastAPI()
-        for router in part.admin_routers():
-            app.include_router(router)
+        app = build_admin_app(
+            registry=registry,
+            routers=part.admin_routers(),
+            readiness=lambda: {"policy": part.readiness()},
+            alive=lambda: True,
+            max_body_bytes=max_body_bytes,
+        )
         admin = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin")
         run = RunningPolicy(
             part=part, grpc_port=port, registry=registry, sinks=sinks, admin=admin, server=server

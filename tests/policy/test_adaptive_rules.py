@@ -92,7 +92,7 @@ def test_an_adaptive_name_clashing_with_a_rule_is_refused() -> None:
         {
             "adaptive": [CHECKOUT],
             "limits": [{"name": "l", "requests": 1, "unit": "second"}],
-            "rules": [{"id": "adaptive:checkout", "action": "rate_limit", "limit": "l"}],
+            "rules": [{"id": "adaptive:checkout", "action": "rate_limit", "limit": "l", "match": {}}],
         }
     )
     with pytest.raises(PolicyError, match="rule 'adaptive:checkout': defined twice"):

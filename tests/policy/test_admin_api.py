@@ -103,7 +103,7 @@ async def test_invalid_writes_are_refused_with_422_and_change_nothing(
 
 async def test_items_from_policy_files_are_changed_in_the_file_not_the_api(running: RunningPolicy) -> None:
     for response in (
-        await running.admin.put("/v1/rules/file-deny", json={"action": "allow"}, headers=AUTH),
+        await running.admin.put("/v1/rules/file-deny", json={"action": "allow", "match": {}}, headers=AUTH),
         await running.admin.delete("/v1/rules/file-deny", headers=AUTH),
     ):
         assert response.status_code == 409

@@ -221,17 +221,22 @@ def test_explain_traces_every_rule_considered() -> None:
             "list 'nope' does not exist",
         ),
         (
-            {"rules": [{"id": "r", "action": "rate_limit", "limit": "nope"}]},
+            {"rules": [{"id": "r", "action": "rate_limit", "limit": "nope", "match": {}}]},
             "rule 'r': field limit: limit 'nope' does not exist",
         ),
-        ({"rules": [{"id": "r", "action": "rate_limit"}]}, "needs 'limit'"),
+        ({"rules": [{"id": "r", "action": "rate_limit", "match": {}}]}, "needs 'limit'"),
         ({"rules": [{"id": "r", "action": "deny", "deny": {"status": 99}}]}, "rule 'r': field deny.status"),
         (
             {"rules": [{"id": "r", "action": "allow", "allow": {"headers": {"bad header": "x"}}}]},
             "not a valid header name",
         ),
         (
-            {"rules": [{"id": "r", "action": "deny"}, {"id": "r", "action": "allow"}]},
+            {
+                "rules": [
+                    {"id": "r", "action": "deny", "match": {}},
+                    {"id": "r", "action": "allow", "match": {}},
+                ]
+            },
             "rule 'r': defined twice",
         ),
         ({"rules": [{"id": "r", "action": "deny", "extra": 1}]}, "rule 'r': field extra"),
@@ -322,3 +327,26 @@ def test_regex_matchers_answer_as_re2s_own_fullmatch(case: tuple[str, bool], tex
     # The text as it came, and inside a value shaped to match the first pattern.
     for value in (text, f"/catalog/v12/export/{text}.csv", f"äpfel-{text}"):
         assert ours(value) == (reference.fullmatch(value) is not None), value
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"rules": [{"id": "r\n", "action": "deny", "match": {}}]}, "rule 'r\\n': field id: ids are"),
+        (
+            {"rules": [{"id": "r", "action": "deny", "match": {}, "deny": {"headers": {"x-evil\n": "1"}}}]},
+            "'x-evil\\n' is not a valid header name",
+        ),
+        (
+            {"rules": [{"id": "r", "action": "allow", "match": {}, "allow": {"remove_headers": ["x-a\n"]}}]},
+            "'x-a\\n' is not a valid header name",
+        ),
+        ({"lists": [{"name": "l\n"}]}, "field name: names are"),
+        ({"limits": [{"name": "l\n", "requests": 1, "unit": "second"}]}, "field name: names are"),
+    ],
+)
+def test_names_with_a_trailing_newline_are_refused(data: dict[str, Any], message: str) -> None:
+    """Names reach response headers, metric labels and files: `$` would let a trailing newline through."""
+    with pytest.raises(PolicyError) as caught:
+        compile_doc(data)
+    assert message in str(caught.value)

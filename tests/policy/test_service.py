@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import orjson
 import pytest
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf.message import DecodeError
 
 from policy.edge import grpc_authz
 from policy.structs import CheckInput, PolicyError
@@ -72,7 +74,7 @@ async def test_cache_never_serves_across_a_policy_change(policy_factory: PolicyF
 async def test_shadow_limits_count_but_admit(policy_factory: PolicyFactory) -> None:
     doc = {
         "limits": [{"name": "s", "requests": 1, "unit": "hour", "shadow": True, "algorithm": "token_bucket"}],
-        "rules": [{"id": "lim", "action": "rate_limit", "limit": "s"}],
+        "rules": [{"id": "lim", "action": "rate_limit", "limit": "s", "match": {}}],
     }
     run = await policy_factory(policy=doc)
     kinds = [(await run.part.service.check(CheckInput(path="/"))).kind for _ in range(3)]
@@ -139,7 +141,10 @@ async def test_policy_file_changes_apply_and_bad_edits_are_refused(
     path = write_policy(tmp_path, LIMITED)
     run = await policy_factory(policy_files=[path])
     service = run.part.service
-    changed = {**LIMITED, "rules": [{"id": "deny-all", "action": "deny", "deny": {"status": 503}}]}
+    changed = {
+        **LIMITED,
+        "rules": [{"id": "deny-all", "action": "deny", "match": {}, "deny": {"status": 503}}],
+    }
     path.write_text(yaml.safe_dump(changed))
     await eventually(lambda: service.snapshot.rule_count == 1, what="file change applied")
     assert (await service.check(CheckInput(path="/x"))).status == 503
@@ -221,3 +226,98 @@ async def test_grpc_cache_hits_log_their_own_request(
         assert response.status_code == 200
         await eventually(lambda: run.part.service.snapshot.rule_count == 4, what="the new snapshot")
         assert await rule_of(request("rid-5", "/open")) == "close"
+
+
+@pytest.mark.parametrize(
+    ("setting", "kind", "status", "rule"),
+    [
+        ("default", "deny", 451, "default"),
+        ("allow", "allow", 0, "undecodable"),
+        ("deny", "deny", 451, "undecodable"),
+    ],
+)
+async def test_undecodable_requests_are_answered_by_the_setting(
+    policy_factory: PolicyFactory, setting: str, kind: str, status: int, rule: str
+) -> None:
+    """Bytes that are no CheckRequest (a string field that is not UTF-8) are decided by
+    undecodable_decision, not by rules reading attributes that cannot be trusted."""
+    run = await policy_factory(
+        policy={"rules": [{"id": "open", "action": "allow", "match": {"request.path": {"present": False}}}]},
+        undecodable_decision=setting,
+        default_decision="deny",
+        default_deny_status=451,
+    )
+    msg = external_auth_pb2.CheckRequest()
+    msg.attributes.request.http.path = "/\u00e9"
+    data = bytes(msg.SerializeToString()).replace("/\u00e9".encode(), b"/\xff\xfe")
+    with pytest.raises(DecodeError, match="bad UTF-8"):
+        external_auth_pb2.CheckRequest.FromString(data)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{run.grpc_port}") as channel:
+        check = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
+        for _ in range(2):
+            answer = external_auth_pb2.CheckResponse.FromString(await check(data))
+            assert str(answer.dynamic_metadata["rule"]) == rule
+            if kind == "allow":
+                assert answer.status.code == 0
+            else:
+                assert answer.status.code == 7
+                assert answer.denied_response.status.code == status
+    assert run.metric("remixer_policy_odd_inputs_total", kind="undecodable") == 2
+    assert run.metric("remixer_policy_checks_total", decision=kind, rule=rule) == 2
+
+
+async def test_a_broken_policy_file_is_reported_once_per_change_and_in_readyz(
+    policy_factory: PolicyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_policy(tmp_path, LIMITED)
+    run = await policy_factory(policy_files=[path], reload_interval=0.05)
+    service = run.part.service
+    revision = service.snapshot.revision
+    caplog.set_level(logging.ERROR, logger="remixer.policy")
+
+    def errors() -> float:
+        return run.metric("remixer_policy_reload_errors_total", source="file")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage()]
+
+    path.write_text("rules:\n  - id: a\n    action: deny\n    match: {}\n  - id: b: c\n")
+    await eventually(lambda: errors() == 1, what="the YAML error counted")
+    for _ in range(10):  # ten more polls of the same broken file: nothing more said or counted
+        await asyncio.sleep(0.05)
+    assert errors() == 1
+    assert len(said()) == 1
+    assert f"{path}:5:10: mapping values are not allowed here" in said()[0]
+    readiness = run.part.readiness()
+    assert readiness.ready
+    assert f"policy file {path} broken" in readiness.detail
+    assert f"(serving revision {revision})" in readiness.detail
+    assert f"{path}:5:10: mapping values are not allowed here" in readiness.detail
+
+    # Another broken edit is a new change: said and counted once more, with every invalid field.
+    path.write_text(
+        yaml.safe_dump({"rules": [{"id": "a", "action": "nope", "match": {}}, {"id": "b", "action": "deny"}]})
+    )
+    await eventually(lambda: errors() == 2, what="the second broken edit counted")
+    assert "rule 'a': field action:" in said()[1]
+    assert "rule 'b': field match: Field required" in said()[1]
+    for _ in range(10):
+        await asyncio.sleep(0.05)
+    assert errors() == 2
+
+    path.write_text(yaml.safe_dump(LIMITED))
+    await eventually(lambda: "broken" not in run.part.readiness().detail, what="the file loads again")
+    assert errors() == 2
+
+
+async def test_a_broken_policy_file_can_make_the_replica_not_ready(
+    policy_factory: PolicyFactory, tmp_path: Path
+) -> None:
+    path = write_policy(tmp_path, LIMITED)
+    run = await policy_factory(policy_files=[path], ready_with_broken_file=False)
+    assert run.part.readiness().ready
+    path.write_text("rules:\n  - id: a\n\t  action: deny\n")
+    await eventually(lambda: not run.part.readiness().ready, what="not ready")
+    assert f"{path}:3:1: found character '\\t' that cannot start any token" in run.part.readiness().detail
+    path.write_text(yaml.safe_dump(LIMITED))
+    await eventually(lambda: run.part.readiness().ready, what="ready again")
