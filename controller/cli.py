@@ -83,7 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_run_options(run_once)
     loop = commands.add_parser(
-        "loop", help="Run forever, every --interval, with the same logic; exposes metrics."
+        "loop",
+        help="Run forever, every --interval, with the same logic, and at once when the call-edge table shows "
+        "a call to a host outside its caller's scope; exposes metrics.",
     )
     _add_run_options(loop)
     loop.add_argument("--interval", help="Time between runs, e.g. 5m (default: settings interval).")

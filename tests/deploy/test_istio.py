@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.core import scopes
+from controller.settings import ControllerSettings
+
 from .paths import DEPLOY, kustomize_build
 from .schemas import crd_validators
 
@@ -93,9 +96,11 @@ def test_root_default_sidecar_is_selectorless_and_keeps_remixer_reachable(
     assert "workloadSelector" not in sidecar["spec"]
     hosts = sidecar["spec"]["egress"][0]["hosts"]
     assert {"./*", "istio-system/*", "remixer/*"} <= set(hosts)
-    # The controller's generated Sidecars must keep remixer in scope too (pinned hosts in the ConfigMap).
+    # The controller's generated Sidecars keep remixer and the control plane in scope too, with the
+    # ConfigMap's settings (remixer's namespace is the controller's default remixer_namespace).
     config = yaml.safe_load((DEPLOY / "kubernetes/base/remixer.yaml").read_text())
-    assert "remixer/*" in config["controller"]["pinned_hosts"]
+    settings = ControllerSettings.model_validate(config.get("controller") or {})
+    assert {"istio-system/*", "remixer/*"} <= scopes.required_hosts(settings)
 
 
 def mesh_providers() -> dict[str, tuple[str, dict[str, Any]]]:
