@@ -46,7 +46,7 @@ _PATH = re.compile(
     r"(?:/namespaces/(?P<namespace>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
 )
 # k8s.io/apimachinery pkg/util/validation: IsDNS1123Subdomain.
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _SUBDOMAIN_MESSAGE = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and "
     "must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
@@ -375,7 +375,7 @@ class FakeKube:
 
     def _validate(self, key: tuple[str, str], name: str, obj: Obj) -> None:
         kind = f"{KINDS[key]}.{key[0].split('/')[0]}" if "/" in key[0] else KINDS[key]
-        if len(name) > 253 or not _SUBDOMAIN.match(name):
+        if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
             detail = "must be no more than 253 characters" if len(name) > 253 else _SUBDOMAIN_MESSAGE
             raise ApiFailure(
                 422,

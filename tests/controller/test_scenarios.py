@@ -592,3 +592,60 @@ def test_a_bad_query_selector_is_a_usage_error_in_one_line(tmp_path: Path) -> No
     assert len(lines) == 1, done.stderr
     assert "query_selector" in lines[0]
     assert "source-cluster" in lines[0]
+
+
+async def test_one_workload_losing_most_of_its_hosts_is_refused_by_name_in_a_large_mesh(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    earlier = now - 2 * DAY
+    series = [call(earlier, source=("shop", "hub-v1"), service=("shop", f"dep{i}")) for i in range(7)]
+    series += [call(now, source=("shop", "hub-v1"), service=("shop", f"dep{i}")) for i in range(2)]
+    # A large rest of the mesh, unchanged: 4 removed hosts are a tiny share of all scoped hosts.
+    for when in (earlier, now):
+        series += [call(when, source=("big", f"w{i}-v1"), service=("big", f"s{i}")) for i in range(40)]
+    prom = prometheus_factory(openmetrics=openmetrics_text(series))
+    out = tmp_path / "out"
+    assert (
+        await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=earlier)
+    ).outcome == "wrote"
+    before = {p: p.read_text() for p in out.glob("*/*.yaml")}
+    # With a 1-day TTL hub-v1 loses dep2..dep6 (5 of its 9 hosts with the pinned two; mesh-wide about 7%).
+    refused = await run_at(_settings(prom.url, ttl="1d"), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert refused.outcome == "refused", refused.message
+    assert "shop/hub-v1 (5 of 9)" in refused.message
+    assert "scoped hosts (" not in refused.message  # the mesh-wide guard alone would have let it pass
+    assert before == {p: p.read_text() for p in out.glob("*/*.yaml")}
+    allowed = await run_at(
+        _settings(prom.url, ttl="1d", max_removed_percent_per_workload=60),
+        sink=f"dir:{out}",
+        data_dir=tmp_path,
+        now=now,
+    )
+    assert allowed.outcome == "wrote", allowed.message
+    assert len(hosts(read_dir_sidecars(out)["shop/remixer-hub-v1"])) == 4
+
+
+async def test_a_file_the_os_refuses_is_reported_and_the_others_are_written(
+    prometheus_factory: PrometheusFactory, tmp_path: Path
+) -> None:
+    now = time.time()
+    series = [
+        call(now, source=("shop", "web-v1"), service=("shop", "cart")),
+        call(now, source=("pay", "billing-v1"), service=("pay", "ledger")),
+    ]
+    prom = prometheus_factory(openmetrics=openmetrics_text(series))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pay").write_text("a file where the namespace directory should be")
+    summary = await run_at(_settings(prom.url), sink=f"dir:{out}", data_dir=tmp_path, now=now)
+    assert summary.outcome == "wrote", summary.message
+    assert summary.failed == 2
+    assert sorted(c.name for c in summary.changes if c.action == "failed") == [
+        "remixer-billing-v1",
+        "remixer-ledger-v1",
+    ]
+    assert sorted(p.name for p in (out / "shop").glob("*.yaml")) == [
+        "remixer-cart-v1.yaml",
+        "remixer-web-v1.yaml",
+    ]
