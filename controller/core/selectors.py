@@ -2,7 +2,9 @@
 
 A workload (Deployment, StatefulSet, DaemonSet) is selected by its spec.selector.matchLabels when
 those select no pod of another workload in the namespace; otherwise by all of its pod-template
-labels when those do not; otherwise it gets no selector and the reason (a guess could scope the
+labels when those do not. A workload with pods but none of those owners (a CronJob, a bare pod) is
+selected by the canonical labels Istio's injector put on its pods, else by all labels its pods share.
+Otherwise it gets no selector and the reason (a guess could scope the
 wrong pods, and two Sidecars selecting one pod is undefined behaviour in Istio).
 """
 
@@ -16,6 +18,21 @@ from controller.structs import WorkloadInfo, WorkloadRef
 
 Labels = Mapping[str, str]
 # istio/istio pkg/kube/util.go GetDeployMetaFromPod: a Job <cronjob>-<8 to 10 digits> belongs to the CronJob.
+# Labels Kubernetes sets per pod or per Job run: never part of a workload's selector.
+_PER_POD_LABELS = frozenset(
+    {
+        "pod-template-hash",
+        "controller-revision-hash",
+        "statefulset.kubernetes.io/pod-name",
+        "apps.kubernetes.io/pod-index",
+        "controller-uid",
+        "job-name",
+        "batch.kubernetes.io/controller-uid",
+        "batch.kubernetes.io/job-name",
+        "batch.kubernetes.io/job-completion-index",
+    }
+)
+_INJECTOR_LABELS = frozenset({"service.istio.io/canonical-name", "service.istio.io/canonical-revision"})
 _CRONJOB_JOB = re.compile(r"(.+)-[0-9]{8,10}")
 
 
@@ -50,6 +67,16 @@ def exact_selectors(
     owners: Iterable[PodTemplateOwner], pods: Iterable[PodLabels]
 ) -> dict[WorkloadRef, WorkloadInfo]:
     owner_list = list(owners)
+    pods = list(pods)
+    # Workloads with pods but no Deployment/StatefulSet/DaemonSet (Jobs, CronJobs, bare pods, other
+    # controllers): their candidates are the injector's labels, then whatever all their pods share.
+    owned = {owner.workload for owner in owner_list}
+    shared: dict[WorkloadRef, frozenset[tuple[str, str]]] = {}
+    for pod in pods:
+        ref = WorkloadRef(pod.namespace, pod.workload)
+        if ref not in owned:
+            labels = frozenset(pair for pair in pod.labels if pair[0] not in _PER_POD_LABELS)
+            shared[ref] = shared[ref] & labels if ref in shared else labels
     # Other workloads' pods that exist, and the pods other workloads' templates would make.
     holders: dict[tuple[str, tuple[str, str]], list[tuple[str, frozenset[tuple[str, str]]]]] = {}
 
@@ -86,5 +113,21 @@ def exact_selectors(
                 (),
                 from_kubernetes=True,
                 problem=f"its pod-template labels also select pods of {', '.join(sorted(clash))}",
+            )
+    for ref, labels in sorted(shared.items()):
+        injected = tuple(sorted(pair for pair in labels if pair[0] in _INJECTOR_LABELS))
+        candidates = [c for c in (injected, tuple(sorted(labels))) if c]
+        clash = {"every pod of the namespace"}
+        for candidate in candidates:
+            clash = others_selected(ref, candidate)
+            if not clash:
+                infos[ref] = WorkloadInfo(ref, candidate, from_kubernetes=True)
+                break
+        else:
+            infos[ref] = WorkloadInfo(
+                ref,
+                (),
+                from_kubernetes=True,
+                problem=f"its pods' labels also select pods of {', '.join(sorted(clash))}",
             )
     return infos

@@ -338,7 +338,22 @@ def test_kube_selectors_select_exactly_one_workload_s_pods() -> None:
         selectors.PodLabels("shop", "web", (("app", "web"), ("track", "stable"))),
         selectors.PodLabels("shop", "web-canary", (("app", "web"), ("track", "canary"))),
     ]
+    injected = (
+        ("service.istio.io/canonical-name", "nightly"),
+        ("service.istio.io/canonical-revision", "latest"),
+    )
+    pods += [
+        # Two runs of a CronJob: their job labels differ per run, the injector's labels do not.
+        selectors.PodLabels(
+            "shop", "nightly", (*injected, ("job-name", f"nightly-2899000{i}"), ("app", "batch"))
+        )
+        for i in range(2)
+    ]
+    pods.append(selectors.PodLabels("shop", "debug", (("app", "web"),)))  # a bare pod inside app=web
     found = selectors.exact_selectors(owners, pods)
+    assert found[WorkloadRef("shop", "nightly")].selector == injected
+    assert found[WorkloadRef("shop", "debug")].selector == ()
+    assert "web" in found[WorkloadRef("shop", "debug")].problem
     # app=web would also select the canary's pods: the full template is used instead.
     assert found[WorkloadRef("shop", "web")].selector == (("app", "web"), ("track", "stable"))
     assert found[WorkloadRef("shop", "web-canary")].selector == (("app", "web"), ("track", "canary"))
