@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import subprocess
 import threading
@@ -31,6 +30,7 @@ from controller.settings import ControllerSettings
 from tests.controller.conftest import assert_valid_sidecar
 from tests.controller.helpers import parser, run_cli
 from tests.controller.meshdata import call
+from tests.realparts.browser import dump_dom
 from tests.realparts.prometheus import PrometheusFactory, openmetrics_text
 
 POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -202,27 +202,7 @@ def admin_server(mesh_url: str) -> Iterator[str]:
 
 
 def test_graph_page_draws_the_nodes_in_headless_chromium(admin_server: str, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is required (apt-get install -y chromium)"
-    done = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            f"{admin_server}/graph?view=workload",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = dump_dom(f"{admin_server}/graph?view=workload", tmp_path / "profile")
     dom = done.stdout
     assert 'data-state="drawn"' in dom, done.stderr[-2000:]
     for node in ("wl_shop_frontend-v1", "wl_shop_cart-v1", "wl_data_redis-v1", "unknown_source"):

@@ -7,12 +7,14 @@ from __future__ import annotations
 import re
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.policy.conftest import ADMIN_TOKEN, PolicyFactory
+from tests.realparts.browser import dump_dom
 from tests.realparts.remixer import RemixerFactory, RemixerServer
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -245,3 +247,17 @@ async def test_docs_are_served_without_any_external_host(policy_factory: PolicyF
     for url in urls:
         assert (await run.admin.get(url)).status_code == 200, url
     assert '"validatorUrl": null' in page.text
+
+
+def test_docs_render_in_a_browser_that_reaches_no_other_host(server: RemixerServer, tmp_path: Path) -> None:
+    """Headless Chromium with every host but 127.0.0.1 unresolvable: Swagger UI still draws the API."""
+    done = dump_dom(
+        f"{server.admin_url}/docs",
+        tmp_path / "profile",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    )
+    dom = done.stdout
+    assert "opblock-summary-path" in dom, done.stderr[-2000:]
+    for path in ("/v1/rules/{name}", "/v1/lists/{name}", "/v1/policy/audit"):
+        assert f'data-path="{path}"' in dom
+    assert "RuleDoc" in dom
