@@ -254,7 +254,9 @@ class PolicyService:
                 log.info("policy store answers again, %.1fs without it", self.staleness())
                 self._store_error = None
             try:
-                snapshot = self._compile(documents.parse_document(stored.data), revision=stored.revision)
+                # In a thread: compiling a large policy takes seconds of CPU the Checks must not wait for.
+                document = documents.parse_document(stored.data)
+                snapshot = await asyncio.to_thread(self._compile, document, revision=stored.revision)
             except PolicyError as exc:
                 self.metrics.reload_errors.labels(source="store").inc()
                 log.error(
