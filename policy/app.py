@@ -75,8 +75,18 @@ class PolicyPart:
     async def start(self) -> None:
         if self.settings.http_enabled:
             host, _, port = self.settings.http_address.rpartition(":")
+            settings = self.settings
             self.http = http_authz.HttpAuthzServer(
-                self.service, path_prefix=self.settings.http_path_prefix, wire=http_authz.HttpWire()
+                self.service,
+                path_prefix=settings.http_path_prefix,
+                wire=http_authz.HttpWire(),
+                limits=http_authz.HttpLimits(
+                    header_timeout_s=settings.http_header_timeout_s,
+                    idle_timeout_s=settings.http_idle_timeout_s,
+                    max_connections=settings.http_max_connections,
+                    max_head_bytes=settings.http_max_head_bytes,
+                    head_budget_bytes=settings.http_head_budget_bytes,
+                ),
             )
             # Bind first: a taken port must fail the start before anything else runs.
             await self.http.bind(host.strip("[]"), int(port), reuse_port=self.context.reuse_port)

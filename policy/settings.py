@@ -105,6 +105,35 @@ class PolicySettings(BaseModel):
     http_path_prefix: str = Field(
         "", description="Prefix Envoy's http_service.path_prefix adds to the path; stripped before matching."
     )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="HTTP mode: a request head (and its body) must arrive within this time of its first "
+        "byte, or the connection is closed (slow clients).",
+    )
+    http_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="HTTP mode: close a keep-alive connection idle this long. Keep Envoy's idle_timeout for "
+        "the ext_authz cluster below it so Envoy, not remixer, closes idle connections.",
+    )
+    http_max_connections: int = Field(
+        4096,
+        ge=1,
+        description="HTTP mode: open connections per worker; beyond it new ones are closed at once.",
+    )
+    http_max_head_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="HTTP mode: largest request head, answered 431 beyond it (Envoy's own limit for the "
+        "request it checks is 60 KiB by default, max_request_headers_kb).",
+    )
+    http_head_budget_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="HTTP mode: request-head bytes all unfinished requests of a worker may hold together; a "
+        "request that would go beyond it is answered 503 and its connection closed.",
+    )
     max_staleness: float = Field(
         0.0,
         ge=0,

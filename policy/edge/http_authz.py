@@ -1,9 +1,15 @@
-"""The HTTP ext_authz mode (Envoy `http_service`): a raw asyncio HTTP/1.1 server.
+"""The HTTP ext_authz mode (Envoy `http_service`): an asyncio HTTP/1.1 server framed by llhttp.
 
 Envoy forwards the original method, path (after `path_prefix`) and the allowed headers; a 200
 answer allows and its headers travel upstream (per `allowed_upstream_headers`), any other status
 denies with that status, headers and body. No framework: per call this costs about half the gRPC
 path, which is why this mode exists (see policy/README.md "gRPC or HTTP mode").
+
+Framing is llhttp's (through httptools), strict as RFC 9112 asks: a request with both
+Transfer-Encoding and Content-Length, duplicate or malformed Content-Length, or whitespace before a
+header's colon gets one 400 and the connection closes, so body bytes are never read as a request.
+What a slow or hostile client can make a worker hold is bounded by settings: open connections, bytes
+of unfinished request heads (per request and in all), and time (head timeout, idle timeout).
 """
 
 from __future__ import annotations
@@ -11,18 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import socket
 import time
+from collections import deque
+from dataclasses import dataclass
 from http import HTTPStatus
+
+import httptools
 
 from policy.service import PolicyService
 from policy.structs import CheckInput, Decision
 
-__all__ = ["HttpAuthzServer", "HttpWire", "http_input"]
+__all__ = ["HttpAuthzServer", "HttpLimits", "HttpWire", "check_input"]
 
-_MAX_HEAD = 256 * 1024
 _MAX_BODY = 1024 * 1024
 _REMOVE = "x-envoy-auth-headers-to-remove"
+# How often deadlines are looked at: a slow client is closed at most this late.
+_SWEEP_SECONDS = 0.5
 
 
 def _reason(status: int) -> str:
@@ -30,6 +42,17 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Status"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one worker's listener lets clients hold (policy.http_* settings)."""
+
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+    max_connections: int = 4096
+    max_head_bytes: int = 64 * 1024
+    head_budget_bytes: int = 8 * 1024 * 1024
 
 
 class HttpWire:
@@ -65,33 +88,20 @@ class HttpWire:
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def http_input(head: bytes, path_prefix: str) -> tuple[CheckInput, bool, bool]:
-    """(input, keep_alive, odd) from a request head (request line + header lines, no final CRLF)."""
-    odd = False
+def _text(raw: bytes) -> tuple[str, bool]:
+    """(text, odd): bytes off the wire as text; odd when they were not UTF-8."""
     try:
-        text = head.decode()
+        return raw.decode(), False
     except UnicodeDecodeError:
-        text = head.decode(errors="replace")
-        odd = True
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise ValueError("malformed request line")
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            odd = True
-            continue
-        key = name.strip().lower()
-        value = value.strip()
-        headers[key] = f"{headers[key]},{value}" if key in headers else value
+        return raw.decode(errors="replace"), True
+
+
+def check_input(method: str, target: str, headers: dict[str, str], path_prefix: str) -> CheckInput:
+    """The Check input of one parsed request (headers: lower-case names, repeated ones comma-joined)."""
     if path_prefix and target.startswith(path_prefix):
         target = target[len(path_prefix) :] or "/"
     forwarded = headers.get("x-forwarded-for", "")
-    keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
-    req = CheckInput(
+    return CheckInput(
         method=method,
         path=target,
         host=headers.get("host", ""),
@@ -101,95 +111,185 @@ def http_input(head: bytes, path_prefix: str) -> tuple[CheckInput, bool, bool]:
         source_address=forwarded.rsplit(",", 1)[-1].strip() if forwarded else "",
         source_principal="",
     )
-    return req, keep_alive, odd
+
+
+@dataclass(slots=True)
+class _Refusal:
+    """Where the request stream went wrong: answered with `status`, then the connection closes."""
+
+    status: int
+    message: str
+    kind: str
 
 
 _LINGER_SECONDS = 2.0
 
 
 class _Connection(asyncio.Protocol):
+    """One client connection: llhttp parses, complete requests queue up in order and are answered in
+    order (a quota call in flight pauses reading, so the queue stays short)."""
+
     def __init__(self, server: HttpAuthzServer) -> None:
         self._server = server
-        self._buffer = bytearray()
+        self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._pending: deque[tuple[CheckInput, bool, float] | _Refusal] = deque()
         self._busy = False  # a quota call is in flight; later requests wait their turn
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
+        # the request being parsed
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._odd = False
+        self._in_head = False
+        self._body_bytes = 0
+        self._started = 0.0
+        self._held = 0  # head bytes counted against the server's budget
+        self.deadline = math.inf
+
+    # ---- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        server = self._server
+        if len(server.connections) >= server.limits.max_connections:
+            server.service.count_odd("http_connection_limit", message="too many connections")
+            transport.abort()
+            return
         self._transport = transport
-        self._server.connections.add(self)
+        server.connections.add(self)
+        self.deadline = time.monotonic() + server.limits.idle_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        self._release()
         self._transport = None
         if self._linger is not None:
             self._linger.cancel()
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return  # the rest of a refused request: read and dropped (see _fail)
-        self._buffer += data
-        if not self._busy:
-            self._process()
+        if self._closing or self._transport is None:
+            return  # the rest of a refused request: read and dropped (see _refuse)
+        if self._in_head or not self._pending:
+            refusal = self._hold(len(data))
+            if refusal is not None:
+                self._pending.append(refusal)
+                self._answer_pending()
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The request before the upgrade is queued; nothing after it is HTTP/1.1 to us.
+            self._pending.append(_Refusal(0, "", ""))
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            self._pending.append(
+                cause.refusal
+                if isinstance(cause, _Refused)
+                else _Refusal(400, f"malformed request: {exc}", "http_malformed")
+            )
+        if not self._in_head:
+            self._release()
+        self._answer_pending()
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+    # ---- llhttp callbacks --------------------------------------------------------------------------
 
-    @property
-    def idle(self) -> bool:
-        return not self._busy and not self._buffer
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._odd = False
+        self._in_head = True
+        self._body_bytes = 0
+        self._started = time.perf_counter()
+        self.deadline = time.monotonic() + self._server.limits.header_timeout_s
 
-    def _process(self) -> None:
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key, odd_name = _text(name)
+        text, odd_value = _text(value)
+        if odd_name or odd_value:
+            self._odd = True
+        key = key.lower()
+        headers = self._headers
+        headers[key] = f"{headers[key]},{text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        coding = self._headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # llhttp decodes chunked only; anything else would leave body bytes we cannot frame.
+            raise _Refused(501, "transfer-encoding not implemented", "http_transfer_encoding")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > _MAX_BODY:
+            raise _Refused(413, "request body too large", "http_body_too_large")
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        target, odd_url = _text(self._url)
+        if odd_url or self._odd:
+            self._server.service.count_odd("http_odd_bytes")
+        req = check_input(parser.get_method().decode(), target, self._headers, self._server.path_prefix)
+        self._pending.append((req, parser.should_keep_alive(), self._started))
+        self.deadline = math.inf  # answered next; the idle clock starts after the answer
+
+    # ---- budgets -----------------------------------------------------------------------------------
+
+    def _hold(self, size: int) -> _Refusal | None:
+        """Count `size` more head bytes; a refusal when this request or all together hold too much."""
+        server = self._server
+        limits = server.limits
+        if self._held + size > limits.max_head_bytes:
+            return _Refusal(431, "request head too large", "http_head_too_large")
+        if server.head_bytes + size > limits.head_budget_bytes:
+            return _Refusal(503, "too many unfinished requests, try again", "http_head_budget")
+        self._held += size
+        server.head_bytes += size
+        return None
+
+    def _release(self) -> None:
+        self._server.head_bytes -= self._held
+        self._held = 0
+
+    # ---- answers -----------------------------------------------------------------------------------
+
+    def _answer_pending(self) -> None:
         server = self._server
         service = server.service
-        while self._transport is not None and not self._closing:
-            buffer = self._buffer
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > _MAX_HEAD:
-                    self._fail(431, "request head too large")
+        pending = self._pending
+        while pending and not self._busy and self._transport is not None and not self._closing:
+            item = pending.popleft()
+            if isinstance(item, _Refusal):
+                self._refuse(item)
                 return
-            started = time.perf_counter()
-            head = bytes(buffer[:end])
-            body_length = 0
-            cl = head.lower().find(b"\r\ncontent-length:")
-            if cl >= 0:
-                stop = head.find(b"\r\n", cl + 2)
-                raw = head[cl + 17 : stop if stop >= 0 else len(head)].strip()
-                if not raw.isdigit() or int(raw) > _MAX_BODY:
-                    self._fail(400, "bad content-length")
-                    return
-                body_length = int(raw)
-            if len(buffer) < end + 4 + body_length:
-                return
-            del buffer[: end + 4 + body_length]
-            try:
-                req, keep_alive, odd = http_input(head, server.path_prefix)
-            except ValueError as exc:
-                service.count_odd("http_malformed", message=str(exc))
-                self._fail(400, str(exc))
-                return
-            if odd:
-                service.count_odd("http_odd_bytes")
+            req, keep_alive, started = item
             try:
                 result = service.check_sync(req, started)
             except Exception:
                 service.count_odd("check_error", exc_info=True)
                 result = service.snapshot.default
             if isinstance(result, Decision):
-                self._transport.write(server.wire.response(result))
-                if not keep_alive:
-                    self._closing = True
-                    self._transport.close()
+                self._reply(result, keep_alive)
                 continue
             self._busy = True
+            self._transport.pause_reading()
             task = asyncio.ensure_future(service.finish(req, result, started))
             server.tasks.add(task)
             task.add_done_callback(functools.partial(self._finished, keep_alive=keep_alive))
             return
+        if not pending and not self._busy and not self._in_head and self._transport is not None:
+            self.deadline = time.monotonic() + server.limits.idle_timeout_s
+
+    def _reply(self, decision: Decision, keep_alive: bool) -> None:
+        assert self._transport is not None
+        self._transport.write(self._server.wire.response(decision))
+        if not keep_alive:
+            self._closing = True
+            self._pending.clear()
+            self._transport.close()
 
     def _finished(self, task: asyncio.Future[Decision], *, keep_alive: bool) -> None:
         self._server.tasks.discard(task)
@@ -201,23 +301,26 @@ class _Connection(asyncio.Protocol):
         except Exception:
             self._server.service.count_odd("check_error", exc_info=True)
             decision = self._server.service.snapshot.default
-        self._transport.write(self._server.wire.response(decision))
-        if not keep_alive:
-            self._closing = True
-            self._transport.close()
-            return
-        if self._buffer:
-            self._process()
+        self._reply(decision, keep_alive)
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+            self._answer_pending()
 
-    def _fail(self, status: int, message: str) -> None:
-        body = (message + "\n").encode()
+    def _refuse(self, refusal: _Refusal) -> None:
+        """Answer `refusal.status` (none for 0) and close: nothing after a framing error is trusted."""
         self._closing = True
-        self._buffer.clear()
+        self._pending.clear()
+        self._release()
         transport = self._transport
         if transport is None:
             return
+        if not refusal.status:
+            transport.close()
+            return
+        self._server.service.count_odd(refusal.kind, message=refusal.message)
+        body = (refusal.message + "\n").encode()
         transport.write(
-            f"HTTP/1.1 {status} {_reason(status)}\r\ncontent-type: text/plain\r\n"
+            f"HTTP/1.1 {refusal.status} {_reason(refusal.status)}\r\ncontent-type: text/plain\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
             + body
         )
@@ -230,17 +333,41 @@ class _Connection(asyncio.Protocol):
         transport.write_eof()
         self._linger = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
 
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and not self._pending and not self._in_head
+
+
+class _Refused(Exception):
+    """Raised from an llhttp callback: llhttp stops, and the connection answers and closes."""
+
+    def __init__(self, status: int, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.refusal = _Refusal(status, message, kind)
+
 
 class HttpAuthzServer:
     def __init__(
-        self, service: PolicyService, *, path_prefix: str = "", wire: HttpWire | None = None
+        self,
+        service: PolicyService,
+        *,
+        path_prefix: str = "",
+        wire: HttpWire | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.service = service
         self.path_prefix = path_prefix
         self.wire = wire or HttpWire()
+        self.limits = limits or HttpLimits()
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Future[Decision]] = set()
+        self.head_bytes = 0  # bytes of unfinished request heads, all connections together
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
 
     async def bind(self, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -260,10 +387,23 @@ class HttpAuthzServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
         self.port = int(sock.getsockname()[1])
+        self._sweeper = asyncio.create_task(self._sweep(), name="remixer-http-authz-timeouts")
+
+    async def _sweep(self) -> None:
+        """Close connections past their deadline (idle too long, or a head arriving too slowly).
+        One timer for all: per-request timers would cost the hot path more than a monotonic read."""
+        while True:
+            await asyncio.sleep(_SWEEP_SECONDS)
+            now = time.monotonic()
+            for conn in [c for c in self.connections if c.deadline < now]:
+                conn.close()
 
     async def close(self, grace: float) -> None:
         if self._server is None:
             return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._server.close()
         deadline = time.monotonic() + grace
         # Let in-flight quota calls answer, then close idle keep-alive connections.
