@@ -12,6 +12,7 @@ import ctypes
 import errno
 import gc
 import logging
+import math
 import multiprocessing
 import os
 import platform
@@ -29,10 +30,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_health.v1.health_pb2_grpc import add_HealthServicer_to_server
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from remixer import admin, logs
 from remixer.parts import Part, PartContext, Readiness
-from remixer.settings import Settings, parse_address
+from remixer.settings import ServerSettings, Settings, parse_address
 from remixer.shipping import build_record_sinks, quiet_abandoned_sends
 
 log = logging.getLogger("remixer.serve")
@@ -47,6 +49,63 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def admin_protocol(server: ServerSettings) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with what it lacks for slow clients: a request head must arrive
+    within admin_header_timeout_s of its first byte (or of the connection, for a silent client) and
+    stay under admin_max_head_bytes. Idle keep-alive connections close after admin_idle_timeout_s
+    (uvicorn's timeout_keep_alive), and beyond admin_max_connections uvicorn answers 503."""
+    header_timeout = server.admin_header_timeout_s
+    max_head = server.admin_max_head_bytes
+
+    class AdminHttpProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+        _in_head = False
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _too_slow(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm(header_timeout)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head or self._head_timer is not None:
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head:
+                    self._disarm()
+                    self.transport.close()
+                    return
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head = True
+            self._arm(header_timeout)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._head_bytes = 0
+            self._disarm()
+            super().on_headers_complete()
+
+    return AdminHttpProtocol
 
 
 def bind_tcp(address: str, *, setting: str, reuse_port: bool = False) -> socket.socket:
@@ -189,6 +248,7 @@ async def run_worker(
         if started is not None:
             started.set()
     settle_heap()
+    trimmer = asyncio.create_task(trim_heap_every(server.memory_trim_interval_s), name="remixer-heap-trim")
     log.info(
         "remixer serving worker=%d %s",
         worker_index,
@@ -196,6 +256,7 @@ async def run_worker(
     )
     await stop.wait()
     log.info("remixer draining worker=%d grace=%.1fs", worker_index, server.drain_seconds)
+    trimmer.cancel()
     await _shutdown(settings, running, records)
     log.info("remixer stopped worker=%d", worker_index)
     return 0
@@ -224,16 +285,36 @@ def settle_heap() -> None:
     _keep_freed_memory()
 
 
-def _keep_freed_memory() -> None:
+def _glibc() -> Any:
     if platform.libc_ver()[0] != "glibc":
-        return
+        return None
     try:
         libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both must exist
     except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _keep_freed_memory() -> None:
+    libc = _glibc()
+    if libc is None:
         return
     for option, value in ((-1, MALLOC_TRIM_THRESHOLD), (-2, MALLOC_TOP_PAD), (-3, MALLOC_MMAP_THRESHOLD)):
-        mallopt(option, value)  # M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
+        libc.mallopt(option, value)  # M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
+
+
+async def trim_heap_every(interval: float) -> None:
+    """Hand memory freed after a burst (slow clients, a huge batch) back to the kernel now and then:
+    the retention above keeps it between batches, which is right for steady load but would keep a
+    burst's high-water mark for the life of the process. One malloc_trim every `interval` seconds
+    costs the hot path a few page faults once, not per call."""
+    libc = _glibc()
+    if libc is None or interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        libc.malloc_trim(0)
 
 
 async def _start(
@@ -296,7 +377,14 @@ async def _start(
             max_body_bytes=server.admin_max_body_bytes,
         )
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            app,
+            http=admin_protocol(server),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=math.ceil(server.admin_idle_timeout_s),
+            limit_concurrency=server.admin_max_connections,
         )
         running.admin_server = _QuietServer(config)
         running.admin_task = asyncio.create_task(running.admin_server.serve(sockets=[sock]))

@@ -78,6 +78,23 @@ class ServerSettings(BaseModel):
         description="Worker processes sharing the gRPC and HTTP ext_authz ports (each its own event loop). "
         "Only worker 0 serves the admin API.",
     )
+    admin_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Admin port: a request head must arrive within this time (of its first byte, or of the "
+        "connection for a silent client), or the connection is closed.",
+    )
+    admin_idle_timeout_s: float = Field(
+        30.0, gt=0, description="Admin port: close a keep-alive connection idle this long."
+    )
+    admin_max_connections: int = Field(
+        256, ge=1, description="Admin port: open connections; requests beyond it are answered 503."
+    )
+    admin_max_head_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="Admin port: largest request head; a larger one closes the connection.",
+    )
     data_dir: Path = Field(
         Path("remixer-data"),
         description="Where the SQLite databases, the spool and the generated admin token live.",
@@ -101,6 +118,12 @@ class ServerSettings(BaseModel):
     )
     drain_seconds: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight work may take to finish."
+    )
+    memory_trim_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds between returns of freed heap memory to the kernel (glibc malloc_trim), so a "
+        "burst's peak does not stay; 0 keeps it.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field(

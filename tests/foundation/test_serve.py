@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import urllib.request
@@ -171,3 +172,44 @@ def test_envoy_end_to_end_check_and_access_log_for_the_same_request(
     files = _spooled_files_containing(server.data_dir, needle)
     assert any("decision" in str(p) for p in files), f"no decision record for {request_id}: {files}"
     assert any("access" in str(p) for p in files), f"no access-log record for {request_id}: {files}"
+
+
+def _closed_after(sock: socket.socket, within: float) -> float:
+    """Seconds until the server closes `sock` (EOF or reset); fails if it stays open `within` seconds."""
+    sock.settimeout(within)
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def test_admin_port_closes_idle_slow_and_oversized_clients(remixer_factory: RemixerFactory) -> None:
+    server = remixer_factory(
+        server={"parts": ["admin"], "admin_idle_timeout_s": 1, "admin_header_timeout_s": 1.5}
+    )
+    address = ("127.0.0.1", server.admin_port)
+    with socket.create_connection(address) as silent:
+        assert 1.0 <= _closed_after(silent, 10) < 5
+    with socket.create_connection(address) as kept:
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _closed_after(kept, 10) < 5  # idle after its answer
+    with socket.create_connection(address) as slow:
+        slow.settimeout(10)
+        started = time.monotonic()
+        try:
+            for byte in b"GET /healthz HTTP/1.1\r\nx-slow: " + b"a" * 200:
+                slow.sendall(bytes([byte]))
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        _closed_after(slow, 10)
+        assert 1.5 <= time.monotonic() - started < 6  # bytes kept coming: the head timeout closed it
+    with socket.create_connection(address) as big:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            big.sendall(b"GET /healthz HTTP/1.1\r\nx-big: " + b"a" * 200_000)
+        assert _closed_after(big, 10) < 1.4  # closed for its size, before any timeout
+    assert httpx.get(server.admin_url + "/healthz", timeout=5).status_code == 200
