@@ -18,7 +18,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from remixer.parts import Record
-from remixer.shipping.kafka import KafkaLink, ShipFailed
+from remixer.shipping.kafka import ClientLogQuieter, KafkaLink, ShipFailed, quiet_client_logs
 from remixer.shipping.metrics import ShippingMetrics
 from remixer.shipping.settings import ShippingSettings
 from remixer.shipping.spool import Spool
@@ -28,6 +28,7 @@ log = logging.getLogger("remixer.shipping")
 KNOWN_STREAMS = {"access-logs": "access_logs", "decisions": "decisions"}
 _VALUE = itemgetter(1)
 _KEY_ALLOWANCE = 1024
+OUTAGE_REMINDER_S = 60.0
 
 
 class StreamQueue:
@@ -73,7 +74,12 @@ class StreamQueue:
         while len(self.queue) >= self._hub.settings.queue_max_records and not self._hub.closing:
             self._space.clear()
             self._hub.wake()
-            await self._space.wait()
+            try:
+                await self._space.wait()
+            except asyncio.CancelledError:
+                # The caller is cancelled (the drain's end) with records it already read: keep them.
+                self.to_spool(records)
+                raise
         if self._hub.closing:
             self.to_spool(records)
             return
@@ -124,6 +130,9 @@ class ShippingHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._next_connect = 0.0
+        self._outage_since: float | None = None
+        self._outage_logged = 0.0
+        self._quieter = quiet_client_logs() if self._link is not None else ClientLogQuieter()
         metrics.watch(self)
 
     # ---- RecordSinks ----------------------------------------------------------------------------
@@ -150,6 +159,18 @@ class ShippingHub:
         return self._link is not None and self._link.connected
 
     # ---- the shipper ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Ship what an earlier run left in the spool now, not when the first new record arrives."""
+        if self._link is None:
+            return
+        if self.spool_dir.is_dir():
+            for directory in sorted(self.spool_dir.iterdir()):
+                if directory.is_dir() and any(directory.glob("*.seg")):
+                    self.sink(directory.name)
+        if any(not stream.spool.empty for stream in self.streams):
+            self.ensure_running()
+            self.wake()
 
     def ensure_running(self) -> None:
         if self._task is None and not self.closing:
@@ -186,18 +207,26 @@ class ShippingHub:
     async def _ship_all(self) -> None:
         if self._link is not None and not self._link.connected:
             await self._try_connect()
+        failed = False
         for stream in self.streams:
             if self._link is None or not self._link.connected:
+                if failed and self._pending(stream):
+                    self.metrics.for_stream(stream.name).send_error()  # its send failed with the link
                 stream.spill()
                 continue
             try:
                 await self._ship(stream, self._link)
             except ShipFailed as exc:
-                log.warning("Kafka unavailable, spooling stream=%s: %s", stream.name, exc)
+                failed = True
+                self._outage(f"send to topic {stream.topic} failed: {exc}")
                 stream.spill()
                 self.metrics.for_stream(stream.name).send_error()
                 await self._link.disconnect()
                 self._next_connect = time.monotonic() + self.settings.kafka.retry_backoff_s
+
+    @staticmethod
+    def _pending(stream: StreamQueue) -> bool:
+        return bool(stream.queue) or not stream.spool.empty
 
     async def _try_connect(self) -> None:
         assert self._link is not None
@@ -205,12 +234,43 @@ class ShippingHub:
             return
         try:
             await self._link.connect([s.topic for s in self.streams])
-            log.info("Kafka connected: %s", ",".join(self.settings.kafka.bootstrap_servers))
         except ShipFailed as exc:
-            log.warning(
-                "%s; records go to the spool, retrying in %.1fs", exc, self.settings.kafka.retry_backoff_s
-            )
+            self._outage(str(exc))
+            for stream in self.streams:
+                if self._pending(stream):
+                    self.metrics.for_stream(stream.name).send_error()
             self._next_connect = time.monotonic() + self.settings.kafka.retry_backoff_s
+            return
+        if self._outage_since is None:
+            log.info("Kafka connected: %s", ",".join(self.settings.kafka.bootstrap_servers))
+        else:
+            log.warning(
+                "Kafka reachable again after %.1fs; the spool drains now (%d Kafka-client log lines "
+                "suppressed meanwhile)",
+                time.monotonic() - self._outage_since,
+                self._quieter.take_suppressed(),
+            )
+        self._outage_since = None
+
+    def _outage(self, reason: str) -> None:
+        """One line when an outage starts and one a minute while it lasts, however often the shipper
+        retries (the Kafka client's own lines are thinned by `self._quieter`)."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged = now
+            log.warning(
+                "Kafka unavailable (%s); records go to the spool, retrying every %.1fs",
+                reason,
+                self.settings.kafka.retry_backoff_s,
+            )
+        elif now - self._outage_logged >= OUTAGE_REMINDER_S:
+            self._outage_logged = now
+            log.warning(
+                "Kafka still unavailable after %.0fs (%s); spool holds %d bytes",
+                now - self._outage_since,
+                reason,
+                sum(s.spool.size_bytes for s in self.streams),
+            )
 
     async def _ship(self, stream: StreamQueue, link: KafkaLink) -> None:
         kafka = self.settings.kafka

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,6 +32,44 @@ except ImportError:  # not built: aiokafka's builder, record by record
     _batch = None  # type: ignore[assignment]
 
 log = logging.getLogger("remixer.shipping")
+
+
+class ClientLogQuieter(logging.Filter):
+    """While Kafka is away its client logs every failed connection attempt (hundreds of ERROR lines
+    a minute); the shipper says it in one line of its own. This lets one client line through per
+    `interval` and counts the rest, so the first error's detail is kept and the flood is not."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.suppressed = 0
+        self._passed = -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka") or record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        if now - self._passed >= self.interval:
+            self._passed = now
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        count, self.suppressed = self.suppressed, 0
+        return count
+
+
+_QUIETER = ClientLogQuieter()
+
+
+def quiet_client_logs() -> ClientLogQuieter:
+    """Install the process's one ClientLogQuieter on the root logger's handlers (where aiokafka's
+    records end up: filters on a logger do not see its children's records)."""
+    for handler in logging.getLogger().handlers:
+        if _QUIETER not in handler.filters:
+            handler.addFilter(_QUIETER)
+    return _QUIETER
 
 
 class ShipFailed(Exception):

@@ -19,7 +19,7 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from remixer.shipping import _batch, build_record_sinks, quiet_abandoned_sends
-from remixer.shipping.kafka import _BuiltBatch
+from remixer.shipping.kafka import ClientLogQuieter, _BuiltBatch
 from remixer.shipping.settings import KafkaSettings, ShippingSettings
 from tests.realparts.kafka import TansuBroker, consume
 
@@ -251,3 +251,68 @@ async def test_an_abandoned_kafka_failure_is_not_logged_as_an_error(caplog: Any)
         assert any("abandoned Kafka send" in r.getMessage() for r in caplog.records)
     finally:
         loop.set_exception_handler(previous)
+
+
+async def test_a_spool_left_by_an_earlier_run_ships_at_start(
+    tmp_path: Path, kafka_broker: TansuBroker
+) -> None:
+    off = build_record_sinks(ShippingSettings(), data_dir=tmp_path, registry=CollectorRegistry())
+    off.sink("access-logs").offer(numbered(300))
+    off.sink("decisions").offer(numbered(200))
+    await off.close()
+    registry = CollectorRegistry()
+    # A new run whose parts never ask for the decisions stream, and that gets no new record.
+    hub = build_record_sinks(kafka_on(kafka_broker), data_dir=tmp_path, registry=registry)
+    hub.sink("access-logs")
+    hub.start()
+    try:
+        got = await consume(kafka_broker.bootstrap, TOPIC, until=lambda r: len(r) >= 300, within=20)
+        assert [v for _, v in got] == [v for _, v in numbered(300)]
+        decisions = await consume(
+            kafka_broker.bootstrap, "remixer-decisions", until=lambda r: len(r) >= 200, within=20
+        )
+        assert len(decisions) == 200
+        await wait_until(lambda: all(s.spool.empty for s in hub.streams))
+    finally:
+        await hub.close()
+
+
+async def test_an_outage_counts_a_send_error_per_stream_and_logs_one_line(
+    tmp_path: Path, caplog: Any
+) -> None:
+    broker = TansuBroker(tmp_path)  # never started: nobody listens on its port
+    registry = CollectorRegistry()
+    settings = kafka_on(broker)
+    settings.kafka.send_timeout_s = 0.5
+    settings.kafka.retry_backoff_s = 0.1
+    hub = build_record_sinks(settings, data_dir=tmp_path, registry=registry)
+    caplog.set_level(logging.INFO)
+    streams = [hub.sink("access-logs"), hub.sink("decisions")]
+    for _ in range(8):  # eight rounds: the shipper retries the broker several times
+        for sink in streams:
+            await sink.put(numbered(10))
+        await asyncio.sleep(0.2)
+    await wait_until(
+        lambda: all(
+            value(registry, "remixer_shipping_send_errors_total", stream=s.name) >= 2 for s in streams
+        )
+    )
+    await hub.close()
+    outage_lines = [
+        r for r in caplog.records if r.name == "remixer.shipping" and "unavailable" in r.getMessage()
+    ]
+    assert len(outage_lines) == 1, [r.getMessage() for r in outage_lines]
+
+
+def test_the_client_log_quieter_lets_one_line_a_minute_through() -> None:
+    quieter = ClientLogQuieter(interval=60)
+    make = logging.getLogger("aiokafka.conn").makeRecord
+    records = [make("aiokafka.conn", logging.ERROR, __file__, 1, "Unable connect to node", (), None)] * 300
+    passed = [quieter.filter(r) for r in records]
+    assert passed.count(True) == 1
+    assert quieter.take_suppressed() == 299
+    assert quieter.take_suppressed() == 0
+    own = logging.getLogger("remixer.shipping").makeRecord(
+        "remixer.shipping", logging.WARNING, __file__, 1, "Kafka unavailable", (), None
+    )
+    assert quieter.filter(own)
