@@ -102,6 +102,9 @@ class PolicyPart:
     def http_port(self) -> int | None:
         return self.http.port if self.http else None
 
+    def hand_over(self) -> None:
+        """Checks are unary: each Envoy picks a replica per call, so there is nothing to hand over."""
+
     async def stop(self, grace: float) -> None:
         if self.http is not None:
             await self.http.close(grace)

@@ -71,6 +71,11 @@ class Part(Protocol):
         """Start background tasks and own listeners (e.g. HTTP ext_authz); OSError if a port is taken."""
         ...
 
+    def hand_over(self) -> None:
+        """The drain began: keep serving, but let long-lived peers (access-log streams) move to other
+        replicas."""
+        ...
+
     async def stop(self, grace: float) -> None:
         """Stop accepting, drain in-flight work, flush or spool buffered data."""
         ...

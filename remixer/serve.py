@@ -232,10 +232,18 @@ async def run_worker(
         worker_index=worker_index,
     )
     running = _Running(parts=build_parts(settings, context))
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        # SIGTERM (an orchestrator) hands over during the drain; SIGINT (Ctrl-C) or a second signal
+        # skips the hand-over and stops at once, still persisting every record.
+        if sig == signal.SIGINT or stop.is_set():
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     loop.set_exception_handler(quiet_abandoned_sends)
 
     try:
@@ -247,6 +255,7 @@ async def run_worker(
     finally:
         if started is not None:
             started.set()
+    records.start()
     settle_heap()
     trimmer = asyncio.create_task(trim_heap_every(server.memory_trim_interval_s), name="remixer-heap-trim")
     log.info(
@@ -255,9 +264,15 @@ async def run_worker(
         " ".join(f"{k}={v}" for k, v in listen_addresses(settings).items()),
     )
     await stop.wait()
-    log.info("remixer draining worker=%d grace=%.1fs", worker_index, server.drain_seconds)
+    log.info(
+        "remixer draining worker=%d: reporting NOT_SERVING and serving on for %.1fs, then %.1fs for "
+        "in-flight work",
+        worker_index,
+        0.0 if hurry.is_set() else server.drain_seconds,
+        server.stop_grace_s,
+    )
+    await _shutdown(settings, running, records, hurry=hurry)
     trimmer.cancel()
-    await _shutdown(settings, running, records)
     log.info("remixer stopped worker=%d", worker_index)
     return 0
 
@@ -390,11 +405,23 @@ async def _start(
         running.admin_task = asyncio.create_task(running.admin_server.serve(sockets=[sock]))
 
 
-async def _shutdown(settings: Settings, running: _Running, records: Any) -> None:
+async def _shutdown(
+    settings: Settings, running: _Running, records: Any, *, hurry: asyncio.Event | None = None
+) -> None:
+    """The drain: NOT_SERVING on gRPC health and /readyz at once, while every listener keeps answering
+    for drain_seconds (Envoys, told by health checks or by their endpoints' removal, move to other
+    replicas meanwhile; access-log streams are handed over). Then stop, with stop_grace_s for what is
+    in flight, and persist every record read (Kafka or the spool)."""
     running.draining = True
-    grace = settings.server.drain_seconds
+    server = settings.server
     if running.health is not None:
         await running.health.enter_graceful_shutdown()
+    for part in running.parts:
+        part.hand_over()
+    if hurry is not None and running.grpc_server is not None and server.drain_seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), server.drain_seconds)
+    grace = server.stop_grace_s
     stops = [p.stop(grace) for p in running.parts]
     if running.grpc_server is not None:
         stops.append(running.grpc_server.stop(grace))

@@ -117,7 +117,14 @@ class ServerSettings(BaseModel):
         4 * 1024 * 1024, ge=64 * 1024, description="Largest gRPC message accepted (Envoy batches are ~16 KB)."
     )
     drain_seconds: float = Field(
-        10.0, ge=0, description="On SIGTERM, how long in-flight work may take to finish."
+        10.0,
+        ge=0,
+        description="On SIGTERM: how long remixer keeps answering while gRPC health and /readyz say "
+        "NOT_SERVING, so Envoys move to other replicas (access-log streams are ended after their next "
+        "message, and Envoy reopens them elsewhere). SIGINT or a second signal skips it.",
+    )
+    stop_grace_s: float = Field(
+        2.0, ge=0, description="After the drain: how long in-flight calls may take before they are cancelled."
     )
     memory_trim_interval_s: float = Field(
         10.0,

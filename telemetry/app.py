@@ -134,6 +134,9 @@ class TelemetryPart:
         await self.pipeline.start()
         self._started = True
 
+    def hand_over(self) -> None:
+        self.servicer.hand_over()
+
     async def stop(self, grace: float) -> None:
         self._started = False
         await self.pipeline.stop()

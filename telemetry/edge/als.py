@@ -40,6 +40,18 @@ class AccessLogServicer:
     def __init__(self, *, consumer: BatchConsumer, new_reader: ReaderFactory) -> None:
         self._consumer = consumer
         self._new_reader = new_reader
+        self._handing_over = False
+
+    def hand_over(self) -> None:
+        """End every stream right after its next message (and new streams after their first).
+
+        Envoy's gRPC access logger resets its stream when the server closes it and opens a new one,
+        through its load balancer, at its next flush (envoyproxy/envoy
+        source/extensions/access_loggers/common/grpc_access_logger_clients.h, onRemoteClose): with this
+        replica reported NOT_SERVING, to another replica. Entries written on the old stream but not yet
+        read would be lost; right after a message is the quietest moment, as Envoy flushes on a timer
+        (buffer_flush_interval) or a full buffer (buffer_size_bytes), not continuously."""
+        self._handing_over = True
 
     async def stream_access_logs(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -57,6 +69,8 @@ class AccessLogServicer:
                     consumer.malformed("undecodable")
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 await consumer.accept(batch)
+                if self._handing_over:
+                    break
         finally:
             consumer.stream_closed()
         return als_pb2.StreamAccessLogsResponse()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import time
 import urllib.request
@@ -213,3 +214,41 @@ def test_admin_port_closes_idle_slow_and_oversized_clients(remixer_factory: Remi
             big.sendall(b"GET /healthz HTTP/1.1\r\nx-big: " + b"a" * 200_000)
         assert _closed_after(big, 10) < 1.4  # closed for its size, before any timeout
     assert httpx.get(server.admin_url + "/healthz", timeout=5).status_code == 200
+
+
+def test_sigterm_reports_not_serving_and_keeps_answering_until_the_drain_ends(
+    remixer_factory: RemixerFactory,
+) -> None:
+    server = remixer_factory(server={"drain_seconds": 3, "stop_grace_s": 0.5})
+    assert server.proc is not None
+    base = f"http://127.0.0.1:{server.http_authz_port}"
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        authz = external_auth_pb2_grpc.AuthorizationStub(channel)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = signalled + 2
+        while (
+            health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            != health_pb2.HealthCheckResponse.NOT_SERVING
+        ):
+            assert time.monotonic() < deadline, "health still SERVING after SIGTERM"
+            time.sleep(0.02)
+        assert httpx.get(server.admin_url + "/readyz", timeout=5).status_code == 503
+        answered = 0
+        while time.monotonic() - signalled < 2.5:  # inside the drain: every Check still answered
+            assert authz.Check(check_request(request_id=f"d{answered}"), timeout=5).HasField("status")
+            assert httpx.get(base + "/during-drain", timeout=5).status_code == 200
+            answered += 1
+    assert answered > 10
+    assert server.proc.wait(15) == 0
+    assert time.monotonic() - signalled >= 3  # it served the whole drain
+
+
+def test_sigint_skips_the_hand_over(remixer_factory: RemixerFactory) -> None:
+    server = remixer_factory(server={"drain_seconds": 30, "stop_grace_s": 0.5})
+    assert server.proc is not None
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(15) == 0
+    assert time.monotonic() - started < 10

@@ -53,6 +53,7 @@ def test_sigterm_spools_every_record(tmp_path: Path) -> None:
         "REMIXER_SERVER__GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
         "REMIXER_SERVER__ADMIN_ADDRESS": f"127.0.0.1:{admin_port}",
         "REMIXER_SERVER__DATA_DIR": str(tmp_path),
+        "REMIXER_SERVER__DRAIN_SECONDS": "0.5",
         # Kafka pointed at a port nobody listens on: records wait in memory and the spool.
         "REMIXER_SHIPPING__KAFKA__ENABLED": "true",
         "REMIXER_SHIPPING__KAFKA__BOOTSTRAP_SERVERS": f'["127.0.0.1:{free_port()}"]',

@@ -1,0 +1,162 @@
+"""A rolling restart through real Envoy loses no access-log entry.
+
+Two remixer replicas in Envoy's access-log cluster (gRPC health-checked, as Kubernetes endpoints are by
+readiness). Under load, one gets SIGTERM: it reports NOT_SERVING, ends its StreamAccessLogs streams after
+their next message (Envoy reopens them through its load balancer, to the healthy replica) and persists
+everything it read. Every request Envoy answered must have its entry in one replica's spool.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from remixer import envoy
+from remixer.echo import EchoServer
+from remixer.shipping.spool import Spool
+from telemetry.adapters.records import decode_json
+from tests.realparts.envoy import EnvoyFactory
+from tests.realparts.remixer import RemixerFactory, RemixerServer
+
+ALS = "access_logs.grpc_access_log."
+
+
+def als_cluster(name: str, ports: list[int]) -> dict[str, Any]:
+    """Envoy's access-log cluster over several replicas, health-checked with gRPC health (the way an
+    orchestrator's readiness removes a draining pod's endpoint)."""
+    cluster = envoy.grpc_cluster(name, "127.0.0.1", ports[0])
+    cluster["load_assignment"]["endpoints"] = [
+        {"lb_endpoints": [{"endpoint": {"address": envoy.socket_address("127.0.0.1", p)}} for p in ports]}
+    ]
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "0.2s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "grpc_health_check": {},
+        }
+    ]
+    return cluster
+
+
+def spooled_request_ids(server: RemixerServer) -> set[str]:
+    directory = server.data_dir / "spool" / "access-logs"
+    if not directory.is_dir():
+        return set()
+    spool = Spool(Path(directory), max_bytes=1 << 40, segment_bytes=1 << 30)
+    records, _ = spool.read(max_records=10_000_000, max_bytes=1 << 40)
+    return {str(decode_json(value)["request_id"]) for _, value in records}
+
+
+class Load:
+    """Clients sending requests with unique x-request-ids through Envoy until stopped."""
+
+    def __init__(self, port: int, clients: int = 4) -> None:
+        self.port = port
+        self.answered: set[str] = set()
+        self.failed = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
+
+    def _client(self, index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        n = 0
+        while not self._stop.is_set():
+            request_id = f"handover-{index}-{n}"
+            n += 1
+            try:
+                conn.request("GET", f"/r/{n}", headers={"x-request-id": request_id})
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            with self._lock:
+                if ok:
+                    self.answered.add(request_id)
+                else:
+                    self.failed += 1
+        conn.close()
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def test_rolling_restart_loses_no_entry(remixer_factory: RemixerFactory, envoy_factory: EnvoyFactory) -> None:
+    section = {"parts": ["telemetry", "admin"], "drain_seconds": 3, "stop_grace_s": 1}
+    replicas = [remixer_factory(server=section), remixer_factory(server=section)]
+    listen, admin = envoy.free_port(), envoy.free_port()
+    with EchoServer() as upstream:
+        proxy = envoy_factory(
+            envoy.bootstrap(
+                admin_port=admin,
+                listeners=[
+                    envoy.http_listener(
+                        "ingress",
+                        listen,
+                        route_cluster="upstream",
+                        http_filters=[],
+                        access_log=[envoy.http_grpc_access_log("remixer_als", flush="0.2s")],
+                    )
+                ],
+                clusters=[
+                    als_cluster("remixer_als", [r.grpc_port for r in replicas]),
+                    envoy.http_cluster("upstream", "127.0.0.1", upstream.port),
+                ],
+            )
+        )
+        with Load(listen) as load:
+            deadline = time.monotonic() + 20
+            while sum(len(spooled_request_ids(r)) for r in replicas) < 500:
+                assert time.monotonic() < deadline, "no access-log entries reached remixer"
+                time.sleep(0.2)
+            # Restart the replica holding Envoy's streams (each Envoy worker picks one, round robin).
+            leaving, staying = sorted(replicas, key=lambda r: len(spooled_request_ids(r)), reverse=True)
+            before = len(spooled_request_ids(leaving))
+            while len(spooled_request_ids(leaving)) == before:  # still streaming to it right now
+                assert time.monotonic() < deadline, "the replica stopped receiving entries"
+                time.sleep(0.05)
+            assert leaving.proc is not None
+            leaving.proc.send_signal(signal.SIGTERM)
+            assert leaving.proc.wait(30) == 0
+            after_exit = len(load.answered)
+            while len(load.answered) < after_exit + 500:  # the staying replica takes over
+                time.sleep(0.1)
+        answered = load.answered
+        written = f"{ALS}logs_written"
+        deadline = time.monotonic() + 20
+        while proxy.stats(written).get(written, 0) < len(answered):
+            assert time.monotonic() < deadline, "Envoy did not log every answered request"
+            time.sleep(0.1)
+        received: set[str] = set()
+        deadline = time.monotonic() + 20
+        while not answered <= (received := spooled_request_ids(leaving) | spooled_request_ids(staying)):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        stats = proxy.stats(ALS)
+    assert staying.stop() == 0
+    received = spooled_request_ids(leaving) | spooled_request_ids(staying)
+    missing = answered - received
+    print(
+        f"rolling restart: {len(answered)} requests answered ({load.failed} failed), entries on the "
+        f"leaving replica {len(spooled_request_ids(leaving))}, on the staying one "
+        f"{len(spooled_request_ids(staying))}, missing {len(missing)}; envoy {stats}"
+    )
+    assert not missing, sorted(missing)[:10]
+    assert stats.get(f"{ALS}logs_dropped", 0) == 0
