@@ -134,6 +134,9 @@ class AdaptivePart:
         # After the policy part: its store is migrated and its snapshot loaded.
         self.controller.start()
 
+    def hand_over(self) -> None:
+        """Nothing long-lived to move: the loop runs until stop(), a follower takes over leadership."""
+
     async def stop(self, grace: float) -> None:
         await self.controller.stop()
 
