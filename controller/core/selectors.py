@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from controller.structs import WorkloadInfo, WorkloadRef
 
 Labels = Mapping[str, str]
+Selector = tuple[tuple[str, str], ...]
 # istio/istio pkg/kube/util.go GetDeployMetaFromPod: a Job <cronjob>-<8 to 10 digits> belongs to the CronJob.
 # Labels Kubernetes sets per pod or per Job run: never part of a workload's selector.
 _PER_POD_LABELS = frozenset(
@@ -90,44 +91,29 @@ def exact_selectors(
     for owner in owner_list:
         hold(owner.workload.namespace, owner.workload.name, owner.template_labels)
 
-    def others_selected(ref: WorkloadRef, selector: tuple[tuple[str, str], ...]) -> set[str]:
+    def others_selected(ref: WorkloadRef, selector: Selector) -> set[str]:
         if not selector:
             return {"every pod of the namespace"}
         rarest = min((holders.get((ref.namespace, pair), []) for pair in selector), key=len)
         wanted = set(selector)
         return {workload for workload, labels in rarest if workload != ref.name and wanted <= labels}
 
-    infos = {}
-    for owner in owner_list:
-        ref = owner.workload
-        template = tuple(sorted({*owner.template_labels, *owner.match_labels}))
-        clash: set[str] = set()
-        for candidate in (owner.match_labels, template):
-            clash = others_selected(ref, candidate)
-            if not clash:
-                infos[ref] = WorkloadInfo(ref, candidate, from_kubernetes=True)
-                break
-        else:
-            infos[ref] = WorkloadInfo(
-                ref,
-                (),
-                from_kubernetes=True,
-                problem=f"its pod-template labels also select pods of {', '.join(sorted(clash))}",
-            )
-    for ref, labels in sorted(shared.items()):
-        injected = tuple(sorted(pair for pair in labels if pair[0] in _INJECTOR_LABELS))
-        candidates = [c for c in (injected, tuple(sorted(labels))) if c]
+    def first_exact(ref: WorkloadRef, candidates: Iterable[Selector], whose: str) -> WorkloadInfo:
         clash = {"every pod of the namespace"}
         for candidate in candidates:
             clash = others_selected(ref, candidate)
             if not clash:
-                infos[ref] = WorkloadInfo(ref, candidate, from_kubernetes=True)
-                break
-        else:
-            infos[ref] = WorkloadInfo(
-                ref,
-                (),
-                from_kubernetes=True,
-                problem=f"its pods' labels also select pods of {', '.join(sorted(clash))}",
-            )
+                return WorkloadInfo(ref, candidate, from_kubernetes=True)
+        problem = f"{whose} labels also select pods of {', '.join(sorted(clash))}"
+        return WorkloadInfo(ref, (), from_kubernetes=True, problem=problem)
+
+    infos = {}
+    for owner in owner_list:
+        template = tuple(sorted({*owner.template_labels, *owner.match_labels}))
+        infos[owner.workload] = first_exact(
+            owner.workload, (owner.match_labels, template), "its pod-template"
+        )
+    for ref, labels in sorted(shared.items()):
+        injected = tuple(sorted(pair for pair in labels if pair[0] in _INJECTOR_LABELS))
+        infos[ref] = first_exact(ref, [c for c in (injected, tuple(sorted(labels))) if c], "its pods'")
     return infos
