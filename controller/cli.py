@@ -23,6 +23,7 @@ from controller.settings import ControllerSettings, parse_duration
 from controller.structs import RunSummary
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_SOURCE = 0, 1, 2, 3
+_LISTED = 20  # workloads without a Sidecar listed in the table summary
 _EXIT_BY_OUTCOME = {"wrote": 0, "nothing-to-write": 0, "dry-run": 0, "refused": 1, "source-failure": 3}
 
 
@@ -292,6 +293,15 @@ def print_summary(summary: RunSummary, output: str, stream: TextIO) -> None:
         f"deleted {summary.deleted}, failed {summary.failed}, unchanged {summary.unchanged}, "
         f"skipped telemetry rows {summary.skipped_rows}\n"
     )
+    no_sidecar = summary.extra.get("no_sidecar") or []
+    if no_sidecar:
+        stream.write(f"no Sidecar for {len(no_sidecar)} workloads (they keep the default scope):\n")
+        for line in no_sidecar[:_LISTED]:
+            stream.write(f"  {line}\n")
+        if len(no_sidecar) > _LISTED:
+            stream.write(f"  ... and {len(no_sidecar) - _LISTED} more (--output json lists all)\n")
+    for note in summary.extra.get("notes") or []:
+        stream.write(f"note: {note}\n")
     if summary.shrink is not None:
         s = summary.shrink
         stream.write(

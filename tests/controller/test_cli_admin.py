@@ -344,3 +344,32 @@ def test_loop_command_serves_metrics_and_stops_on_sigterm(mesh_url: str, tmp_pat
         "remixer-frontend-v1.yaml",
         "remixer-redis-v1.yaml",
     ]
+
+
+def test_the_table_summary_names_the_workloads_left_without_a_sidecar(
+    prometheus_factory: PrometheusFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    series = [
+        # Two Deployments whose pods carry the same canonical name and revision: no selector tells them apart.
+        call(now, source=("shop", "web-a"), service=("shop", "cart"), app="web"),
+        call(now, source=("shop", "web-b"), service=("shop", "cart"), app="web"),
+    ]
+    url = prometheus_factory(openmetrics=openmetrics_text(series)).url
+    code, out, _ = run_cli(
+        [
+            "run-once",
+            "--prometheus-url",
+            url,
+            "--sink",
+            f"dir:{tmp_path / 'out'}",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capsys,
+    )
+    assert code == 0, out
+    assert "no Sidecar for 2 workloads (they keep the default scope):" in out
+    assert "  shop/web-a: its pod labels (service.istio.io/canonical-name=web," in out
+    assert "do not tell it apart from web-b" in out
+    assert sorted(p.name for p in (tmp_path / "out" / "shop").glob("*.yaml")) == ["remixer-cart-v1.yaml"]
