@@ -577,3 +577,34 @@ async def test_namespace_defaults_keep_istio_s_one_selectorless_sidecar_rule(
     assert "selector-less Sidecar (pay-wide)" in skipped["default"]
     # Selector Sidecars still go to pay: Istio prefers them over the namespace-wide one.
     assert "pay/remixer-fraud-v2" in stored
+
+
+def test_prune_deletes_only_the_version_it_listed(fake_kube: tuple[FakeKube, str]) -> None:
+    kube, api_url = fake_kube
+    ours = _human_sidecar("shop", "remixer-old", {"app": "old"})
+    ours["metadata"]["labels"] = dict(OWNER)  # type: ignore[index]
+    kube.put("networking.istio.io/v1", "sidecars", ours, manager="remixer-controller")
+    kube.put(
+        "networking.istio.io/v1",
+        "sidecars",
+        {**ours, "metadata": {**ours["metadata"], "name": "remixer-older"}},
+    )  # type: ignore[dict-item]
+    sink = KubeSink(api_url=api_url, field_manager="remixer-controller", owner_label="a", owner_value="b")
+    try:
+        assert len(sink.observe()) == 2
+        # Between our list and our delete, someone takes remixer-old over (drops our label).
+        kube.edit(
+            "networking.istio.io/v1",
+            "sidecars",
+            "shop",
+            "remixer-old",
+            lambda o: o["metadata"]["labels"].clear(),
+            manager="kubectl",
+        )
+        failures = sink.apply([], [("shop", "remixer-old"), ("shop", "remixer-older")], dry_run=False)
+    finally:
+        sink.close()
+    assert [(f.name, "409" in f.reason and "Precondition failed" in f.reason) for f in failures] == [
+        ("remixer-old", True)
+    ]
+    assert sorted(o["metadata"]["name"] for o in kube.items()) == ["remixer-old"]
