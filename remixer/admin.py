@@ -167,7 +167,9 @@ def build_admin_app(
     readiness: Callable[[], dict[str, Readiness]],
     alive: Callable[[], bool],
     max_body_bytes: int = 4 << 20,
+    exposition: Callable[[], bytes] | None = None,
 ) -> AdminApp:
+    """`exposition`: the /metrics body, when it is more than this registry (all workers')."""
     app = AdminApp(
         routers=routers,
         title="remixer admin API",
@@ -201,7 +203,8 @@ def build_admin_app(
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
+        body = exposition() if exposition is not None else render(registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Response:

@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from remixer import admin, logs
+from remixer import admin, logs, workers
 from remixer.parts import Part, PartContext, Readiness
 from remixer.settings import ServerSettings, Settings, parse_address
 from remixer.shipping import build_record_sinks, quiet_abandoned_sends
@@ -219,7 +219,9 @@ async def run_worker(
     Gauge("remixer_up", "1 while this remixer worker serves.", ["worker"], registry=registry).labels(
         str(worker_index)
     ).set(1)
-    records = build_record_sinks(settings.shipping, data_dir=data_dir, registry=registry)
+    records = build_record_sinks(
+        settings.shipping, data_dir=data_dir, registry=registry, worker_index=worker_index
+    )
     token = admin.ensure_admin_token(
         server.admin_token.get_secret_value() if server.admin_token else None, data_dir
     )
@@ -256,6 +258,11 @@ async def run_worker(
         if started is not None:
             started.set()
     records.start()
+    metrics_server = (
+        await workers.serve_metrics(registry, workers.metrics_socket(data_dir, worker_index))
+        if worker_index > 0
+        else None
+    )
     settle_heap()
     trimmer = asyncio.create_task(trim_heap_every(server.memory_trim_interval_s), name="remixer-heap-trim")
     log.info(
@@ -272,6 +279,8 @@ async def run_worker(
         server.stop_grace_s,
     )
     await _shutdown(settings, running, records, hurry=hurry)
+    if metrics_server is not None:
+        metrics_server.close()
     trimmer.cancel()
     log.info("remixer stopped worker=%d", worker_index)
     return 0
@@ -390,6 +399,11 @@ async def _start(
             ),
             alive=lambda: not running.draining,
             max_body_bytes=server.admin_max_body_bytes,
+            exposition=(
+                workers.all_workers_metrics(registry, server.data_dir, server.workers)
+                if server.workers > 1
+                else None
+            ),
         )
         config = uvicorn.Config(
             app,

@@ -75,8 +75,9 @@ class ServerSettings(BaseModel):
         1,
         ge=1,
         le=64,
-        description="Worker processes sharing the gRPC and HTTP ext_authz ports (each its own event loop). "
-        "Only worker 0 serves the admin API.",
+        description="Worker processes sharing the gRPC and HTTP ext_authz ports (each its own event loop "
+        "and spool). Only worker 0 serves the admin API; its /metrics carries every worker's series "
+        "(counters and histograms summed, gauges under a worker label).",
     )
     admin_header_timeout_s: float = Field(
         10.0,

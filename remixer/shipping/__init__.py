@@ -20,10 +20,13 @@ from remixer.shipping.settings import KafkaSettings, ShippingSettings
 
 
 def build_record_sinks(
-    settings: ShippingSettings, *, data_dir: Path, registry: CollectorRegistry
+    settings: ShippingSettings, *, data_dir: Path, registry: CollectorRegistry, worker_index: int = 0
 ) -> ShippingHub:
-    """The RecordSinks of one process. No I/O until the first record (spool dirs are made per stream)."""
+    """The RecordSinks of one process. No I/O until the first record (spool dirs are made per stream).
+    Worker processes (`--workers N`) each spool into their own directory: a spool has one writer."""
     spool_dir = settings.spool_dir or (data_dir / "spool")
+    if worker_index:
+        spool_dir = spool_dir / f"worker-{worker_index}"
     return ShippingHub(settings, spool_dir=spool_dir, metrics=ShippingMetrics(registry))
 
 
