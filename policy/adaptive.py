@@ -41,10 +41,10 @@ class SignalSource(Protocol):
 
 @dataclass(slots=True)
 class _Entry:
-    """One rule's enforced limits: requests per second by quota key, and what its callers did."""
+    """One rule's enforced limits: a token bucket by quota key, and what its callers did."""
 
-    callers: dict[str, int]  # full quota key of a known caller -> requests per second
-    unknown: int
+    callers: dict[str, tuple[int, float]]  # full quota key of a known caller -> (depth, period)
+    unknown: tuple[int, float]
     unknown_key: str
     known: dict[str, str]  # full quota key -> caller value
     # caller value ("" for every unknown caller) -> [admitted, rejected] since the counters began
@@ -61,15 +61,15 @@ class AdaptiveTable:
     def active(self) -> bool:
         return bool(self._entries)
 
-    def resolve(self, limit: CompiledLimit, key: str) -> tuple[str, int]:
-        """The counter key and requests per second for one take (every unknown caller shares one)."""
+    def resolve(self, limit: CompiledLimit, key: str) -> tuple[str, int, float]:
+        """Counter key, requests and period for one take (every unknown caller shares one counter)."""
         entry = self._entries.get(limit.name)
         if entry is None:
-            return key, limit.requests
-        requests = entry.callers.get(key)
-        if requests is None:
-            return entry.unknown_key, entry.unknown
-        return key, requests
+            return key, limit.requests, limit.period
+        bucket = entry.callers.get(key)
+        if bucket is None:
+            return entry.unknown_key, *entry.unknown
+        return key, *bucket
 
     def observe(self, limit: CompiledLimit, key: str, admitted: bool) -> None:
         entry = self._entries.get(limit.name)
@@ -86,8 +86,8 @@ class AdaptiveTable:
         known = {f"{name}|{c.caller}": c.caller for c in rule.callers}
         old = self._entries.get(name)
         self._entries[name] = _Entry(
-            callers={key: _requests(callers.get(caller, 1.0)) for key, caller in known.items()},
-            unknown=_requests(unknown),
+            callers={key: bucket(callers.get(caller, 1.0), rule.burst) for key, caller in known.items()},
+            unknown=bucket(unknown, rule.burst),
             unknown_key=name + "#unknown",
             known=known,
             counts=old.counts if old is not None else {},
@@ -105,9 +105,14 @@ class AdaptiveTable:
             del self._entries[name]
 
 
-def _requests(rate: float) -> int:
-    # Token-bucket capacity per second; at least 1, or the bucket arithmetic would divide by zero.
-    return max(1, round(rate)) if math.isfinite(rate) else 1
+def bucket(rate: float, burst: float) -> tuple[int, float]:
+    """A token bucket admitting `rate` per second, `burst` seconds deep: (depth, period).
+
+    The depth is whole requests (at least one); the period follows from it, so the rate stays exact
+    however small: 0.5/s is one request per 2 s, 1000/s with 0.1 s of burst is 100 per 0.1 s."""
+    rate = rate if math.isfinite(rate) and rate > 0 else 1.0
+    depth = max(1, math.ceil(rate * burst))
+    return depth, depth / rate
 
 
 def control_of(rule: AdaptiveDoc) -> pid.Control:

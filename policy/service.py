@@ -475,13 +475,10 @@ class PolicyService:
 
     async def _take_shared(self, q: matching.QuotaRequest) -> QuotaVerdict | None:
         """A verdict from the shared backend, or the configured fallback (None = admit)."""
-        limit = q.limit
-        key, requests = (
-            self.adaptive.resolve(limit, q.key) if self.adaptive.active else (q.key, limit.requests)
-        )
+        key, requests, period = self._bucket(q)
         try:
             return await self._quotas.take(
-                key=key, requests=requests, period=limit.period, algorithm=limit.algorithm
+                key=key, requests=requests, period=period, algorithm=q.limit.algorithm
             )
         except BackendUnavailable as exc:
             fallback = self.settings.quota_fallback
@@ -494,13 +491,14 @@ class PolicyService:
             return self._take_local(q)
 
     def _take_local(self, q: matching.QuotaRequest) -> QuotaVerdict:
-        limit = q.limit
-        key, requests = (
-            self.adaptive.resolve(limit, q.key) if self.adaptive.active else (q.key, limit.requests)
-        )
-        return self._local.take_now(
-            key=key, requests=requests, period=limit.period, algorithm=limit.algorithm
-        )
+        key, requests, period = self._bucket(q)
+        return self._local.take_now(key=key, requests=requests, period=period, algorithm=q.limit.algorithm)
+
+    def _bucket(self, q: matching.QuotaRequest) -> tuple[str, int, float]:
+        """Counter key, requests and period of one take: the limit's, or what an adaptive rule set."""
+        if self.adaptive.active:
+            return self.adaptive.resolve(q.limit, q.key)
+        return q.key, q.limit.requests, q.limit.period
 
     def _apply_verdicts(
         self, evaluation: matching.Evaluation, verdicts: Sequence[QuotaVerdict | None]

@@ -111,6 +111,13 @@ class AdaptiveDoc(BaseModel):
     headroom: float = Field(
         1.5, ge=0, le=100, description="while healthy the limit stays <= headroom x admitted rate (0: off)"
     )
+    burst: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="seconds of its limit a caller may spend at once (the token bucket's depth): short, "
+        "so a step in load meets the limit, not a bucket filled while traffic was light",
+    )
     caller: str = Field("source.principal", description="the attribute that names a caller")
     callers: list[CallerDoc] = Field(
         default_factory=list, description="known callers; every other caller shares what they leave"

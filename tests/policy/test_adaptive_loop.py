@@ -11,11 +11,13 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy.adapters.adaptive_metrics import AdaptiveMetrics
 from policy.adapters.adaptive_state import AdaptiveStateStore, PostgresLeadership, SoleLeadership
 from policy.adapters.sql import SqlPolicyStore
-from policy.adaptive import AdaptiveController
+from policy.adaptive import AdaptiveController, bucket
 from policy.structs import CheckInput
 from remixer.adaptive_signals import TelemetrySignals
 from telemetry.core.aggregates import Aggregates, HttpTally
@@ -141,14 +143,18 @@ async def test_the_limit_is_enforced_per_caller_through_the_quota_path(running: 
     state = loop.controller.last["checkout"]
     assert state.limit < 40
     web = state.callers[WEB]
-    # The known caller gets its own bucket of its allocation per second.
-    assert await _admitted(running, WEB, 40) == round(web)
+    # The known caller gets its own token bucket: its allocation per second, 0.1 s of it at once (burst).
+    web_depth, _ = bucket(web, 0.1)
+    admitted_web = await _admitted(running, WEB, 40)
+    assert web_depth <= admitted_web <= web_depth + 1  # + what refilled while the checks ran
     # Every unknown caller shares one bucket: two of them together get the unknown allocation once.
+    depth, _ = bucket(state.unknown, 0.1)
     a = await _admitted(running, "spiffe://cluster.local/ns/x/sa/a", 20)
     b = await _admitted(running, "spiffe://cluster.local/ns/x/sa/b", 20)
-    assert a + b == max(1, round(state.unknown))
+    assert depth <= a + b <= depth + 1
+    assert b < 20
     counts = running.part.service.adaptive.counts("checkout")
-    assert counts[WEB] == (round(web), 40 - round(web))
+    assert counts[WEB] == (admitted_web, 40 - admitted_web)
     assert counts[""][0] == a + b
     assert (
         running.metric(
@@ -224,7 +230,8 @@ async def test_one_replica_computes_and_the_other_enforces_its_limits(
         await b.controller.tick()
         led = a.controller.last["checkout"]
         assert b.controller.last["checkout"].limit == led.limit
-        assert await _admitted(second, WEB, 60) == round(led.callers[WEB])
+        depth, _ = bucket(led.callers[WEB], 0.1)
+        assert depth <= await _admitted(second, WEB, 60) <= depth + 1
         # The leader goes: the follower takes over from the limit it enforced, not from max_rate.
         await a.controller.stop()
         await b.tick(2000)
@@ -234,3 +241,12 @@ async def test_one_replica_computes_and_the_other_enforces_its_limits(
     finally:
         await a.controller.stop()
         await b.controller.stop()
+
+
+@settings(max_examples=200, deadline=None)
+@given(rate=st.floats(0.01, 1e6), burst=st.floats(0.01, 10))
+def test_a_bucket_admits_exactly_the_rate_at_least_one_request_deep(rate: float, burst: float) -> None:
+    depth, period = bucket(rate, burst)
+    assert depth >= 1
+    assert depth / period == pytest.approx(rate)
+    assert depth <= max(1, rate * burst) + 1

@@ -1,0 +1,564 @@
+"""Benchmark: adaptive limits against an overloaded upstream, four ways side by side in one run.
+
+An upstream of fixed capacity (WORKERS slots, each request holds one for SERVICE_MS: latency rises as the
+queue grows, and past QUEUE_BOUND waiting requests it answers 503 at once) sits behind a real Envoy.
+An open-loop load (constant arrival rate per level, not closed-loop) ramps 0.5x -> 1x -> 2x -> 3x -> 2x ->
+1x -> 0.5x of the measured capacity, split between two callers: `high` (25% of the load, priority 0) and
+`low` (75%), each arriving on its own Envoy listener whose route tags the caller (ext_authz context
+extensions: set by the operator, not by the request). Compared in the same run, one after the other:
+
+  (a) no limit            Envoy straight to the upstream
+  (b) static limit        ext_authz to remixer, a token bucket at the measured capacity
+  (c) Envoy adaptive      Envoy's adaptive_concurrency filter (gradient controller)
+  (d) remixer adaptive    ext_authz to remixer, an adaptive limit (p99 and 5xx ratio from Envoy's access
+                          logs, read in process by the telemetry part), `high` served first
+
+Printed per scenario: goodput (2xx/s over the ramp), p50/p99 of admitted requests (those the upstream
+answered) over the whole ramp and during overload (levels above 1x), each caller's success ratio during
+overload, and the time to settle after each step (from the step until every later 0.5 s bin up to the
+next step has p99 of admitted within 1.5x the setpoint and under 2% upstream 5xx). Loopback only.
+
+    .venv/bin/python bench/adaptive.py [--level-seconds 6]
+
+The machine is shared and noisy (2 cores, several users); the upstream's capacity is made of sleeps, not
+CPU, so it holds under noise, but Envoy, remixer and this load generator share the cores.
+Last line: `adaptive: p99_over_setpoint=X goodput_vs_envoy=Y priority_success=Z settle_s=W`
+(for (d): p99 of admitted during overload / setpoint, goodput / (c)'s, the high caller's success during
+overload, the longest settle time over the steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from remixer import envoy
+from remixer.serveproc import ServeProcess
+
+WORKERS = 4
+SERVICE_MS = 40.0
+QUEUE_BOUND = 40
+SETPOINT_MS = 150.0
+HOST = "capacity.bench.svc.cluster.local"
+LEVELS = (0.5, 1.0, 2.0, 3.0, 2.0, 1.0, 0.5)
+HIGH_SHARE = 0.25
+REQUEST_TIMEOUT = 5.0
+BIN = 0.5
+
+
+# ---- the upstream: fixed capacity, queueing, a bound -------------------------------------------------
+
+
+def _serve_upstream(port: int, ready: Any) -> None:
+    asyncio.run(_upstream(port, ready))
+
+
+async def _upstream(port: int, ready: Any) -> None:
+    slots = asyncio.Semaphore(WORKERS)
+    waiting = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal waiting
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                if waiting >= QUEUE_BOUND:
+                    status = b"503 Service Unavailable"
+                else:
+                    waiting += 1
+                    try:
+                        await slots.acquire()
+                    finally:
+                        waiting -= 1
+                    try:
+                        await asyncio.sleep(SERVICE_MS / 1000)
+                    finally:
+                        slots.release()
+                    status = b"200 OK"
+                writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\nx-upstream: 1\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+    ready.set()
+    async with server:
+        await server.serve_forever()
+
+
+# ---- the open-loop load ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Result:
+    caller: str
+    at: float  # scheduled send time, seconds from the start of the ramp
+    status: int  # 0: no answer in time
+    latency: float  # from the scheduled send time (no coordinated omission)
+    admitted: bool  # the upstream answered it (x-upstream)
+
+
+class Pool:
+    """Keep-alive HTTP/1.1 connections to one listener; a new one whenever none is idle."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, request: bytes) -> tuple[int, bool]:
+        conn = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = conn
+        try:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            status = int(lines[0].split()[1])
+            length, upstream, close = 0, False, False
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"x-upstream":
+                    upstream = True
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            if length:
+                await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if close:
+            writer.close()
+        else:
+            self.idle.append(conn)
+        return status, upstream
+
+
+async def ramp(
+    ports: dict[str, int], capacity: float, level_seconds: float, levels: tuple[float, ...]
+) -> tuple[list[Result], list[float]]:
+    """Drive the ramp; the results and the start time of each level (seconds from the start)."""
+    loop = asyncio.get_running_loop()
+    request = f"GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n".encode()
+    results: list[Result] = []
+    pools = {caller: Pool(port) for caller, port in ports.items()}
+    tasks: set[asyncio.Task[None]] = set()
+    start = loop.time() + 0.2
+    steps = [i * level_seconds for i in range(len(levels))]
+    end = len(levels) * level_seconds
+
+    async def one(caller: str, at: float) -> None:
+        try:
+            status, upstream = await asyncio.wait_for(pools[caller].get(request), REQUEST_TIMEOUT)
+        except (TimeoutError, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            status, upstream = 0, False
+        results.append(Result(caller, at, status, loop.time() - start - at, upstream))
+
+    async def arrivals(caller: str, share: float) -> None:
+        at = 0.0
+        while at < end:
+            rate = levels[min(int(at // level_seconds), len(levels) - 1)] * capacity * share
+            at += 1.0 / rate
+            delay = start + at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(caller, at))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    await asyncio.gather(arrivals("high", HIGH_SHARE), arrivals("low", 1 - HIGH_SHARE))
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=REQUEST_TIMEOUT + 1)
+    for pool in pools.values():
+        for _, writer in pool.idle:
+            writer.close()
+    return results, steps
+
+
+async def measure_capacity(port: int, seconds: float = 3.0) -> float:
+    """Closed loop with twice the upstream's slots in flight: completed 2xx per second."""
+    pool = Pool(port)
+    request = f"GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n".encode()
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            status, _ = await pool.get(request)
+            done += status == 200
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(WORKERS * 2)))
+    return done / (time.monotonic() - started)
+
+
+# ---- Envoy, one bootstrap per scenario ---------------------------------------------------------------
+
+
+def _listener(
+    name: str, port: int, filters: list[dict[str, Any]], context: dict[str, str], access_log: list[Any]
+) -> dict[str, Any]:
+    route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "5s"}}
+    if context:
+        route["typed_per_filter_config"] = {
+            "envoy.filters.http.ext_authz": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                "check_settings": {"context_extensions": context},
+            }
+        }
+    return {
+        "name": name,
+        "address": envoy.socket_address("127.0.0.1", port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                            "http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": name,
+                            "access_log": access_log,
+                            "route_config": {
+                                "name": name,
+                                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
+                            },
+                            "http_filters": [
+                                *filters,
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {"@type": envoy.ROUTER_TYPE},
+                                },
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def adaptive_concurrency_filter() -> dict[str, Any]:
+    """Envoy's gradient controller with its documented defaults, sampling every 100 ms."""
+    return {
+        "name": "envoy.filters.http.adaptive_concurrency",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http."
+            "adaptive_concurrency.v3.AdaptiveConcurrency",
+            "gradient_controller_config": {
+                "sample_aggregate_percentile": {"value": 50},
+                "concurrency_limit_params": {"concurrency_update_interval": "0.1s"},
+                "min_rtt_calc_params": {
+                    "interval": "30s",
+                    "request_count": 50,
+                    "jitter": {"value": 10},
+                    "buffer": {"value": 25},
+                    "min_concurrency": 3,
+                },
+            },
+        },
+    }
+
+
+def envoy_bootstrap(scenario: str, ports: dict[str, int], upstream: int, remixer_grpc: int) -> dict[str, Any]:
+    filters: list[dict[str, Any]] = []
+    access_log: list[Any] = []
+    tags = {"static": "static", "remixer": "adaptive"}
+    if scenario in tags:
+        filters = [envoy.ext_authz_grpc_filter("remixer_policy", timeout="0.5s")]
+    if scenario == "envoy":
+        filters = [adaptive_concurrency_filter()]
+    if scenario == "remixer":
+        access_log = [envoy.http_grpc_access_log("remixer_telemetry", flush="0.1s")]
+    upstream_cluster = envoy.http_cluster("upstream", "127.0.0.1", upstream)
+    # Envoy's default circuit breakers (1024 pending) must not be the limit being measured.
+    upstream_cluster["circuit_breakers"] = {
+        "thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}]
+    }
+    listeners = [
+        _listener(
+            f"{caller}_in",
+            ports[caller],
+            filters,
+            {"caller": caller, "scenario": tags[scenario]} if scenario in tags else {},
+            access_log,
+        )
+        for caller in ("high", "low")
+    ]
+    return envoy.bootstrap(
+        admin_port=ports["admin"],
+        listeners=listeners,
+        clusters=[
+            upstream_cluster,
+            envoy.grpc_cluster("remixer_policy", "127.0.0.1", remixer_grpc),
+            envoy.grpc_cluster("remixer_telemetry", "127.0.0.1", remixer_grpc),
+        ],
+        node={"id": "bench-adaptive", "cluster": "bench"},
+    )
+
+
+# ---- remixer -----------------------------------------------------------------------------------------
+
+
+def policy_document(capacity: float) -> dict[str, Any]:
+    return {
+        "limits": [
+            {
+                "name": "static-capacity",
+                "requests": max(1, round(capacity)),
+                "unit": "second",
+                "algorithm": "token_bucket",
+            }
+        ],
+        "rules": [
+            {
+                "id": "static",
+                "action": "rate_limit",
+                "limit": "static-capacity",
+                "match": {"context.scenario": {"exact": "static"}},
+            }
+        ],
+        "adaptive": [
+            {
+                "name": "bench",
+                "target": {"service": HOST, "match": {"context.scenario": {"exact": "adaptive"}}},
+                "signals": [
+                    {"signal": "p99_latency_ms", "setpoint": SETPOINT_MS},
+                    {"signal": "error_ratio", "setpoint": 0.02},
+                ],
+                "min_rate": round(capacity * 0.1, 1),
+                "max_rate": round(capacity * 4, 1),
+                "interval": 0.5,
+                "caller": "context.caller",
+                "callers": [{"caller": "high", "priority": 0, "share": 1.0}],
+            }
+        ],
+    }
+
+
+def start_remixer(workdir: Path, capacity: float) -> tuple[ServeProcess, int]:
+    grpc_port, admin_port = envoy.free_port(), envoy.free_port()
+    policy = workdir / "policy.yaml"
+    policy.write_text(yaml.safe_dump(policy_document(capacity), sort_keys=False))
+    config = {
+        "server": {
+            "parts": ["policy", "telemetry", "admin", "adaptive"],
+            "grpc_address": f"127.0.0.1:{grpc_port}",
+            "admin_address": f"127.0.0.1:{admin_port}",
+            "data_dir": str(workdir / "data"),
+            "drain_seconds": 1,
+            "log_level": "warning",
+        },
+        "policy": {"policy_files": [str(policy)], "http_enabled": False, "decision_log_sample": 0.0},
+        "telemetry": {
+            "reporter_fallback": "destination",
+            "export_records": False,
+            "call_edges": {"enabled": False},
+        },
+        "adaptive": {"resolution": 0.05},
+    }
+    path = workdir / "remixer.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = ServeProcess(path, f"http://127.0.0.1:{admin_port}", workdir / "remixer.log")
+    server.start(timeout=60)
+    return server, grpc_port
+
+
+# ---- figures -----------------------------------------------------------------------------------------
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Figures:
+    goodput: float
+    p50: float
+    p99: float
+    p99_overload: float
+    high_success: float
+    low_success: float
+    settle: list[float] = field(default_factory=list)
+
+
+def figures(
+    results: list[Result], steps: list[float], level_seconds: float, levels: tuple[float, ...]
+) -> Figures:
+    end = len(levels) * level_seconds
+    overload = [(s, s + level_seconds) for s, lv in zip(steps, levels, strict=True) if lv > 1.0]
+
+    def in_overload(at: float) -> bool:
+        return any(a <= at < b for a, b in overload)
+
+    admitted = [r.latency * 1000 for r in results if r.admitted]
+    admitted_over = [r.latency * 1000 for r in results if r.admitted and in_overload(r.at)]
+
+    def success(caller: str) -> float:
+        mine = [r for r in results if r.caller == caller and in_overload(r.at)]
+        return sum(r.status == 200 for r in mine) / len(mine) if mine else float("nan")
+
+    settle: list[float] = []
+    for i, step in enumerate(steps[1:], start=1):
+        stop = steps[i + 1] if i + 1 < len(steps) else end
+        bins: list[tuple[float, bool]] = []
+        t = step
+        while t < stop - 1e-9:
+            window = [r for r in results if t <= r.at < t + BIN]
+            lat = [r.latency * 1000 for r in window if r.admitted]
+            upstream = [r for r in window if r.admitted]
+            errors = sum(r.status >= 500 for r in upstream)
+            ok = (
+                (not lat or _pct(lat, 0.99) <= 1.5 * SETPOINT_MS)
+                and (not upstream or errors / len(upstream) <= 0.02)
+                and all(r.status != 0 for r in window)
+            )
+            bins.append((t, ok))
+            t += BIN
+        settled_at = stop - step  # never settled within the level
+        for j in range(len(bins)):
+            if all(ok for _, ok in bins[j:]):
+                settled_at = bins[j][0] - step
+                break
+        settle.append(settled_at)
+    return Figures(
+        goodput=sum(r.status == 200 for r in results) / end,
+        p50=_pct(admitted, 0.5),
+        p99=_pct(admitted, 0.99),
+        p99_overload=_pct(admitted_over, 0.99),
+        high_success=success("high"),
+        low_success=success("low"),
+        settle=settle,
+    )
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+SCENARIOS = (
+    ("none", "(a) no limit"),
+    ("static", "(b) static limit"),
+    ("envoy", "(c) Envoy adaptive"),
+    ("remixer", "(d) remixer adaptive"),
+)
+
+
+def run_scenario(
+    scenario: str,
+    workdir: Path,
+    upstream: int,
+    remixer_grpc: int,
+    capacity: float,
+    level_seconds: float,
+    levels: tuple[float, ...],
+) -> tuple[list[Result], list[float]]:
+    ports = {"high": envoy.free_port(), "low": envoy.free_port(), "admin": envoy.free_port()}
+    boot = envoy_bootstrap(scenario, ports, upstream, remixer_grpc)
+    proc = envoy.EnvoyProcess(boot, workdir=workdir / f"envoy-{scenario}", concurrency=1)
+    with proc:
+        return asyncio.run(
+            ramp({"high": ports["high"], "low": ports["low"]}, capacity, level_seconds, levels)
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--level-seconds", type=float, default=6.0, help="seconds per load level (6)")
+    args = parser.parse_args()
+    level_seconds = args.level_seconds
+    workdir = Path(tempfile.mkdtemp(prefix="remixer-bench-adaptive-"))
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    upstream_port = envoy.free_port()
+    upstream = ctx.Process(target=_serve_upstream, args=(upstream_port, ready), daemon=True)
+    upstream.start()
+    remixer: ServeProcess | None = None
+    try:
+        if not ready.wait(20):
+            raise RuntimeError("the upstream did not start")
+        # Capacity through Envoy alone (closed loop), as an operator would measure it for a static limit.
+        ports = {"high": envoy.free_port(), "low": envoy.free_port(), "admin": envoy.free_port()}
+        with envoy.EnvoyProcess(
+            envoy_bootstrap("none", ports, upstream_port, 1), workdir=workdir / "envoy-cap"
+        ):
+            capacity = asyncio.run(measure_capacity(ports["high"]))
+        print(
+            f"upstream: {WORKERS} workers x {SERVICE_MS:g} ms, queue bound {QUEUE_BOUND}; "
+            f"measured capacity {capacity:.1f} req/s (designed {WORKERS * 1000 / SERVICE_MS:.0f}); "
+            f"setpoint p99 {SETPOINT_MS:g} ms; "
+            f"levels {'/'.join(f'{lv:g}x' for lv in LEVELS)} x {level_seconds:g} s; "
+            f"high caller {HIGH_SHARE:.0%} of the load"
+        )
+        remixer, grpc_port = start_remixer(workdir, capacity)
+        table: dict[str, Figures] = {}
+        for scenario, title in SCENARIOS:
+            results, steps = run_scenario(
+                scenario, workdir, upstream_port, grpc_port, capacity, level_seconds, LEVELS
+            )
+            table[scenario] = figures(results, steps, level_seconds, LEVELS)
+            f = table[scenario]
+            print(
+                f"{title:22s} goodput {f.goodput:6.1f}/s  p50 {f.p50:6.1f} ms  p99 {f.p99:7.1f} ms  "
+                f"p99 overload {f.p99_overload:7.1f} ms  "
+                f"high ok {f.high_success:6.1%}  low ok {f.low_success:6.1%}  "
+                f"settle {' '.join(f'{s:.1f}' for s in f.settle)} s",
+                flush=True,
+            )
+        state = httpx.get(remixer.admin_url + "/v1/adaptive-state", timeout=5).json()
+        print(
+            f"remixer adaptive state after the run: limit {state[0]['limit']:.1f}/s, mode {state[0]['mode']}"
+        )
+    finally:
+        if remixer is not None:
+            remixer.stop()
+        upstream.terminate()
+        upstream.join(5)
+    print()
+    print(
+        f"{'':22s} {'goodput/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99 over':>9s} "
+        f"{'high ok':>8s} {'low ok':>8s} {'settle s':>9s}"
+    )
+    for scenario, title in SCENARIOS:
+        f = table[scenario]
+        print(
+            f"{title:22s} {f.goodput:10.1f} {f.p50:8.1f} {f.p99:8.1f} {f.p99_overload:9.1f} "
+            f"{f.high_success:8.1%} {f.low_success:8.1%} {max(f.settle):9.1f}"
+        )
+    print(
+        "(shared 2-core machine: Envoy, remixer and this load generator compete with other work; "
+        "the upstream's capacity is sleeps, so it holds, but latencies carry the noise)"
+    )
+    d, c = table["remixer"], table["envoy"]
+    print(
+        f"adaptive: p99_over_setpoint={d.p99_overload / SETPOINT_MS:.2f} "
+        f"goodput_vs_envoy={d.goodput / c.goodput:.2f} "
+        f"priority_success={d.high_success:.3f} settle_s={max(d.settle):.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
