@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     adaptive_cli.add_arguments(adaptive)
 
+    records = commands.add_parser(
+        "records",
+        help="print the records kept in local files while Kafka is off, one JSON object a line",
+        description="Print the access-log and decision records kept in local files (shipping.records_dir, "
+        "DATA_DIR/records by default) as JSON lines: *.jsonl as they are, *.binpb (protobuf records) "
+        "decoded. PATH: files or directories (their files in time order).",
+    )
+    _common(records)
+    records.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+
     demo = commands.add_parser(
         "demo",
         help="run a real Envoy, an upstream app and remixer, send traffic, print what happened",
@@ -165,6 +175,34 @@ def load_settings(args: argparse.Namespace) -> settings_mod.Settings:
     return settings_mod.load(args.config, _overrides(args))
 
 
+def print_records(paths: Sequence[Path]) -> int:
+    """`remixer records PATH...`: every record as one JSON object a line."""
+    from google.protobuf import json_format
+
+    from remixer.shipping.localfiles import SUFFIXES, delimited
+    from remixer.v1 import access_record_pb2
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES))
+        elif path.exists():
+            files.append(path)
+        else:
+            print(f"remixer: error: {path} does not exist", file=sys.stderr)
+            return EXIT_USAGE
+    out = sys.stdout
+    for file in files:
+        data = file.read_bytes()
+        if file.suffix == ".jsonl":
+            out.write(data.decode(errors="replace"))
+            continue
+        for message in delimited(data):
+            record = access_record_pb2.AccessRecord.FromString(message)
+            out.write(json_format.MessageToJson(record, indent=None) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -185,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from remixer import adaptive_cli
 
         return adaptive_cli.run(args, settings)
+    if args.command == "records":
+        return print_records(args.paths)
     from remixer.demo import run_demo
 
     return run_demo(settings, requests=args.requests, keep_running=args.keep_running)

@@ -25,9 +25,13 @@ def build_record_sinks(
     """The RecordSinks of one process. No I/O until the first record (spool dirs are made per stream).
     Worker processes (`--workers N`) each spool into their own directory: a spool has one writer."""
     spool_dir = settings.spool_dir or (data_dir / "spool")
+    records_dir = settings.records_dir or (data_dir / "records")
     if worker_index:
         spool_dir = spool_dir / f"worker-{worker_index}"
-    return ShippingHub(settings, spool_dir=spool_dir, metrics=ShippingMetrics(registry))
+        records_dir = records_dir / f"worker-{worker_index}"
+    return ShippingHub(
+        settings, spool_dir=spool_dir, records_dir=records_dir, metrics=ShippingMetrics(registry)
+    )
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from remixer.parts import Record
 from remixer.shipping.kafka import ClientLogQuieter, KafkaLink, ShipFailed, quiet_client_logs
+from remixer.shipping.localfiles import RecordFiles
 from remixer.shipping.metrics import ShippingMetrics
 from remixer.shipping.settings import ShippingSettings
 from remixer.shipping.spool import Spool
@@ -34,7 +35,7 @@ OUTAGE_REMINDER_S = 60.0
 class StreamQueue:
     """The RecordSink of one stream (one Kafka topic)."""
 
-    def __init__(self, name: str, topic: str, *, spool: Spool, hub: ShippingHub) -> None:
+    def __init__(self, name: str, topic: str, *, spool: Spool | RecordFiles, hub: ShippingHub) -> None:
         self.name = name
         self.topic = topic
         self.spool = spool
@@ -104,7 +105,10 @@ class StreamQueue:
     def to_spool(self, records: Sequence[Record]) -> int:
         written = self.spool.append(records)
         if written:
-            self._metrics.spooled(written)
+            if isinstance(self.spool, RecordFiles):
+                self._metrics.stored(written)
+            else:
+                self._metrics.spooled(written)
         if written < len(records):
             self._metrics.dropped("spool_full", len(records) - written)
         return written
@@ -120,10 +124,13 @@ class StreamQueue:
 class ShippingHub:
     """`RecordSinks` for remixer serve: `sink(stream)`, and `close()` on shutdown."""
 
-    def __init__(self, settings: ShippingSettings, *, spool_dir: Path, metrics: ShippingMetrics) -> None:
+    def __init__(
+        self, settings: ShippingSettings, *, spool_dir: Path, records_dir: Path, metrics: ShippingMetrics
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.spool_dir = spool_dir
+        self.records_dir = records_dir
         self.closing = False
         self._streams: dict[str, StreamQueue] = {}
         self._link = KafkaLink(settings.kafka) if settings.kafka.enabled else None
@@ -142,11 +149,22 @@ class ShippingHub:
         if queue is None:
             topics = self.settings.kafka.topics
             topic = getattr(topics, KNOWN_STREAMS[stream]) if stream in KNOWN_STREAMS else f"remixer-{stream}"
-            spool = Spool(
-                self.spool_dir / stream,
-                max_bytes=self.settings.spool_max_bytes,
-                segment_bytes=self.settings.spool_segment_bytes,
-            )
+            spool: Spool | RecordFiles
+            if self._link is None:
+                metrics = self.metrics.for_stream(stream)
+                spool = RecordFiles(
+                    self.records_dir / stream,
+                    file_bytes=self.settings.records_file_bytes,
+                    max_bytes=self.settings.records_max_bytes,
+                    retention_s=self.settings.records_retention_hours * 3600,
+                    on_drop=lambda count, metrics=metrics: metrics.dropped("retention", count),  # type: ignore[misc]
+                )
+            else:
+                spool = Spool(
+                    self.spool_dir / stream,
+                    max_bytes=self.settings.spool_max_bytes,
+                    segment_bytes=self.settings.spool_segment_bytes,
+                )
             queue = self._streams[stream] = StreamQueue(stream, topic, spool=spool, hub=self)
         return queue
 
@@ -161,8 +179,20 @@ class ShippingHub:
     # ---- the shipper ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Ship what an earlier run left in the spool now, not when the first new record arrives."""
+        """Ship what an earlier run left in the spool now, not when the first new record arrives.
+        Kafka off: say where records are kept and what happens at the bound."""
         if self._link is None:
+            s = self.settings
+            log.info(
+                "Kafka is off: records are kept in %s/<stream>/ (*.jsonl: one JSON record a line; *.binpb: "
+                "length-delimited protobuf; `remixer records DIR` prints both), a new file every %.3g MiB; "
+                "files older than %gh or beyond %.3g MiB per stream are deleted, their records counted in "
+                'remixer_shipping_records_dropped_total{reason="retention"}',
+                self.records_dir,
+                s.records_file_bytes / (1 << 20),
+                s.records_retention_hours,
+                s.records_max_bytes / (1 << 20),
+            )
             return
         if self.spool_dir.is_dir():
             for directory in sorted(self.spool_dir.iterdir()):
@@ -275,19 +305,19 @@ class ShippingHub:
     async def _ship(self, stream: StreamQueue, link: KafkaLink) -> None:
         kafka = self.settings.kafka
         metrics = self.metrics.for_stream(stream.name)
+        spool = stream.spool
+        assert isinstance(spool, Spool)  # Kafka on: a spool, never record files
         # The spool holds older records than the queue: drain it first, queueing new arrivals behind it.
-        while not stream.spool.empty:
+        while not spool.empty:
             if len(stream.queue) >= kafka.batch_max_records:
                 stream.spill()
-            records, cursor = stream.spool.read(
-                max_records=kafka.batch_max_records, max_bytes=kafka.batch_max_bytes
-            )
+            records, cursor = spool.read(max_records=kafka.batch_max_records, max_bytes=kafka.batch_max_bytes)
             if not records:
                 break
             started = time.perf_counter()
             await link.send(stream.topic, records)
             metrics.sent(len(records), time.perf_counter() - started)
-            stream.spool.commit(cursor)
+            spool.commit(cursor)
         while stream.queue:
             records = stream.take(kafka.batch_max_records)
             started = time.perf_counter()

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from remixer.shipping.localfiles import RecordFiles
+
 if TYPE_CHECKING:
     from remixer.shipping.hub import ShippingHub
 
@@ -17,6 +19,7 @@ class StreamMetrics:
     def __init__(self, metrics: ShippingMetrics, stream: str) -> None:
         self._sent = metrics.records_sent.labels(stream)
         self._spooled = metrics.records_spooled.labels(stream)
+        self._stored = metrics.records_stored.labels(stream)
         self._errors = metrics.send_errors.labels(stream)
         self._latency = metrics.send_seconds.labels(stream)
         self._dropped = metrics.records_dropped
@@ -28,6 +31,9 @@ class StreamMetrics:
 
     def spooled(self, count: int) -> None:
         self._spooled.inc(count)
+
+    def stored(self, count: int) -> None:
+        self._stored.inc(count)
 
     def dropped(self, reason: str, count: int) -> None:
         if count:
@@ -48,9 +54,16 @@ class ShippingMetrics:
             ["stream"],
             registry=registry,
         )
+        self.records_stored = Counter(
+            "remixer_shipping_records_stored",
+            "Records written to the local record files (Kafka off).",
+            ["stream"],
+            registry=registry,
+        )
         self.records_dropped = Counter(
             "remixer_shipping_records_dropped",
-            "Records lost: spool full, or larger than Kafka accepts.",
+            "Records lost: spool full, larger than Kafka accepts, or deleted from the local record files "
+            "by their retention (Kafka off).",
             ["stream", "reason"],
             registry=registry,
         )
@@ -100,15 +113,22 @@ class _HubGauges:
         age = GaugeMetricFamily(
             "remixer_shipping_spool_oldest_seconds", "Age of the oldest spooled segment.", labels=["stream"]
         )
+        kept = GaugeMetricFamily(
+            "remixer_shipping_records_bytes",
+            "Bytes in the local record files (Kafka off), per stream.",
+            labels=["stream"],
+        )
         limit = GaugeMetricFamily("remixer_shipping_spool_limit_bytes", "Spool size cap per stream.")
         limit.add_metric([], self._hub.settings.spool_max_bytes)
         for stream in self._hub.streams:
             queue.add_metric([stream.name], len(stream.queue))
             size.add_metric([stream.name], stream.spool.size_bytes)
             age.add_metric([stream.name], stream.spool.oldest_age(now))
+            if isinstance(stream.spool, RecordFiles):
+                kept.add_metric([stream.name], stream.spool.stored_bytes())
         connected = GaugeMetricFamily(
             "remixer_shipping_kafka_connected", "1 while a Kafka producer is connected (0 when off or away)."
         )
         connected.add_metric([], 1 if self._hub.kafka_connected else 0)
-        metrics: list[Any] = [queue, size, age, limit, connected]
+        metrics: list[Any] = [queue, size, age, kept, limit, connected]
         yield from metrics

@@ -23,7 +23,8 @@ class KafkaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(
-        False, description="Send records to Kafka. When off, records go to the local spool only."
+        False,
+        description="Send records to Kafka. When off, records are kept in local files (records_dir).",
     )
     bootstrap_servers: list[str] = Field(
         default_factory=lambda: ["127.0.0.1:9092"], description="Kafka bootstrap brokers, host:port each."
@@ -89,6 +90,26 @@ class ShippingSettings(BaseModel):
     )
     spool_segment_bytes: int = Field(
         8 * 1024 * 1024, ge=4096, description="Size of one append-only spool segment file."
+    )
+    records_dir: Path | None = Field(
+        None,
+        description="Kafka off: where records are kept, one directory per stream, in rotated files "
+        "(*.jsonl, or *.binpb for protobuf records). Unset: DATA_DIR/records.",
+    )
+    records_file_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096, description="Kafka off: size at which a new record file is started."
+    )
+    records_max_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=4096,
+        description="Kafka off: record files kept per stream; beyond it the oldest file is deleted (its "
+        "records counted as dropped, reason retention).",
+    )
+    records_retention_hours: float = Field(
+        24.0,
+        ge=0,
+        description="Kafka off: record files older than this are deleted (counted as dropped, reason "
+        "retention); 0 keeps them until records_max_bytes.",
     )
     queue_max_records: int = Field(
         100_000, ge=1, description="In-memory records per stream before new ones spill to the spool."

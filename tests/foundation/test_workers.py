@@ -164,6 +164,6 @@ def test_two_workers_metrics_add_up_to_what_envoy_sent(
     assert metric_sum(metrics, "remixer_telemetry_entries_received_total") == written
     assert metric_sum(metrics, "remixer_policy_checks_total") == checked == sent
     assert metric_sum(metrics, "istio_requests_total", response_code="200") == sent
-    assert metric_sum(metrics, "remixer_shipping_records_spooled_total", stream="access-logs") == written
+    assert metric_sum(metrics, "remixer_shipping_records_stored_total", stream="access-logs") == written
     # Gauges stay per worker.
     assert metric_sum(metrics, "remixer_up", worker="0") == metric_sum(metrics, "remixer_up", worker="1") == 1

@@ -3,7 +3,7 @@
 Two remixer replicas in Envoy's access-log cluster (gRPC health-checked, as Kubernetes endpoints are by
 readiness). Under load, one gets SIGTERM: it reports NOT_SERVING, ends its StreamAccessLogs streams after
 their next message (Envoy reopens them through its load balancer, to the healthy replica) and persists
-everything it read. Every request Envoy answered must have its entry in one replica's spool.
+everything it read. Every request Envoy answered must have its entry in one replica's records.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import http.client
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from remixer import envoy
 from remixer.echo import EchoServer
-from remixer.shipping.spool import Spool
 from telemetry.adapters.records import decode_json
 from tests.realparts.envoy import EnvoyFactory
 from tests.realparts.remixer import RemixerFactory, RemixerServer
@@ -44,13 +42,13 @@ def als_cluster(name: str, ports: list[int]) -> dict[str, Any]:
     return cluster
 
 
-def spooled_request_ids(server: RemixerServer) -> set[str]:
-    directory = server.data_dir / "spool" / "access-logs"
+def kept_request_ids(server: RemixerServer) -> set[str]:
+    """The request ids of the access-log records a replica kept (Kafka off: its local record files)."""
+    directory = server.data_dir / "records" / "access-logs"
     if not directory.is_dir():
         return set()
-    spool = Spool(Path(directory), max_bytes=1 << 40, segment_bytes=1 << 30)
-    records, _ = spool.read(max_records=10_000_000, max_bytes=1 << 40)
-    return {str(decode_json(value)["request_id"]) for _, value in records}
+    lines = [line for path in sorted(directory.glob("*.jsonl")) for line in path.read_bytes().splitlines()]
+    return {str(decode_json(line)["request_id"]) for line in lines if line.endswith(b"}")}
 
 
 class Load:
@@ -122,13 +120,13 @@ def test_rolling_restart_loses_no_entry(remixer_factory: RemixerFactory, envoy_f
         )
         with Load(listen) as load:
             deadline = time.monotonic() + 20
-            while sum(len(spooled_request_ids(r)) for r in replicas) < 500:
+            while sum(len(kept_request_ids(r)) for r in replicas) < 500:
                 assert time.monotonic() < deadline, "no access-log entries reached remixer"
                 time.sleep(0.2)
             # Restart the replica holding Envoy's streams (each Envoy worker picks one, round robin).
-            leaving, staying = sorted(replicas, key=lambda r: len(spooled_request_ids(r)), reverse=True)
-            before = len(spooled_request_ids(leaving))
-            while len(spooled_request_ids(leaving)) == before:  # still streaming to it right now
+            leaving, staying = sorted(replicas, key=lambda r: len(kept_request_ids(r)), reverse=True)
+            before = len(kept_request_ids(leaving))
+            while len(kept_request_ids(leaving)) == before:  # still streaming to it right now
                 assert time.monotonic() < deadline, "the replica stopped receiving entries"
                 time.sleep(0.05)
             assert leaving.proc is not None
@@ -145,18 +143,18 @@ def test_rolling_restart_loses_no_entry(remixer_factory: RemixerFactory, envoy_f
             time.sleep(0.1)
         received: set[str] = set()
         deadline = time.monotonic() + 20
-        while not answered <= (received := spooled_request_ids(leaving) | spooled_request_ids(staying)):
+        while not answered <= (received := kept_request_ids(leaving) | kept_request_ids(staying)):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         stats = proxy.stats(ALS)
     assert staying.stop() == 0
-    received = spooled_request_ids(leaving) | spooled_request_ids(staying)
+    received = kept_request_ids(leaving) | kept_request_ids(staying)
     missing = answered - received
     print(
         f"rolling restart: {len(answered)} requests answered ({load.failed} failed), entries on the "
-        f"leaving replica {len(spooled_request_ids(leaving))}, on the staying one "
-        f"{len(spooled_request_ids(staying))}, missing {len(missing)}; envoy {stats}"
+        f"leaving replica {len(kept_request_ids(leaving))}, on the staying one "
+        f"{len(kept_request_ids(staying))}, missing {len(missing)}; envoy {stats}"
     )
     assert not missing, sorted(missing)[:10]
     assert stats.get(f"{ALS}logs_dropped", 0) == 0

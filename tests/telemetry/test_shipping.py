@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import os
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,10 @@ from prometheus_client import CollectorRegistry
 
 from remixer.shipping import _batch, build_record_sinks, quiet_abandoned_sends
 from remixer.shipping.kafka import ClientLogQuieter, _BuiltBatch
+from remixer.shipping.localfiles import RecordFiles, delimited
 from remixer.shipping.settings import KafkaSettings, ShippingSettings
+from remixer.shipping.spool import Spool
+from remixer.v1 import access_record_pb2
 from tests.realparts.kafka import TansuBroker, consume
 
 TOPIC = "remixer-access-logs"
@@ -48,27 +56,90 @@ async def wait_until(check: object, within: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_kafka_off_spools_then_a_later_run_drains_in_order(
-    tmp_path: Path, kafka_broker: TansuBroker
+def print_records(path: Path) -> list[str]:
+    """`remixer records PATH`, the documented way to read the local record files."""
+    return subprocess.run(
+        [sys.executable, "-m", "remixer", "records", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+
+
+def json_numbered(n: int, start: int = 0) -> list[tuple[bytes | None, bytes]]:
+    return [(b"svc", f'{{"n": {i}}}'.encode()) for i in range(start, start + n)]
+
+
+async def test_kafka_off_keeps_records_in_rotated_files_readable_with_remixer_records(
+    tmp_path: Path, caplog: Any
 ) -> None:
     registry = CollectorRegistry()
-    off = build_record_sinks(ShippingSettings(queue_max_records=100), data_dir=tmp_path, registry=registry)
+    caplog.set_level(logging.INFO)
+    settings = ShippingSettings(queue_max_records=100, records_file_bytes=4096)
+    off = build_record_sinks(settings, data_dir=tmp_path, registry=registry)
+    off.start()
     sink = off.sink("access-logs")
-    assert sink.offer(numbered(250)) == 250  # beyond the queue bound: spilled to the spool, in order
-    await sink.put(numbered(250, start=250))
+    assert sink.offer(json_numbered(250)) == 250  # beyond the queue bound: straight to the files, in order
+    await sink.put(json_numbered(250, start=250))
     await off.close()
-    assert value(registry, "remixer_shipping_records_spooled_total", stream="access-logs") == 500
-    assert (tmp_path / "spool" / "access-logs").is_dir()
+    assert value(registry, "remixer_shipping_records_stored_total", stream="access-logs") == 500
+    assert value(registry, "remixer_shipping_records_spooled_total", stream="access-logs") == 0
+    directory = tmp_path / "records" / "access-logs"
+    files = sorted(directory.glob("*.jsonl"))
+    assert len(files) > 1  # rotated at records_file_bytes
+    lines = b"".join(f.read_bytes() for f in files).splitlines()
+    assert [json.loads(line)["n"] for line in lines] == list(range(500))
+    printed = await asyncio.to_thread(print_records, tmp_path / "records")
+    assert [json.loads(line)["n"] for line in printed] == list(range(500))
+    startup = [r.getMessage() for r in caplog.records if "Kafka is off" in r.getMessage()]
+    assert len(startup) == 1
+    assert "retention" in startup[0]
+    assert str(tmp_path / "records") in startup[0]
 
-    registry = CollectorRegistry()
-    on = build_record_sinks(kafka_on(kafka_broker), data_dir=tmp_path, registry=registry)
-    sink = on.sink("access-logs")
-    await sink.put(numbered(100, start=500))
-    got = await consume(kafka_broker.bootstrap, TOPIC, until=lambda r: len(r) >= 600)
-    assert [v for _, v in got] == [v for _, v in numbered(600)]
-    await wait_until(lambda: sink.spool.empty)
-    await on.close()
-    assert value(registry, "remixer_shipping_records_sent_total", stream="access-logs") == 600
+
+def test_record_files_keep_to_their_retention_and_size_and_count_what_they_delete() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        clock = [1_000_000.0]
+        dropped: list[int] = []
+        files = RecordFiles(
+            Path(tmp),
+            file_bytes=4096,
+            max_bytes=20_000,
+            retention_s=3600,
+            on_drop=dropped.append,
+            now=lambda: clock[0],
+        )
+        for i in range(100):  # ~100 KB of records: five times the bound
+            files.append(json_numbered(10, start=i * 10))
+            clock[0] += 1
+            for path in files.files():  # written now, on the test's clock
+                if path.stat().st_mtime > clock[0]:
+                    os.utime(path, (clock[0], clock[0]))
+        files.enforce_bounds()
+        kept = b"".join(f.read_bytes() for f in files.files()).splitlines()
+        assert files.stored_bytes() <= 20_000 + 4096 + 200
+        assert len(kept) + sum(dropped) == 1000  # every record is either kept or counted
+        assert [json.loads(line)["n"] for line in kept] == list(range(1000 - len(kept), 1000))  # the newest
+        clock[0] += 7200  # everything but the file being written is past the retention
+        files.enforce_bounds()
+        assert len(files.files()) == 1
+        assert len(b"".join(f.read_bytes() for f in files.files()).splitlines()) + sum(dropped) == 1000
+        files.close()
+
+
+def test_protobuf_records_are_length_delimited_and_printed_as_json(tmp_path: Path) -> None:
+    record = access_record_pb2.AccessRecord(request_id="r-1", response_code=503)
+    files = RecordFiles(tmp_path, file_bytes=1 << 20, max_bytes=1 << 30, retention_s=0, on_drop=print)
+    files.append([(None, record.SerializeToString())] * 3)
+    files.close()
+    (path,) = files.files()
+    assert path.suffix == ".binpb"
+    assert [access_record_pb2.AccessRecord.FromString(m) for m in delimited(path.read_bytes())] == [
+        record
+    ] * 3
+    printed = print_records(path)
+    assert [json.loads(line)["requestId"] for line in printed] == ["r-1"] * 3
 
 
 async def test_broker_down_at_start_then_up(tmp_path: Path) -> None:
@@ -115,7 +186,10 @@ async def test_close_with_broker_gone_spools_everything(tmp_path: Path, kafka_br
 
 async def test_drops_are_counted_when_the_spool_is_full_or_a_record_too_large(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    settings = ShippingSettings(spool_max_bytes=2000, kafka=KafkaSettings(max_record_bytes=1024))
+    # Kafka on but away (nobody listens on a never-started broker's port): records wait in the spool.
+    kafka = kafka_on(TansuBroker(tmp_path)).kafka
+    kafka.max_record_bytes, kafka.retry_backoff_s = 1024, 30
+    settings = ShippingSettings(spool_max_bytes=2000, kafka=kafka)
     hub = build_record_sinks(settings, data_dir=tmp_path, registry=registry)
     sink = hub.sink("access-logs")
     await sink.put([(None, b"x" * 5000)])
@@ -256,10 +330,10 @@ async def test_an_abandoned_kafka_failure_is_not_logged_as_an_error(caplog: Any)
 async def test_a_spool_left_by_an_earlier_run_ships_at_start(
     tmp_path: Path, kafka_broker: TansuBroker
 ) -> None:
-    off = build_record_sinks(ShippingSettings(), data_dir=tmp_path, registry=CollectorRegistry())
-    off.sink("access-logs").offer(numbered(300))
-    off.sink("decisions").offer(numbered(200))
-    await off.close()
+    for stream, count in (("access-logs", 300), ("decisions", 200)):
+        spool = Spool(tmp_path / "spool" / stream, max_bytes=1 << 30, segment_bytes=1 << 20)
+        spool.append(numbered(count))
+        spool.close()
     registry = CollectorRegistry()
     # A new run whose parts never ask for the decisions stream, and that gets no new record.
     hub = build_record_sinks(kafka_on(kafka_broker), data_dir=tmp_path, registry=registry)
