@@ -74,7 +74,9 @@ class TelemetryPart:
         )
         self._peers = wire.PeerCache(settings.max_peer_metadata_bytes)
         self._paths = PathTemplates(settings.path_templates) if settings.request_path_label else None
-        self.servicer = AccessLogServicer(consumer=self.pipeline, new_reader=self._new_reader)
+        self.servicer = AccessLogServicer(
+            consumer=self.pipeline, new_reader=self._new_reader, max_entries=settings.max_entries_per_message
+        )
         self._started = False
         if not decoding.COMPILED:
             log.warning(

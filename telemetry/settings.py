@@ -99,6 +99,14 @@ class TelemetrySettings(BaseModel):
     record_max_field_bytes: int = Field(
         8192, ge=64, description="Longer string fields (paths, headers) are truncated in records."
     )
+    max_entries_per_message: int = Field(
+        20_000,
+        ge=1,
+        description="Access-log messages with more entries are refused (INVALID_ARGUMENT, counted as "
+        "malformed too_many_entries) and their records not kept. Envoy sends about buffer_size_bytes "
+        "(16 KiB) a message, tens of entries; the bytes of one message are capped by "
+        "server.grpc_max_receive_bytes.",
+    )
     max_peer_metadata_bytes: int = Field(
         16_384,
         ge=256,

@@ -37,9 +37,12 @@ ReaderFactory = Callable[[StreamIdentity], decoding.StreamReader]
 
 
 class AccessLogServicer:
-    def __init__(self, *, consumer: BatchConsumer, new_reader: ReaderFactory) -> None:
+    def __init__(
+        self, *, consumer: BatchConsumer, new_reader: ReaderFactory, max_entries: int = 1 << 62
+    ) -> None:
         self._consumer = consumer
         self._new_reader = new_reader
+        self._max_entries = max_entries
         self._handing_over = False
 
     def hand_over(self) -> None:
@@ -68,6 +71,15 @@ class AccessLogServicer:
                 except decoding.MalformedMessage as exc:
                     consumer.malformed("undecodable")
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                if batch.entries > self._max_entries:
+                    # Envoy sends about buffer_size_bytes (16 KiB) a message: tens of entries. Holding
+                    # the records of a 50,000-entry message is what a hostile sender would make us do.
+                    consumer.malformed("too_many_entries")
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"a message of {batch.entries} entries is more than "
+                        f"telemetry.max_entries_per_message ({self._max_entries})",
+                    )
                 await consumer.accept(batch)
                 if self._handing_over:
                     break

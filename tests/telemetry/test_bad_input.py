@@ -253,3 +253,15 @@ def test_fuzz_mutated_valid_messages(reader: decoding.StreamReader, data: st.Dat
         base[pos] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(base)))
     _decode(reader, bytes(base[:cut]))
+
+
+async def test_a_message_of_too_many_entries_is_refused_and_nothing_of_it_kept(tmp_path: Path) -> None:
+    async with running_telemetry(tmp_path, TelemetrySettings(max_entries_per_message=100)) as tel:
+        error = await send(tel, [http_message([entry()] * 101, first=True)])
+        assert error is not None
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_entries_per_message" in (error.details() or "")
+        assert tel.value("remixer_telemetry_messages_malformed_total", {"reason": "too_many_entries"}) == 1
+        assert tel.value("remixer_telemetry_records_exported_total") == 0
+        assert await send(tel, [http_message([entry()] * 100, first=True)]) is None
+        assert tel.value("remixer_telemetry_records_exported_total") == 100

@@ -8,17 +8,24 @@ everything it read. Every request Envoy answered must have its entry in one repl
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import signal
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import grpc
 
 from remixer import envoy
 from remixer.echo import EchoServer
 from telemetry.adapters.records import decode_json
 from tests.realparts.envoy import EnvoyFactory
 from tests.realparts.remixer import RemixerFactory, RemixerServer
+from tests.telemetry.harness import running_telemetry
+from tests.telemetry.test_bad_input import METHOD, entry, http_message, received
 
 ALS = "access_logs.grpc_access_log."
 
@@ -158,3 +165,33 @@ def test_rolling_restart_loses_no_entry(remixer_factory: RemixerFactory, envoy_f
     )
     assert not missing, sorted(missing)[:10]
     assert stats.get(f"{ALS}logs_dropped", 0) == 0
+
+
+async def test_hand_over_ends_each_stream_right_after_the_message_it_read(tmp_path: Path) -> None:
+    """In process: once the drain begins, a stream open before it and one opened during it are each
+    ended by the server (status OK, the client never half-closed) right after their next message,
+    whose entries are kept."""
+    async with running_telemetry(tmp_path) as tel:
+        async with grpc.aio.insecure_channel(tel.target) as channel:
+            method = channel.stream_unary(METHOD, request_serializer=None, response_deserializer=None)
+            before = method()
+            await before.write(http_message([entry()] * 3, first=True))
+            await wait_for(lambda: received(tel) == 3)
+            assert not before.done()  # serving normally: the stream stays open
+            tel.part.hand_over()
+            await before.write(http_message([entry()] * 2))
+            await asyncio.wait_for(before, 5)  # ended by the server, not by us
+            assert await before.code() == grpc.StatusCode.OK
+            during = method()
+            await during.write(http_message([entry()] * 4, first=True))
+            await asyncio.wait_for(during, 5)
+            assert await during.code() == grpc.StatusCode.OK
+        assert received(tel) == 9
+        assert tel.value("remixer_telemetry_records_exported_total") == 9
+
+
+async def wait_for(check: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
