@@ -1,7 +1,10 @@
-"""Regenerate the Python modules for remixer's own .proto files.
+"""Regenerate what is generated from .proto files: remixer's own Python modules, and the wire readers the
+compiled scanners include (remixer/native/wiregen.py: a table of the fields read -> Cython).
 
 Run from anywhere: `python protos/regenerate.py [OUT_DIR]` (default: the repository root), i.e.
-grpc_tools.protoc -I protos --python_out=OUT --pyi_out=OUT protos/remixer/v1/*.proto
+grpc_tools.protoc -I protos --python_out=OUT --pyi_out=OUT protos/remixer/v1/*.proto, then
+python -m remixer.native.wiregen TABLE OUT for each of WIRE_TABLES. tests/telemetry/test_protos.py checks
+that the committed files are what this writes.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
+# (table, generated Cython include), relative to the repository root
+WIRE_TABLES = [("telemetry/edge/als_fields.txt", "telemetry/edge/_als_fields.pxi")]
 
 
 def proto_files() -> list[str]:
     return sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
 
 
-def regenerate(out_dir: Path = ROOT) -> None:
+def regenerate_protos(out_dir: Path = ROOT) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     args = ["protoc", f"-I{PROTOS}", f"--python_out={out_dir}", f"--pyi_out={out_dir}", *proto_files()]
     code = protoc.main(args)
@@ -27,5 +32,16 @@ def regenerate(out_dir: Path = ROOT) -> None:
         raise SystemExit(f"protoc failed with exit code {code}")
 
 
+def regenerate_wire_readers(out_dir: Path = ROOT) -> None:
+    sys.path.insert(0, str(ROOT))  # run as a script: remixer is importable from the checkout
+    from remixer.native import wiregen
+
+    for table, generated in WIRE_TABLES:
+        (out_dir / generated).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / generated).write_text(wiregen.cython(wiregen.load(ROOT / table)))
+
+
 if __name__ == "__main__":
-    regenerate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT)
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT
+    regenerate_protos(out)
+    regenerate_wire_readers(out)

@@ -7,6 +7,11 @@ memo keys, the same kinds (a memo miss calls back into Python to build one), the
 changes is where the work happens: one pass over the wire bytes fills flat C structs (no upb message,
 no per-entry attribute reads), and per entry Python only sees the memo key.
 
+The per-field readers are not written here: als_fields.txt lists the fields read (one line each) and
+remixer/native/wiregen.py generates _als_fields.pxi from it and Envoy's descriptors (tags, the WireFields
+struct, a scan_<Message> per message). This module keeps the top level (the log_entries oneof, the
+entry list), the shared helpers those readers call, and what is done with the fields.
+
 Wire rules are upb's for that view, so a message is rejected exactly when
 als_view_pb2.StreamAccessLogsMessage.FromString would reject it: truncated data, varints over 10 bytes,
 tags and lengths over 5 bytes, tags over 32 bits, field number 0, wire types 6 and 7, stray or
@@ -74,109 +79,24 @@ ERROR_TEXT[E_DEPTH] = b"nested too deeply"
 ERROR_TEXT[E_UTF8] = b"invalid UTF-8 in a string field"
 ERROR_TEXT[E_MEMORY] = b"out of memory"
 
-# Tags (field number << 3 | wire type) of the fields telemetry reads; wire type 0 varint, 2 length.
-# One enum per message: the same tag means different fields in different messages.
-cdef enum:  # Duration / Timestamp
-    T_DURATION_SECONDS = 0x08
-    T_DURATION_NANOS = 0x10
-
-cdef enum:  # StringPair / AnyPair
-    T_PAIR_KEY = 0x0A
-    T_PAIR_VALUE = 0x12
-
-cdef enum:  # AccessLogCommon
-    T_TLS = 0x22
-    T_START_TIME = 0x2A
-    T_LAST_DOWNSTREAM_TX = 0x62
-    T_UPSTREAM_ADDRESS = 0x6A
-    T_UPSTREAM_CLUSTER = 0x7A
-    T_RESPONSE_FLAGS = 0x82
-    T_FILTER_STATE = 0xAA
-    T_DURATION = 0xBA
-    T_ACCESS_LOG_TYPE = 0x108
-
-cdef enum:  # HTTPRequestProperties
-    T_METHOD = 0x08
-    T_AUTHORITY = 0x1A
-    T_PATH = 0x2A
-    T_USER_AGENT = 0x32
-    T_REQUEST_ID = 0x4A
-    T_REQUEST_HEADERS_BYTES = 0x58
-    T_REQUEST_BODY_BYTES = 0x60
-    T_REQUEST_HEADERS = 0x6A
-
-cdef enum:  # HTTPResponseProperties
-    T_RESPONSE_CODE = 0x0A
-    T_RESPONSE_HEADERS_BYTES = 0x10
-    T_RESPONSE_BODY_BYTES = 0x18
-    T_RESPONSE_HEADERS = 0x22
-    T_RESPONSE_TRAILERS = 0x2A
-
-cdef enum:  # HTTPAccessLogEntry / TCPAccessLogEntry
-    T_COMMON = 0x0A
-    T_REQUEST = 0x1A
-    T_RESPONSE = 0x22
-    T_CONNECTION = 0x12
-
-cdef enum:  # ConnectionProperties
-    T_RECEIVED_BYTES = 0x08
-    T_SENT_BYTES = 0x10
-
-cdef enum:  # HTTPAccessLogEntries / TCPAccessLogEntries
-    T_LOG_ENTRY = 0x0A
-
-cdef enum:  # StreamAccessLogsMessage
-    T_IDENTIFIER = 0x0A
-    T_HTTP_LOGS = 0x12
-    T_TCP_LOGS = 0x1A
-
-cdef enum:  # which case of the log_entries oneof a message holds: its field number
-    LOGS_NONE = 0
-    LOGS_HTTP = 2
-    LOGS_TCP = 3
-
-cdef enum:  # first-match header lookups that already matched (wire.pair returns the first pair)
-    FOUND_PEER_REQUEST = 1
-    FOUND_PEER_RESPONSE = 2
-    FOUND_GRPC_HEADER = 4
-    FOUND_GRPC_TRAILER = 8
-
-
-
 cdef struct Duration:
     int64_t seconds
     int32_t nanos
 
 
+# The fields telemetry reads (als_fields.txt): their tags, the WireFields struct, a scan_<Message> each.
+include "_als_fields.pxi"
+
+cdef enum:  # which case of the log_entries oneof a message holds: its field number
+    LOGS_NONE = 0
+    LOGS_HTTP = T_StreamAccessLogsMessage_http_logs >> 3
+    LOGS_TCP = T_StreamAccessLogsMessage_tcp_logs >> 3
+
+
+
 cdef struct Entry:
-    # One HTTP or TCP entry as the view sees it (repeated occurrences merged, last scalar wins).
     Span whole  # the entry's own bytes: re-read for its filter state on a memo miss
-    Span cluster
-    Span authority
-    Span path
-    Span user_agent
-    Span request_id
-    Span raw_code
-    Span raw_flags
-    Span raw_tls
-    Span upstream_address
-    Span peer_request  # first x-envoy-peer-metadata in the request headers
-    Span peer_response  # ... in the response headers
-    Span grpc_header  # first grpc-status in the response headers
-    Span grpc_trailer  # ... in the trailers
-    int found
-    bint filter_state
-    Duration start_time
-    Duration duration
-    Duration last_downstream_tx
-    int32_t access_log_type
-    int32_t method
-    uint64_t request_headers_bytes
-    uint64_t request_body_bytes
-    uint64_t response_headers_bytes
-    uint64_t response_body_bytes
-    uint64_t received_bytes
-    uint64_t sent_bytes
+    WireFields wire  # the fields als_fields.txt lists, repeated occurrences merged (last scalar wins)
 
 
 cdef struct Entries:
@@ -238,10 +158,10 @@ cdef int scan_duration(Span msg, int depth, Duration* out) noexcept:
         err = read_tag(&p, end, &tag)
         if err:
             return err
-        if tag == T_DURATION_SECONDS:
+        if tag == T_TIME_SECONDS:
             err = read_varint(&p, end, &value)
             out.seconds = <int64_t>value
-        elif tag == T_DURATION_NANOS:
+        elif tag == T_TIME_NANOS:
             err = read_varint(&p, end, &value)
             out.nanos = <int32_t><uint32_t>value  # int32: the low 32 bits
         else:
@@ -267,9 +187,9 @@ cdef int scan_pair(Span msg, int depth, bint text_value, Span* key, Span* value)
         err = read_tag(&p, end, &tag)
         if err:
             return err
-        if tag == T_PAIR_KEY:
+        if tag == T_MAP_KEY:
             err = read_text(&p, end, key)
-        elif tag == T_PAIR_VALUE:
+        elif tag == T_MAP_VALUE:
             err = read_text(&p, end, value) if text_value else read_span(&p, end, value)
         else:
             err = skip_field(&p, end, tag, depth)
@@ -288,205 +208,6 @@ cdef inline bint memcmp_(const uint8_t* a, const char* b, Py_ssize_t n) noexcept
         if a[i] != <uint8_t>b[i]:
             return False
     return True
-
-
-cdef int scan_header(Span msg, int depth, Entry* e, int peer_flag, int grpc_flag) noexcept:
-    """One header (or trailer) pair: remember the first x-envoy-peer-metadata / grpc-status value."""
-    cdef Span key
-    cdef Span value
-    cdef int err = scan_pair(msg, depth, True, &key, &value)
-    if err:
-        return err
-    if peer_flag and not e.found & peer_flag and span_is(key, b"x-envoy-peer-metadata", 21):
-        e.found |= peer_flag
-        if peer_flag == FOUND_PEER_REQUEST:
-            e.peer_request = value
-        else:
-            e.peer_response = value
-    elif grpc_flag and not e.found & grpc_flag and span_is(key, b"grpc-status", 11):
-        e.found |= grpc_flag
-        if grpc_flag == FOUND_GRPC_HEADER:
-            e.grpc_header = value
-        else:
-            e.grpc_trailer = value
-    return OK
-
-
-cdef int scan_common(Span msg, int depth, Entry* e) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef uint64_t number = 0
-    cdef Span span
-    cdef Span key
-    cdef Span value
-    cdef int err
-    if depth < 0:
-        return E_DEPTH
-    while p < end:
-        err = read_tag(&p, end, &tag)
-        if err:
-            return err
-        if tag == T_UPSTREAM_CLUSTER:
-            err = read_text(&p, end, &e.cluster)
-        elif tag == T_TLS:
-            err = read_span(&p, end, &e.raw_tls)
-        elif tag == T_RESPONSE_FLAGS:
-            err = read_span(&p, end, &e.raw_flags)
-        elif tag == T_UPSTREAM_ADDRESS:
-            err = read_span(&p, end, &e.upstream_address)
-        elif tag == T_ACCESS_LOG_TYPE:
-            err = read_varint(&p, end, &number)
-            e.access_log_type = <int32_t><uint32_t>number
-        elif tag == T_START_TIME or tag == T_DURATION or tag == T_LAST_DOWNSTREAM_TX:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_duration(
-                    span,
-                    depth - 1,
-                    &e.start_time if tag == T_START_TIME
-                    else &e.duration if tag == T_DURATION
-                    else &e.last_downstream_tx,
-                )
-        elif tag == T_FILTER_STATE:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_pair(span, depth - 1, False, &key, &value)  # validated now, read on a miss
-                e.filter_state = True
-        else:
-            err = skip_field(&p, end, tag, depth)
-        if err:
-            return err
-    return OK
-
-
-cdef int scan_request(Span msg, int depth, Entry* e) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef uint64_t value = 0
-    cdef Span span
-    cdef int err
-    if depth < 0:
-        return E_DEPTH
-    while p < end:
-        err = read_tag(&p, end, &tag)
-        if err:
-            return err
-        if tag == T_REQUEST_HEADERS:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_header(span, depth - 1, e, FOUND_PEER_REQUEST, 0)
-        elif tag == T_AUTHORITY:
-            err = read_text(&p, end, &e.authority)
-        elif tag == T_PATH:
-            err = read_text(&p, end, &e.path)
-        elif tag == T_USER_AGENT:
-            err = read_text(&p, end, &e.user_agent)
-        elif tag == T_REQUEST_ID:
-            err = read_text(&p, end, &e.request_id)
-        elif tag == T_METHOD:
-            err = read_varint(&p, end, &value)
-            e.method = <int32_t><uint32_t>value
-        elif tag == T_REQUEST_HEADERS_BYTES:
-            err = read_varint(&p, end, &e.request_headers_bytes)
-        elif tag == T_REQUEST_BODY_BYTES:
-            err = read_varint(&p, end, &e.request_body_bytes)
-        else:
-            err = skip_field(&p, end, tag, depth)
-        if err:
-            return err
-    return OK
-
-
-cdef int scan_response(Span msg, int depth, Entry* e) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span span
-    cdef int err
-    if depth < 0:
-        return E_DEPTH
-    while p < end:
-        err = read_tag(&p, end, &tag)
-        if err:
-            return err
-        if tag == T_RESPONSE_HEADERS:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_header(span, depth - 1, e, FOUND_PEER_RESPONSE, FOUND_GRPC_HEADER)
-        elif tag == T_RESPONSE_TRAILERS:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_header(span, depth - 1, e, 0, FOUND_GRPC_TRAILER)
-        elif tag == T_RESPONSE_CODE:
-            err = read_span(&p, end, &e.raw_code)
-        elif tag == T_RESPONSE_HEADERS_BYTES:
-            err = read_varint(&p, end, &e.response_headers_bytes)
-        elif tag == T_RESPONSE_BODY_BYTES:
-            err = read_varint(&p, end, &e.response_body_bytes)
-        else:
-            err = skip_field(&p, end, tag, depth)
-        if err:
-            return err
-    return OK
-
-
-cdef int scan_connection(Span msg, int depth, Entry* e) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef int err
-    if depth < 0:
-        return E_DEPTH
-    while p < end:
-        err = read_tag(&p, end, &tag)
-        if err:
-            return err
-        if tag == T_RECEIVED_BYTES:
-            err = read_varint(&p, end, &e.received_bytes)
-        elif tag == T_SENT_BYTES:
-            err = read_varint(&p, end, &e.sent_bytes)
-        else:
-            err = skip_field(&p, end, tag, depth)
-        if err:
-            return err
-    return OK
-
-
-cdef int scan_entry(Span msg, int depth, bint tcp, Entry* e) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span span
-    cdef int err
-    if depth < 0:
-        return E_DEPTH
-    while p < end:
-        err = read_tag(&p, end, &tag)
-        if err:
-            return err
-        if tag == T_COMMON:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_common(span, depth - 1, e)
-        elif not tcp and tag == T_REQUEST:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_request(span, depth - 1, e)
-        elif not tcp and tag == T_RESPONSE:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_response(span, depth - 1, e)
-        elif tcp and tag == T_CONNECTION:
-            err = read_span(&p, end, &span)
-            if not err:
-                err = scan_connection(span, depth - 1, e)
-        else:
-            err = skip_field(&p, end, tag, depth)
-        if err:
-            return err
-    return OK
 
 
 cdef Entry* new_entry(Entries* entries) noexcept:
@@ -517,14 +238,17 @@ cdef int scan_entries(Span msg, int depth, bint tcp, Entries* entries) noexcept:
         err = read_tag(&p, end, &tag)
         if err:
             return err
-        if tag == T_LOG_ENTRY:
+        if tag == (T_TCPAccessLogEntries_log_entry if tcp else T_HTTPAccessLogEntries_log_entry):
             err = read_span(&p, end, &span)
             if not err:
                 e = new_entry(entries)
                 if e == NULL:
                     return E_MEMORY
                 e.whole = span
-                err = scan_entry(span, depth - 1, tcp, e)
+                if tcp:
+                    err = scan_TCPAccessLogEntry(span, depth - 1, &e.wire)
+                else:
+                    err = scan_HTTPAccessLogEntry(span, depth - 1, &e.wire)
         else:
             err = skip_field(&p, end, tag, depth)
         if err:
@@ -546,14 +270,14 @@ cdef int scan_message(Span msg, Entries* entries, int* logs) noexcept:
         err = read_tag(&p, end, &tag)
         if err:
             return err
-        if tag == T_HTTP_LOGS or tag == T_TCP_LOGS:
+        if tag == T_StreamAccessLogsMessage_http_logs or tag == T_StreamAccessLogsMessage_tcp_logs:
             err = read_span(&p, end, &span)
             if not err:
                 if logs[0] != <int>(tag >> 3):
                     logs[0] = tag >> 3
                     entries.count = 0
-                err = scan_entries(span, DEPTH_LIMIT - 1, tag == T_TCP_LOGS, entries)
-        elif tag == T_IDENTIFIER:
+                err = scan_entries(span, DEPTH_LIMIT - 1, tag == T_StreamAccessLogsMessage_tcp_logs, entries)
+        elif tag == T_StreamAccessLogsMessage_identifier:
             err = read_span(&p, end, &span)  # bytes in the view: decoded (once per stream) elsewhere
         else:
             err = skip_field(&p, end, tag, DEPTH_LIMIT)
@@ -1082,21 +806,21 @@ cdef class Scanner:
 
     cdef object http_kind_of(self, Entry* e):
         """The memo key StreamReader._read_http builds, and its kind (built in Python on a miss)."""
-        cdef bint outbound = starts_with(e.cluster, b"outbound|", 9) or (
-            self.peer_in_response_default and not starts_with(e.cluster, b"inbound|", 8)
+        cdef bint outbound = starts_with(e.wire.cluster, b"outbound|", 9) or (
+            self.peer_in_response_default and not starts_with(e.wire.cluster, b"inbound|", 8)
         )
-        cdef Span peer = e.peer_response if outbound else e.peer_request
-        cdef Span grpc = e.grpc_trailer if e.grpc_trailer.len else e.grpc_header
-        cdef bint filter_state = e.filter_state and peer.len == 0
+        cdef Span peer = e.wire.peer_response if outbound else e.wire.peer_request
+        cdef Span grpc = e.wire.grpc_trailer if e.wire.grpc_trailer.len else e.wire.grpc_header
+        cdef bint filter_state = e.wire.filter_state and peer.len == 0
         cdef Span[7] fields
         cdef bytes raw = None
         cdef PyObject* known
         if self.path_label is None:  # else the key holds a label computed in Python from the path
-            fields[0] = e.cluster
-            fields[1] = e.authority
-            fields[2] = e.raw_code
-            fields[3] = e.raw_flags
-            fields[4] = e.raw_tls
+            fields[0] = e.wire.cluster
+            fields[1] = e.wire.authority
+            fields[2] = e.wire.raw_code
+            fields[3] = e.wire.raw_flags
+            fields[4] = e.wire.raw_tls
             fields[5] = peer
             fields[6] = grpc
             raw = raw_key(c'h', (2 if filter_state else 0) | (1 if outbound else 0), fields, 7)
@@ -1104,48 +828,49 @@ cdef class Scanner:
             if known != NULL:
                 return <object>known
         key = (
-            text_of(e.cluster),
-            text_of(e.authority),
-            bytes_of(e.raw_code),
-            bytes_of(e.raw_flags),
-            bytes_of(e.raw_tls),
+            text_of(e.wire.cluster),
+            text_of(e.wire.authority),
+            bytes_of(e.wire.raw_code),
+            bytes_of(e.wire.raw_flags),
+            bytes_of(e.wire.raw_tls),
             text_of(peer),
             text_of(grpc),
-            self.path_label(text_of(e.path)) if self.path_label is not None else None,
+            self.path_label(text_of(e.wire.path)) if self.path_label is not None else None,
             (True if outbound else False) if filter_state else None,
         )
-        return self.kind_for(key, raw, self.http_kind, e, filter_state)
+        return self.kind_for(key, raw, False, e, filter_state)
 
     cdef object tcp_kind_of(self, Entry* e):
-        cdef bint outbound = starts_with(e.cluster, b"outbound|", 9) or (
-            self.peer_in_response_default and not starts_with(e.cluster, b"inbound|", 8)
+        cdef bint outbound = starts_with(e.wire.cluster, b"outbound|", 9) or (
+            self.peer_in_response_default and not starts_with(e.wire.cluster, b"inbound|", 8)
         )
         cdef Span[4] fields
-        fields[0] = e.cluster
-        fields[1] = e.raw_flags
-        fields[2] = e.raw_tls
-        fields[3] = e.upstream_address
-        cdef bytes raw = raw_key(c't', (2 if e.filter_state else 0) | (1 if outbound else 0), fields, 4)
+        fields[0] = e.wire.cluster
+        fields[1] = e.wire.raw_flags
+        fields[2] = e.wire.raw_tls
+        fields[3] = e.wire.upstream_address
+        cdef bytes raw = raw_key(c't', (2 if e.wire.filter_state else 0) | (1 if outbound else 0), fields, 4)
         cdef PyObject* known = PyDict_GetItem(self.raw_memo, raw)
         if known != NULL:
             return <object>known
         key = (
             "tcp",
-            text_of(e.cluster),
-            bytes_of(e.raw_flags),
-            bytes_of(e.raw_tls),
-            bytes_of(e.upstream_address),
-            (True if outbound else False) if e.filter_state else None,
+            text_of(e.wire.cluster),
+            bytes_of(e.wire.raw_flags),
+            bytes_of(e.wire.raw_tls),
+            bytes_of(e.wire.upstream_address),
+            (True if outbound else False) if e.wire.filter_state else None,
         )
-        return self.kind_for(key, raw, self.tcp_kind, e, e.filter_state)
+        return self.kind_for(key, raw, True, e, e.wire.filter_state)
 
-    cdef object kind_for(self, tuple key, bytes raw, object build, Entry* e, bint filter_state):
+    cdef object kind_for(self, tuple key, bytes raw, bint tcp, Entry* e, bint filter_state):
         """The memo's kind for key, built in Python on a miss; remembered under raw (when given)."""
         cdef Py_ssize_t before
         kind = self.memo.get(key)
         if kind is None:
             before = len(self.memo)
-            kind = build(key, self.filter_state_of(e) if filter_state else ())
+            build = self.tcp_kind if tcp else self.http_kind
+            kind = build(key, self.filter_state_of(e, tcp) if filter_state else ())
             if len(self.memo) <= before:  # the memo was full and cleared: drop the raw keys with it
                 self.raw_memo.clear()
         if raw is not None:
@@ -1154,7 +879,7 @@ cdef class Scanner:
             self.raw_memo[raw] = kind
         return kind
 
-    cdef list filter_state_of(self, Entry* e):
+    cdef list filter_state_of(self, Entry* e, bint tcp):
         """[(key, value)] of the entry's filter_state_objects, in order (only on a memo miss)."""
         cdef list pairs = []
         cdef const uint8_t* p = e.whole.ptr
@@ -1162,12 +887,13 @@ cdef class Scanner:
         cdef const uint8_t* q
         cdef const uint8_t* common_end
         cdef uint32_t tag
+        cdef uint32_t common = T_TCPAccessLogEntry_common_properties if tcp else T_HTTPAccessLogEntry_common_properties
         cdef Span span
         cdef Span key
         cdef Span value
         # Already validated: any error here cannot happen, and would only end the walk.
         while p < end and not read_tag(&p, end, &tag):
-            if tag != T_COMMON:
+            if tag != common:
                 if skip_field(&p, end, tag, DEPTH_LIMIT):
                     break
                 continue
@@ -1176,7 +902,7 @@ cdef class Scanner:
             q = span.ptr
             common_end = span.ptr + span.len
             while q < common_end and not read_tag(&q, common_end, &tag):
-                if tag == T_FILTER_STATE:
+                if tag == T_AccessLogCommon_filter_state_objects:
                     if read_span(&q, common_end, &span) or scan_pair(span, DEPTH_LIMIT, False, &key, &value):
                         break
                     pairs.append((text_of(key), bytes_of(value)))
@@ -1282,14 +1008,14 @@ cdef class Scanner:
     # ---- entries ----------------------------------------------------------------------------------
 
     cdef int observe_http(self, Entry* e, Slot* slot, list records, Py_ssize_t index) except -1:
-        cdef double duration_ms = milliseconds(&e.duration)
-        cdef uint64_t request_bytes = e.request_headers_bytes + e.request_body_bytes
-        cdef uint64_t request_carry = request_bytes < e.request_headers_bytes
-        cdef uint64_t response_bytes = e.response_headers_bytes + e.response_body_bytes
-        cdef uint64_t response_carry = response_bytes < e.response_headers_bytes
+        cdef double duration_ms = milliseconds(&e.wire.duration)
+        cdef uint64_t request_bytes = e.wire.request_headers_bytes + e.wire.request_body_bytes
+        cdef uint64_t request_carry = request_bytes < e.wire.request_headers_bytes
+        cdef uint64_t response_bytes = e.wire.response_headers_bytes + e.wire.response_body_bytes
+        cdef uint64_t response_carry = response_bytes < e.wire.response_headers_bytes
         if duration_ms == 0.0:
-            duration_ms = milliseconds(&e.last_downstream_tx)
-        if slot.series != NULL and 0 <= e.access_log_type < 64 and (self.http_counted >> e.access_log_type) & 1:
+            duration_ms = milliseconds(&e.wire.last_downstream_tx)
+        if slot.series != NULL and 0 <= e.wire.access_log_type < 64 and (self.http_counted >> e.wire.access_log_type) & 1:
             slot.counted += 1
             slot.duration[bucket_of(self.buckets, self.bucket_count, duration_ms)] += 1
             slot.duration_sum += duration_ms
@@ -1304,12 +1030,12 @@ cdef class Scanner:
                                    response_carry, index)
         else:
             value = self.encoded(slot, index, {
-                "start_time_ms": start_ms_object(&e.start_time),
+                "start_time_ms": start_ms_object(&e.wire.start_time),
                 "duration_ms": duration_ms,
-                "request_id": text_of(e.request_id),
-                "method": self.methods[e.method] if 0 <= e.method < len(self.methods) else "",
-                "path": text_of(head(e.path, self.max_field)),
-                "user_agent": text_of(head(e.user_agent, self.max_field)),
+                "request_id": text_of(e.wire.request_id),
+                "method": self.methods[e.wire.method] if 0 <= e.wire.method < len(self.methods) else "",
+                "path": text_of(head(e.wire.path, self.max_field)),
+                "user_agent": text_of(head(e.wire.user_agent, self.max_field)),
                 "request_bytes": long_of(request_bytes, request_carry),
                 "response_bytes": long_of(response_bytes, response_carry),
             })
@@ -1318,21 +1044,21 @@ cdef class Scanner:
 
     cdef int observe_tcp(self, Entry* e, Slot* slot, list records, Py_ssize_t index) except -1:
         cdef double duration_ms
-        if slot.series != NULL and 0 <= e.access_log_type < 64 and (self.tcp_counted >> e.access_log_type) & 1:
+        if slot.series != NULL and 0 <= e.wire.access_log_type < 64 and (self.tcp_counted >> e.wire.access_log_type) & 1:
             slot.counted += 1
-            add_u128(&slot.sum_a_low, &slot.sum_a_high, e.sent_bytes, 0)
-            add_u128(&slot.sum_b_low, &slot.sum_b_high, e.received_bytes, 0)
+            add_u128(&slot.sum_a_low, &slot.sum_a_high, e.wire.sent_bytes, 0)
+            add_u128(&slot.sum_b_low, &slot.sum_b_high, e.wire.received_bytes, 0)
         if not self.records:
             return 0
-        duration_ms = milliseconds(&e.duration)
+        duration_ms = milliseconds(&e.wire.duration)
         if self.json_records:
             value = self.tcp_json(e, slot, duration_ms, index)
         else:
             value = self.encoded(slot, index, {
-                "start_time_ms": start_ms_object(&e.start_time),
+                "start_time_ms": start_ms_object(&e.wire.start_time),
                 "duration_ms": duration_ms,
-                "sent_bytes": e.sent_bytes,
-                "received_bytes": e.received_bytes,
+                "sent_bytes": e.wire.sent_bytes,
+                "received_bytes": e.wire.received_bytes,
             })
         records.append(record_of(<object>slot.record_key, value))
         return 0
@@ -1383,26 +1109,26 @@ cdef class Scanner:
         Py_ssize_t index,
     ):
         """kind.record_prefix + the entry's fields: JsonRecords.encode's bytes, built in place."""
-        cdef Py_ssize_t path_len = truncated(e.path, self.max_field)
-        cdef Py_ssize_t agent_len = truncated(e.user_agent, self.max_field)
+        cdef Py_ssize_t path_len = truncated(e.wire.path, self.max_field)
+        cdef Py_ssize_t agent_len = truncated(e.wire.user_agent, self.max_field)
         cdef char* w
         cdef bytes method
         if request_carry or response_carry:  # orjson refuses integers past 2**64 - 1
             raise self.malformed(f"entry {index} cannot be encoded as a record: byte count out of range")
-        method = self.method_json[e.method] if 0 <= e.method < len(self.method_json) else EMPTY_BYTES
-        w = self.reserve(256 + len(method) + 6 * (e.request_id.len + path_len + agent_len))
+        method = self.method_json[e.wire.method] if 0 <= e.wire.method < len(self.method_json) else EMPTY_BYTES
+        w = self.reserve(256 + len(method) + 6 * (e.wire.request_id.len + path_len + agent_len))
         w = put(w, b'"start_time_ms":', 16)
-        w = self.put_start_ms(w, &e.start_time, index)
+        w = self.put_start_ms(w, &e.wire.start_time, index)
         w = put(w, b',"duration_ms":', 15)
         w = put_double(w, duration_ms)
         w = put(w, b',"request_id":"', 15)
-        w = put_escaped(w, e.request_id.ptr, e.request_id.len)
+        w = put_escaped(w, e.wire.request_id.ptr, e.wire.request_id.len)
         w = put(w, b'","method":"', 12)
         w = put(w, method, len(method))
         w = put(w, b'","path":"', 10)
-        w = put_escaped(w, e.path.ptr, path_len)
+        w = put_escaped(w, e.wire.path.ptr, path_len)
         w = put(w, b'","user_agent":"', 16)
-        w = put_escaped(w, e.user_agent.ptr, agent_len)
+        w = put_escaped(w, e.wire.user_agent.ptr, agent_len)
         w = put(w, b'","request_bytes":', 18)
         w = put_u64(w, request_bytes)
         w = put(w, b',"response_bytes":', 18)
@@ -1413,12 +1139,12 @@ cdef class Scanner:
     cdef bytes tcp_json(self, Entry* e, Slot* slot, double duration_ms, Py_ssize_t index):
         cdef char* w = self.reserve(256)
         w = put(w, b'"start_time_ms":', 16)
-        w = self.put_start_ms(w, &e.start_time, index)
+        w = self.put_start_ms(w, &e.wire.start_time, index)
         w = put(w, b',"duration_ms":', 15)
         w = put_double(w, duration_ms)
         w = put(w, b',"sent_bytes":', 14)
-        w = put_u64(w, e.sent_bytes)
+        w = put_u64(w, e.wire.sent_bytes)
         w = put(w, b',"received_bytes":', 18)
-        w = put_u64(w, e.received_bytes)
+        w = put_u64(w, e.wire.received_bytes)
         w = put(w, b"}", 1)
         return self.finish_record(slot, w)

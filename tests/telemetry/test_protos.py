@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
+import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from remixer.native import wiregen
 from remixer.v1 import access_record_pb2, als_view_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_generated_modules_are_fresh(tmp_path: Path) -> None:
+def regenerate_module() -> Any:
     spec = importlib.util.spec_from_file_location("regenerate", ROOT / "protos" / "regenerate.py")
     assert spec is not None
     assert spec.loader is not None
     regenerate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(regenerate)
-    regenerate.regenerate(tmp_path)
+    return regenerate
+
+
+def test_generated_modules_are_fresh(tmp_path: Path) -> None:
+    regenerate_module().regenerate_protos(tmp_path)
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2.py*"))
     assert fresh, "protoc produced nothing"
     stale = [str(p) for p in fresh if (tmp_path / p).read_text() != (ROOT / p).read_text()]
@@ -60,3 +67,100 @@ def test_als_view_matches_envoy_field_numbers() -> None:
 def test_record_schema_names_are_the_json_keys() -> None:
     names = {f.name for f in access_record_pb2.AccessRecord.DESCRIPTOR.fields}
     assert {"destination_service", "request_id", "response_code", "start_time_ms", "sent_bytes"} <= names
+
+
+# ---- the compiled scanner's field table (telemetry/edge/als_fields.txt) --------------------------
+
+ALS_TABLE = ROOT / "telemetry" / "edge" / "als_fields.txt"
+_VIEW_TYPES = {
+    "text": FieldDescriptor.TYPE_STRING,
+    "raw": FieldDescriptor.TYPE_BYTES,
+    "uint64": FieldDescriptor.TYPE_UINT64,
+    "int32": FieldDescriptor.TYPE_INT32,
+}
+
+
+def _view_fields() -> dict[tuple[str, str], FieldDescriptor]:
+    """(Envoy message, field name) -> the view's field, pairing the two trees by field number."""
+    pairs: dict[tuple[str, str], FieldDescriptor] = {}
+
+    def walk(view: Descriptor, envoy: Descriptor) -> None:
+        for field in view.fields:
+            theirs = envoy.fields_by_number[field.number]
+            pairs[(envoy.name, theirs.name)] = field
+            # Envoy's own messages; maps and Duration / Timestamp are read whole (scan_pair, scan_duration)
+            inner = theirs.message_type
+            if field.message_type is None or not inner.full_name.startswith("envoy."):
+                continue
+            if not inner.GetOptions().map_entry:
+                walk(field.message_type, inner)
+
+    walk(als_view_pb2.StreamAccessLogsMessage.DESCRIPTOR, als_pb2.StreamAccessLogsMessage.DESCRIPTOR)
+    return pairs
+
+
+def test_wire_tables_generate_the_committed_readers() -> None:
+    for table, generated in regenerate_module().WIRE_TABLES:
+        assert wiregen.cython(wiregen.load(ROOT / table)) == (ROOT / generated).read_text(), (
+            f"run `make protos`: {generated} is stale"
+        )
+
+
+def test_the_scanner_reads_what_the_view_declares_and_nothing_else() -> None:
+    """upb parity by construction: each field the scanner reads is declared in the view with the same
+    checks (string = UTF-8 checked, bytes = not, a message parsed), and the view declares no field the
+    scanner skips (upb would check it, the scanner would not)."""
+    view = _view_fields()
+    table = wiregen.load(ALS_TABLE)
+    read = set()
+    for line in table.lines:
+        where = f"{line.message.name}.{line.field.name}"
+        ours = view.get((line.message.name, line.field.name))
+        assert ours is not None, f"{where} is read but not in als_view.proto"
+        read.add((line.message.name, line.field.name))
+        if line.reader in _VIEW_TYPES:
+            assert ours.type == _VIEW_TYPES[line.reader], f"{where}: {line.reader} but not so in the view"
+        elif line.reader == "time":
+            assert ours.message_type.name == "Duration", where
+        elif line.reader in ("first", "seen"):
+            value_is_text = (
+                line.field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING
+            )
+            assert ours.is_repeated, where
+            assert ours.message_type.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING, where
+            value = ours.message_type.fields_by_name["value"].type
+            assert value == (FieldDescriptor.TYPE_STRING if value_is_text else FieldDescriptor.TYPE_BYTES), (
+                where
+            )
+        elif line.reader == "message":
+            assert ours.message_type is not None, where
+        # tag lines are read by hand-written code (_scan.scan_message, scan_entries)
+    assert set(view) == read, f"declared in the view, not read by the scanner: {set(view) - read}"
+
+
+def test_a_table_line_the_descriptor_contradicts_is_refused() -> None:
+    head = "@proto envoy.data.accesslog.v3.accesslog_pb2\n"
+    for line, problem in [
+        ("AccessLogCommon.upstream_cluster uint64 x", "is not a uint64"),
+        ("AccessLogCommon.route_name raw x", ""),
+        ("AccessLogCommon.no_such_field text x", "has no field"),
+        ("HTTPRequestProperties.request_headers first(a) x", ""),
+        ("HTTPRequestProperties.request_headers text x", "cannot be read as text"),
+        ("AccessLogCommon.filter_state_objects first(a) x", "does not map to strings"),
+        ("AccessLogCommon.start_time int32 x", "is not an int32"),
+        ("AccessLogCommon.upstream_cluster text", "name no struct member"),
+    ]:
+        if problem:
+            with pytest.raises(wiregen.TableError, match=problem):
+                wiregen.parse(head + line, "t")
+        else:
+            assert len(wiregen.parse(head + line, "t").lines) == 1
+
+
+def test_a_field_added_to_the_table_gets_its_tag_member_and_branch() -> None:
+    text = ALS_TABLE.read_text() + "AccessLogCommon.route_name text route_name\n"
+    generated = wiregen.cython(wiregen.parse(text, "t"))
+    number = accesslog_pb2.AccessLogCommon.DESCRIPTOR.fields_by_name["route_name"].number
+    assert f"T_AccessLogCommon_route_name = {number << 3 | 2:#04x}" in generated
+    assert "    Span route_name  # AccessLogCommon.route_name" in generated
+    assert "err = read_text(&p, end, &f.route_name)" in generated
