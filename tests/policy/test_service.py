@@ -14,10 +14,14 @@ import pytest
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.message import DecodeError
+from prometheus_client import CollectorRegistry
 
 from policy.edge import grpc_authz
+from policy.service import PolicyService
 from policy.structs import CheckInput, PolicyError
 from remixer.envoy import free_port
+from remixer.shipping import build_record_sinks
+from remixer.shipping.settings import KafkaSettings, ShippingSettings
 from tests.policy.conftest import PolicyFactory, eventually, write_policy
 
 LIMITED = {
@@ -166,8 +170,52 @@ async def test_decision_log_records_and_sampling(policy_factory: PolicyFactory) 
     assert b'"decision":"deny"' in records[-1][1]
     quiet = await policy_factory(policy=LIMITED, decision_log_sample=0.0)
     await quiet.part.service.check(CheckInput(path="/admin"))
-    await asyncio.sleep(0.5)  # two flush intervals: nothing may arrive
+    assert quiet.metric("remixer_policy_checks_total", decision="deny", rule="deny-admin") == 1
+    assert quiet.part.service.decisions.flush() == 0  # what the flush task does: nothing buffered
     assert not quiet.sinks.sink("decisions").records
+
+
+async def test_a_full_decision_log_buffer_drops_and_counts_the_newest(policy_factory: PolicyFactory) -> None:
+    # No flush during the test (60 s): the buffer holds 100 records, the 50 beyond are dropped.
+    run = await policy_factory(policy=LIMITED, decision_log_buffer=100, decision_log_flush_interval=60)
+    service = run.part.service
+    for i in range(150):
+        await service.check(CheckInput(path="/admin", request_id=f"r{i}"))
+    assert run.metric("remixer_policy_decision_log_dropped_total") == 50
+    assert run.metric("remixer_policy_checks_total", decision="deny", rule="deny-admin") == 150
+    assert service.decisions.flush() == 100
+    records = run.sinks.sink("decisions").records
+    assert [key for key, _ in records] == [f"r{i}".encode() for i in range(100)]  # the oldest kept
+    # Flushed: room again, and nothing more counted as dropped.
+    await service.check(CheckInput(path="/x", request_id="after"))
+    assert service.decisions.flush() == 1
+    assert records[-1][0] == b"after"
+    assert run.metric("remixer_policy_decision_log_dropped_total") == 50
+
+
+async def test_records_the_sink_refuses_count_as_dropped_decisions(
+    policy_factory: PolicyFactory, tmp_path: Path
+) -> None:
+    # The real shipping hub drops records over kafka.max_record_bytes (1 KiB here): a decision record
+    # with a 1.5 KB path is one of them. The policy counts what its sink did not take.
+    registry = CollectorRegistry()
+    shipping = ShippingSettings(kafka=KafkaSettings(max_record_bytes=1024))
+    hub = build_record_sinks(shipping, data_dir=tmp_path / "hub", registry=registry)
+    try:
+        run = await policy_factory(policy=LIMITED, records=hub, decision_log_flush_interval=60)
+        service = run.part.service
+        for i in range(10):
+            await service.check(
+                CheckInput(path="/x/" + "p" * (1500 if i % 3 == 0 else 10), request_id=f"r{i}")
+            )
+        assert service.decisions.flush() == 6
+        assert run.metric("remixer_policy_decision_log_dropped_total") == 4
+        dropped = registry.get_sample_value(
+            "remixer_shipping_records_dropped_total", {"stream": "decisions", "reason": "too_large"}
+        )
+        assert dropped == 4
+    finally:
+        await hub.close()
 
 
 async def test_http_listener_refuses_a_taken_port(policy_factory: PolicyFactory) -> None:
@@ -267,6 +315,18 @@ async def test_undecodable_requests_are_answered_by_the_setting(
     assert run.metric("remixer_policy_checks_total", decision=kind, rule=rule) == 2
 
 
+async def polls(service: PolicyService, count: int) -> None:
+    """Until the reload loop has read the files and the store `count` more times (a poll that reads the
+    store resets the staleness)."""
+    for _ in range(count):
+        since = time.monotonic()
+
+        def polled(since: float = since) -> bool:
+            return time.monotonic() - service.staleness() > since
+
+        await eventually(polled, what="a policy poll")
+
+
 async def test_a_broken_policy_file_is_reported_once_per_change_and_in_readyz(
     policy_factory: PolicyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -284,8 +344,7 @@ async def test_a_broken_policy_file_is_reported_once_per_change_and_in_readyz(
 
     path.write_text("rules:\n  - id: a\n    action: deny\n    match: {}\n  - id: b: c\n")
     await eventually(lambda: errors() == 1, what="the YAML error counted")
-    for _ in range(10):  # ten more polls of the same broken file: nothing more said or counted
-        await asyncio.sleep(0.05)
+    await polls(service, 3)  # three more polls of the same broken file: nothing more said or counted
     assert errors() == 1
     assert len(said()) == 1
     assert f"{path}:5:10: mapping values are not allowed here" in said()[0]
@@ -302,8 +361,7 @@ async def test_a_broken_policy_file_is_reported_once_per_change_and_in_readyz(
     await eventually(lambda: errors() == 2, what="the second broken edit counted")
     assert "rule 'a': field action:" in said()[1]
     assert "rule 'b': field match: Field required" in said()[1]
-    for _ in range(10):
-        await asyncio.sleep(0.05)
+    await polls(service, 3)
     assert errors() == 2
 
     path.write_text(yaml.safe_dump(LIMITED))
