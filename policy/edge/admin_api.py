@@ -136,7 +136,7 @@ def build_router(service: PolicyService, *, require_writer: Callable[..., Awaita
         except PolicyError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         except BackendUnavailable as exc:
-            raise HTTPException(status_code=503, detail=f"policy store unavailable: {exc}") from None
+            raise HTTPException(status_code=503, detail=str(exc)) from None
         await service.reload()
         return revision
 
@@ -267,7 +267,7 @@ def build_router(service: PolicyService, *, require_writer: Callable[..., Awaita
         try:
             entries = await store.audit(limit=limit)
         except BackendUnavailable as exc:
-            raise HTTPException(status_code=503, detail=f"policy store unavailable: {exc}") from None
+            raise HTTPException(status_code=503, detail=str(exc)) from None
         return [AuditOut(**{f: getattr(e, f) for f in AuditOut.model_fields}) for e in entries]
 
     return router
