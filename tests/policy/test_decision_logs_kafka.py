@@ -41,4 +41,4 @@ async def test_decisions_reach_kafka(
     )
     assert by_id[b"req-00"]["decision"] == "allow"
     assert by_id[b"req-00"]["destination_host"] == "shop"
-    assert by_id[b"req-00"]["latency_seconds"] >= 0
+    assert 0 < by_id[b"req-00"]["latency_seconds"] < 5  # measured around the Check, in seconds

@@ -3,9 +3,12 @@ nothing crashes. Hypothesis fuzzes the decoder with >= 10k generated messages.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -142,32 +145,74 @@ async def _no_guard() -> None:
     return None
 
 
-@pytest.fixture(scope="module")
-def reader() -> decoding.StreamReader:
+@dataclass
+class Readers:
+    """Both ALS readers on the same stream, each with its own part (own memo and running series): the
+    Python one (upb parses, the reference) and the compiled scanner the server uses (_scan.pyx)."""
+
+    python: decoding.StreamReader
+    compiled: decoding.CompiledStreamReader
+
+
+def _part() -> TelemetryPart:
     context = PartContext(
         data_dir=Path("/nonexistent"),
         registry=CollectorRegistry(),
         records=_NoSinks(),
         require_writer=_no_guard,
     )  # type: ignore[arg-type]
-    part = TelemetryPart(TelemetrySettings(call_edges={"enabled": False}), context)  # type: ignore[arg-type]
-    return part._new_reader(decoding.stream_identity(identifier().identifier.SerializeToString()))
+    return TelemetryPart(TelemetrySettings(call_edges={"enabled": False}), context)  # type: ignore[arg-type]
 
 
-def _decode(reader: decoding.StreamReader, data: bytes) -> None:
+@pytest.fixture(scope="module")
+def reader() -> Readers:
+    identity = decoding.stream_identity(identifier().identifier.SerializeToString())
+    python = decoding.StreamReader(identity, **_part()._reader_options())
+    compiled = decoding.CompiledStreamReader(identity, **_part()._reader_options())
+    return Readers(python, compiled)
+
+
+Outcome = tuple[str, int, list[tuple[Any, ...]], list[tuple[bytes | None, bytes]]] | None
+
+
+def _outcome(reader: decoding.StreamReader, data: bytes) -> Outcome:
+    """A batch as plain values (None: refused as malformed); any other exception fails the test."""
+    try:
+        result = reader.read_bytes(data)
+    except decoding.MalformedMessage:
+        return None
+    counted = [(k.labels, k.flags, k.response_code, n) for k, n in result.counts.items()]
+    return result.kind, result.entries, counted, result.records
+
+
+def _decode(readers: Readers, data: bytes) -> Outcome:
+    """Both readers on the same bytes: they refuse what upb refuses, and agree on what it accepts."""
     try:
         message = decoding.parse_message(data)
     except decoding.MalformedMessage:
-        return
-    if message.identifier:
-        try:
+        message = None
+    expected = _outcome(readers.python, data)
+    got = _outcome(readers.compiled, data)
+    assert got == expected
+    if message is None:
+        assert expected is None
+        return None
+    if message.identifier:  # the servicer decodes it: a clear error or an identity, nothing else
+        with contextlib.suppress(decoding.MalformedMessage):
             decoding.stream_identity(message.identifier)
-        except decoding.MalformedMessage:
-            return
-    result = reader.read(message)
-    assert result.entries >= 0
-    for _, value in result.records:
+    if expected is None:  # upb parsed it, the reader refused it: only for a record it cannot encode
+        with pytest.raises(decoding.MalformedMessage, match="cannot be encoded as a record"):
+            readers.python.read_bytes(data)
+        return None
+    kind, entries, counted, records = expected
+    which = message.WhichOneof("log_entries")
+    logged = getattr(message, which).log_entry if which else []
+    assert (kind, entries) == (which[:-5] if which else "http", len(logged))
+    assert sum(n for *_, n in counted) <= entries  # periodic and start logs are shipped, not counted
+    assert len(records) == entries  # every entry has its record
+    for _, value in records:
         json.loads(value)
+    return expected
 
 
 def fuzz(examples: int) -> settings:
@@ -181,7 +226,7 @@ def fuzz(examples: int) -> settings:
 
 @fuzz(5000)
 @given(st.binary(max_size=600))
-def test_fuzz_random_bytes(reader: decoding.StreamReader, data: bytes) -> None:
+def test_fuzz_random_bytes(reader: Readers, data: bytes) -> None:
     _decode(reader, data)
 
 
@@ -227,7 +272,7 @@ def _entry(cluster, authority, code, path, flags, header, tls_uri, kind):  # typ
 @fuzz(2000)
 @given(st.lists(entries, min_size=1, max_size=8), st.booleans())
 def test_fuzz_structured_messages(
-    reader: decoding.StreamReader, batch: list[accesslog_pb2.HTTPAccessLogEntry], tcp: bool
+    reader: Readers, batch: list[accesslog_pb2.HTTPAccessLogEntry], tcp: bool
 ) -> None:
     msg = als_pb2.StreamAccessLogsMessage()
     if tcp:
@@ -237,16 +282,14 @@ def test_fuzz_structured_messages(
             t.connection_properties.sent_bytes = len(e.request.path)
     else:
         msg.http_logs.log_entry.extend(batch)
-    data = msg.SerializeToString()
-    message = decoding.parse_message(data)
-    result = reader.read(message)
-    assert result.entries == len(batch)
-    _decode(reader, data)
+    outcome = _decode(reader, msg.SerializeToString())
+    assert outcome is not None  # a message Envoy could send is never refused
+    assert outcome[:2] == ("tcp" if tcp else "http", len(batch))
 
 
 @fuzz(3000)
 @given(st.data())
-def test_fuzz_mutated_valid_messages(reader: decoding.StreamReader, data: st.DataObject) -> None:
+def test_fuzz_mutated_valid_messages(reader: Readers, data: st.DataObject) -> None:
     base = bytearray(http_message([entry(), entry(503, path="/x/1")], first=True))
     for _ in range(data.draw(st.integers(1, 6))):
         pos = data.draw(st.integers(0, len(base) - 1))
