@@ -311,3 +311,22 @@ def test_in_production_the_controller_reads_the_call_edges_telemetry_writes() ->
     written = secret_key("Deployment/remixer-telemetry", "REMIXER_TELEMETRY__CALL_EDGES__DATABASE_URL")
     read = secret_key("CronJob/remixer-controller", "REMIXER_CONTROLLER__CALL_EDGES_DATABASE_URL")
     assert written == read == "call-edges-database-url"
+
+
+def test_shutdown_fits_the_grace_period_after_a_prestop_delay(
+    built: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Kubernetes sends SIGTERM after preStop, and kills at terminationGracePeriodSeconds counted from the
+    start of preStop: the endpoint's removal must reach the Envoys during the delay, and remixer's whole
+    drain (serve on, in-flight grace, the shipper's last flush) must fit in what is left."""
+    config = _config_file(built, tmp_path)
+    for deployment in _serving_deployments(built):
+        spec = deployment["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        delay = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert delay >= 3, deployment["metadata"]["name"]
+        with _environ(_container_env(container)):
+            settings = load(config)
+        server, kafka = settings.server, settings.shipping.kafka
+        drain = server.drain_seconds + server.stop_grace_s + kafka.send_timeout_s + 5
+        assert delay + drain < spec["terminationGracePeriodSeconds"], deployment["metadata"]["name"]
