@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import sys
 import tempfile
@@ -153,9 +154,15 @@ class Pool:
 
 
 async def ramp(
-    ports: dict[str, int], capacity: float, level_seconds: float, levels: tuple[float, ...]
+    ports: dict[str, int],
+    capacity: float,
+    level_seconds: float,
+    levels: tuple[float, ...],
+    watch: str | None = None,
+    trace: list[tuple[float, dict[str, Any]]] | None = None,
 ) -> tuple[list[Result], list[float]]:
-    """Drive the ramp; the results and the start time of each level (seconds from the start)."""
+    """Drive the ramp; the results and the start time of each level (seconds from the start).
+    `watch`: an admin URL whose /v1/adaptive-state is sampled into `trace` every 0.5 s."""
     loop = asyncio.get_running_loop()
     request = f"GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n".encode()
     results: list[Result] = []
@@ -184,7 +191,19 @@ async def ramp(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    await asyncio.gather(arrivals("high", HIGH_SHARE), arrivals("low", 1 - HIGH_SHARE))
+    async def sample() -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while loop.time() < start + end:
+                with contextlib.suppress(httpx.HTTPError, IndexError, ValueError):
+                    state = (await client.get(f"{watch}/v1/adaptive-state")).json()[0]
+                    if trace is not None:
+                        trace.append((loop.time() - start, state))
+                await asyncio.sleep(0.5)
+
+    jobs = [arrivals("high", HIGH_SHARE), arrivals("low", 1 - HIGH_SHARE)]
+    if watch is not None:
+        jobs.append(sample())
+    await asyncio.gather(*jobs)
     if tasks:
         await asyncio.wait(set(tasks), timeout=REQUEST_TIMEOUT + 1)
     for pool in pools.values():
@@ -214,46 +233,17 @@ async def measure_capacity(port: int, seconds: float = 3.0) -> float:
 # ---- Envoy, one bootstrap per scenario ---------------------------------------------------------------
 
 
-def _listener(
-    name: str, port: int, filters: list[dict[str, Any]], context: dict[str, str], access_log: list[Any]
-) -> dict[str, Any]:
-    route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "5s"}}
-    if context:
-        route["typed_per_filter_config"] = {
+def _route_extra(context: dict[str, str]) -> dict[str, Any]:
+    """Per-route ext_authz context extensions: the caller as the operator tags it, not as a request says."""
+    if not context:
+        return {}
+    return {
+        "typed_per_filter_config": {
             "envoy.filters.http.ext_authz": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
                 "check_settings": {"context_extensions": context},
             }
         }
-    return {
-        "name": name,
-        "address": envoy.socket_address("127.0.0.1", port),
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                            "http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": name,
-                            "access_log": access_log,
-                            "route_config": {
-                                "name": name,
-                                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
-                            },
-                            "http_filters": [
-                                *filters,
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": {"@type": envoy.ROUTER_TYPE},
-                                },
-                            ],
-                        },
-                    }
-                ]
-            }
-        ],
     }
 
 
@@ -295,12 +285,16 @@ def envoy_bootstrap(scenario: str, ports: dict[str, int], upstream: int, remixer
         "thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}]
     }
     listeners = [
-        _listener(
+        envoy.http_listener(
             f"{caller}_in",
             ports[caller],
-            filters,
-            {"caller": caller, "scenario": tags[scenario]} if scenario in tags else {},
-            access_log,
+            route_cluster="upstream",
+            http_filters=filters,
+            access_log=access_log,
+            stat_prefix=f"{caller}_in",
+            route_extra=_route_extra(
+                {"caller": caller, "scenario": tags[scenario]} if scenario in tags else {}
+            ),
         )
         for caller in ("high", "low")
     ]
@@ -472,14 +466,36 @@ def run_scenario(
     capacity: float,
     level_seconds: float,
     levels: tuple[float, ...],
+    watch: str | None = None,
+    trace: list[tuple[float, dict[str, Any]]] | None = None,
 ) -> tuple[list[Result], list[float]]:
     ports = {"high": envoy.free_port(), "low": envoy.free_port(), "admin": envoy.free_port()}
     boot = envoy_bootstrap(scenario, ports, upstream, remixer_grpc)
     proc = envoy.EnvoyProcess(boot, workdir=workdir / f"envoy-{scenario}", concurrency=1)
     with proc:
         return asyncio.run(
-            ramp({"high": ports["high"], "low": ports["low"]}, capacity, level_seconds, levels)
+            ramp({"high": ports["high"], "low": ports["low"]}, capacity, level_seconds, levels, watch, trace)
         )
+
+
+def print_trace(results: list[Result], trace: list[tuple[float, dict[str, Any]]], seconds: float) -> None:
+    """Per second: what arrived and how it ended, beside what the controller had set."""
+    print("   t  sent  2xx  429  503  lost  p99 ms  limit  high  unknown  measured  mode")
+    t = 0.0
+    while t < seconds:
+        window = [r for r in results if t <= r.at < t + 1]
+        lat = [r.latency * 1000 for r in window if r.admitted]
+        states = [s for at, s in trace if t <= at < t + 1]
+        s = states[-1] if states else {}
+        measured = s.get("step", {}).get("measured")
+        print(
+            f"{t:4.0f} {len(window):5d} {sum(r.status == 200 for r in window):4d} "
+            f"{sum(r.status == 429 for r in window):4d} {sum(r.status == 503 for r in window):4d} "
+            f"{sum(r.status == 0 for r in window):5d} {_pct(lat, 0.99):7.1f} {s.get('limit', 0):6.1f} "
+            f"{s.get('callers', {}).get('high', 0):5.1f} {s.get('unknown', 0):8.1f} "
+            f"{measured if measured is not None else float('nan'):9.2f}  {s.get('mode', '-')}"
+        )
+        t += 1
 
 
 def main() -> int:
@@ -487,8 +503,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--level-seconds", type=float, default=6.0, help="seconds per load level (6)")
+    parser.add_argument(
+        "--only", default="none,static,envoy,remixer", help="scenarios to run (comma-separated; default all)"
+    )
+    parser.add_argument("--trace", action="store_true", help="print remixer adaptive's timeline, per second")
     args = parser.parse_args()
     level_seconds = args.level_seconds
+    wanted = set(args.only.split(","))
+    chosen = [(name, title) for name, title in SCENARIOS if name in wanted]
     workdir = Path(tempfile.mkdtemp(prefix="remixer-bench-adaptive-"))
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
@@ -514,10 +536,14 @@ def main() -> int:
         )
         remixer, grpc_port = start_remixer(workdir, capacity)
         table: dict[str, Figures] = {}
-        for scenario, title in SCENARIOS:
+        for scenario, title in chosen:
+            trace: list[tuple[float, dict[str, Any]]] = []
+            watch = remixer.admin_url if scenario == "remixer" and args.trace else None
             results, steps = run_scenario(
-                scenario, workdir, upstream_port, grpc_port, capacity, level_seconds, LEVELS
+                scenario, workdir, upstream_port, grpc_port, capacity, level_seconds, LEVELS, watch, trace
             )
+            if watch is not None:
+                print_trace(results, trace, level_seconds * len(LEVELS))
             table[scenario] = figures(results, steps, level_seconds, LEVELS)
             f = table[scenario]
             print(
@@ -541,7 +567,7 @@ def main() -> int:
         f"{'':22s} {'goodput/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99 over':>9s} "
         f"{'high ok':>8s} {'low ok':>8s} {'settle s':>9s}"
     )
-    for scenario, title in SCENARIOS:
+    for scenario, title in chosen:
         f = table[scenario]
         print(
             f"{title:22s} {f.goodput:10.1f} {f.p50:8.1f} {f.p99:8.1f} {f.p99_overload:9.1f} "
@@ -551,6 +577,8 @@ def main() -> int:
         "(shared 2-core machine: Envoy, remixer and this load generator compete with other work; "
         "the upstream's capacity is sleeps, so it holds, but latencies carry the noise)"
     )
+    if "remixer" not in table or "envoy" not in table:
+        return 0
     d, c = table["remixer"], table["envoy"]
     print(
         f"adaptive: p99_over_setpoint={d.p99_overload / SETPOINT_MS:.2f} "

@@ -277,7 +277,10 @@ def http_listener(
     access_log: list[dict[str, Any]],
     host: str = "127.0.0.1",
     stat_prefix: str = "ingress_http",
+    route_extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`route_extra`: more fields of the one route (e.g. typed_per_filter_config)."""
+    route = {"match": {"prefix": "/"}, "route": {"cluster": route_cluster}, **(route_extra or {})}
     return {
         "name": name,
         "address": socket_address(host, port),
@@ -297,9 +300,7 @@ def http_listener(
                                     {
                                         "name": "all",
                                         "domains": ["*"],
-                                        "routes": [
-                                            {"match": {"prefix": "/"}, "route": {"cluster": route_cluster}}
-                                        ],
+                                        "routes": [route],
                                     }
                                 ],
                             },

@@ -175,7 +175,7 @@ async def test_priority_caller_keeps_its_demand_while_unknown_callers_are_shed(
         await _admitted(running, "spiffe://cluster.local/ns/x/sa/bulk", 100)
         await loop.tick(2000 if loop.controller.last["checkout"].limit > 40 else 20)
     state = loop.controller.last["checkout"]
-    assert state.callers[WEB] >= 10  # its demand (plus slack) comes first
+    assert state.callers[WEB] >= 10  # its demand (with slack) comes first
     assert state.unknown <= state.limit - 10
     assert running.part.service.adaptive.counts("checkout")[""][1] > 0  # the bulk caller was shed
 
