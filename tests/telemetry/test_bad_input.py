@@ -3,6 +3,7 @@ nothing crashes. Hypothesis fuzzes the decoder with >= 10k generated messages.""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import Sequence
@@ -308,3 +309,37 @@ async def test_a_message_of_too_many_entries_is_refused_and_nothing_of_it_kept(t
         assert tel.value("remixer_telemetry_records_exported_total") == 0
         assert await send(tel, [http_message([entry()] * 100, first=True)]) is None
         assert tel.value("remixer_telemetry_records_exported_total") == 100
+
+
+def peer_header(workload: str, padding: int = 0) -> str:
+    """x-envoy-peer-metadata as istio-proxy's metadata exchange sends it (istio/proxy
+    source/extensions/filters/http/peer_metadata/filter.cc): the base64 of the peer's node-metadata
+    Struct. `padding` adds a label value of that many bytes, as a pod with many labels would."""
+    meta = struct_pb2.Struct()
+    labels = {"app": workload, "version": "v1", **({"note": "n" * padding} if padding else {})}
+    meta.update(
+        {"NAMESPACE": "shop", "WORKLOAD_NAME": workload, "CLUSTER_ID": "Kubernetes", "LABELS": labels}
+    )
+    return base64.b64encode(meta.SerializeToString()).decode()
+
+
+async def test_peer_metadata_beyond_the_size_cap_is_ignored_and_counted(tmp_path: Path) -> None:
+    small, large = peer_header("cart-v1"), peer_header("cart-v2", padding=300)
+    assert len(small) <= 256 < len(large)
+    async with running_telemetry(tmp_path, TelemetrySettings(max_peer_metadata_bytes=256)) as tel:
+        entries = []
+        for value in (small, large):  # the client side reads the server's metadata off the response
+            e = entry()
+            e.response.response_headers[decoding.PEER_HEADER] = value
+            entries.append(e)
+        assert await send(tel, [http_message(entries, first=True)]) is None
+        workloads = {
+            s["destination_workload"]: float(s["__value__"]) for s in tel.samples("istio_requests_total")
+        }
+        assert workloads == {"cart-v1": 1, "unknown": 1}  # cart-v2 was never read
+        assert tel.value("remixer_telemetry_label_misses_total", {"label": "destination_workload"}) == 1
+    async with running_telemetry(tmp_path / "wide", TelemetrySettings(max_peer_metadata_bytes=1024)) as tel:
+        e = entry()
+        e.response.response_headers[decoding.PEER_HEADER] = large
+        assert await send(tel, [http_message([e], first=True)]) is None
+        assert [s["destination_workload"] for s in tel.samples("istio_requests_total")] == ["cart-v2"]

@@ -108,3 +108,39 @@ async def test_call_edges_in_postgresql(tmp_path: Path, pg_schema: str) -> None:
                 {"s": pg_schema},
             )
             assert {r[0] for r in tables} == {"remixer_call_edges", "alembic_version_telemetry"}
+
+
+async def test_a_failed_flush_is_merged_into_the_next_one(tmp_path: Path, pg_schema: str) -> None:
+    # The table is renamed away under the running writer (PostgreSQL answers "relation does not exist"),
+    # more calls arrive, the table comes back: the next flush writes both batches' counts in one upsert,
+    # first_seen from the failed batch, last_seen from the later one.
+    settings = TelemetrySettings(
+        call_edges=CallEdgeSettings(database_url=POSTGRES, schema_name=pg_schema, flush_interval_s=3600)
+    )
+    admin = create_async_engine(POSTGRES.replace("postgresql://", "postgresql+asyncpg://"))
+    table = f'"{pg_schema}".remixer_call_edges'
+    try:
+        async with running_telemetry(tmp_path, settings=settings) as tel:
+            async with admin.begin() as conn:
+                await conn.execute(text(f"ALTER TABLE {table} RENAME TO away"))
+            await send(tel)
+            await tel.part.pipeline.flush_edges()
+            assert tel.value("remixer_telemetry_call_edge_errors_total") == 1
+            assert tel.value("remixer_telemetry_call_edges_written_total") == 0
+            await send(tel)
+            async with admin.begin() as conn:
+                await conn.execute(text(f'ALTER TABLE "{pg_schema}".away RENAME TO remixer_call_edges'))
+            await tel.part.pipeline.flush_edges()
+            assert tel.value("remixer_telemetry_call_edge_errors_total") == 1
+            assert tel.value("remixer_telemetry_call_edges_written_total") == 2  # one row per edge
+            assert await rows(tel) == {
+                ("shop", "frontend", "cart.shop.svc.cluster.local", 8080, "http"): 6,
+                ("shop", "frontend", "api.stripe.com", 443, "http"): 4,
+            }
+            async with admin.connect() as conn:
+                seen = (await conn.execute(text(f"SELECT first_seen, last_seen FROM {table}"))).all()
+            assert all(first < last for first, last in seen)
+            await tel.part.pipeline.flush_edges()  # nothing pending: nothing written twice
+            assert tel.value("remixer_telemetry_call_edges_written_total") == 2
+    finally:
+        await admin.dispose()
