@@ -17,7 +17,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 # (table, generated Cython include), relative to the repository root
-WIRE_TABLES = [("telemetry/edge/als_fields.txt", "telemetry/edge/_als_fields.pxi")]
+WIRE_TABLES = [("remixer/native/als_fields.txt", "remixer/native/_als_fields.pxi")]
 
 
 def proto_files() -> list[str]:

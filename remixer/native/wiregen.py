@@ -23,7 +23,7 @@ never from the table. The second column says how the field is read, the third in
 
 Output (a Cython include): `T_<Message>_<field>` tag constants, the struct, and one
 `scan_<Message>(Span msg, int depth, WireFields* f)` per message with lines. The generated readers use
-the helpers of remixer/_wire.pxd plus these, which the including module defines: skip_field(cursor, end,
+the helpers of remixer/native/wire.pxd plus these, which the including module defines: skip_field(cursor, end,
 tag, depth), scan_duration(span, depth, Duration*), scan_pair(span, depth, text_value, Span* key,
 Span* value), span_is(span, text, length). A known field on the wire with another wire type is skipped
 as unknown, as upb does.

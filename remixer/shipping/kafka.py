@@ -1,8 +1,9 @@
 """The Kafka side of shipping: one aiokafka producer, batches handed over with send_batch().
 
-Uncompressed batches are built whole by the compiled _batch module (the bytes aiokafka's own builder
-writes, in one pass); with compression, or without the extension, aiokafka's builder takes them record
-by record. Every aiokafka / broker failure becomes `ShipFailed`; the caller spools and reconnects later.
+Uncompressed batches are built whole by the compiled remixer.native.kafka_batch module (the bytes
+aiokafka's own builder writes, in one pass); with compression, or without the extension, aiokafka's
+builder takes them record by record. Every aiokafka / broker failure becomes `ShipFailed`; the caller
+spools and reconnects later.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from remixer.parts import Record
 from remixer.shipping.settings import KafkaSettings
 
 try:
-    from remixer.shipping import _batch
+    from remixer.native import kafka_batch
 except ImportError:  # not built: aiokafka's builder, record by record
-    _batch = None  # type: ignore[assignment]
+    kafka_batch = None  # type: ignore[assignment]
 
 log = logging.getLogger("remixer.shipping")
 
@@ -85,7 +86,7 @@ class KafkaLink:
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self._idempotence = settings.idempotence
-        self._build_whole = _batch is not None and settings.compression == "none"
+        self._build_whole = kafka_batch is not None and settings.compression == "none"
 
     @property
     def connected(self) -> bool:
@@ -218,7 +219,7 @@ class KafkaLink:
         """A batch of records[start:] up to the batch size, and the index of the first record left out."""
         if self._build_whole:
             now_ms = int(time.time() * 1000)
-            buffer, taken = _batch.build(records, start, self.settings.batch_max_bytes, now_ms)
+            buffer, taken = kafka_batch.build(records, start, self.settings.batch_max_bytes, now_ms)
             return _BuiltBatch(buffer, taken), start + taken
         batch = producer.create_batch()
         filled = _fill(batch, records, start)
@@ -241,7 +242,7 @@ class KafkaLink:
 
 
 class _BuiltBatch(BatchBuilder):  # type: ignore[misc]
-    """A batch _batch.build wrote whole: closed, its buffer final but for the idempotent producer's
+    """A batch kafka_batch.build wrote whole: closed, its buffer final but for the idempotent producer's
     fields, which the sender sets when it takes the batch (as it does on aiokafka's builder)."""
 
     def __init__(self, buffer: bytearray, count: int) -> None:  # nothing of BatchBuilder's to set up
@@ -253,7 +254,7 @@ class _BuiltBatch(BatchBuilder):  # type: ignore[misc]
         return None  # full
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
-        _batch.set_producer_state(self._buffer, producer_id, producer_epoch, base_sequence)
+        kafka_batch.set_producer_state(self._buffer, producer_id, producer_epoch, base_sequence)
 
 
 _NO_HEADERS: list[tuple[str, bytes]] = []

@@ -1,6 +1,6 @@
 """Envoy access-log messages -> plain facts for the core. The hot path: read few fields, cache the rest.
 
-Two readers with the same results. The compiled one (CompiledStreamReader, telemetry/edge/_scan.pyx)
+Two readers with the same results. The compiled one (CompiledStreamReader, remixer/native/als_scanner)
 scans the wire bytes of each StreamAccessLogsMessage in C: one pass over the fields of
 remixer.v1.alsview (a projection of Envoy's message with the same field numbers), rejecting what upb
 would reject, then per entry the memo key (a tuple of the label-deciding fields), one dict lookup for
@@ -31,13 +31,13 @@ from telemetry.edge import wire
 from telemetry.structs import ENVOY_BUCKETS, Derived, EntryFacts, Labels, StreamIdentity, WorkloadIdentity
 
 try:
-    from telemetry.edge import _scan
+    from remixer.native import als_scanner
 except ImportError as exc:  # not built (no compiler where it was installed): the Python reader
-    _scan = None  # type: ignore[assignment]
+    als_scanner = None  # type: ignore[assignment]
     SCANNER_MISSING = str(exc)
 else:
     SCANNER_MISSING = ""
-COMPILED = _scan is not None
+COMPILED = als_scanner is not None
 
 PEER_HEADER = "x-envoy-peer-metadata"
 MAX_MEMO = 4096
@@ -358,18 +358,18 @@ class StreamReader:
 
 
 class CompiledStreamReader(StreamReader):
-    """The same reader with the wire scan, memo keys, tallies and JSON records in C (_scan.pyx).
+    """The same reader with the wire scan, memo keys, tallies and JSON records in C (native als_scanner).
 
     `read(message)` stays the Python path (for callers holding a parsed message); `read_bytes` scans.
     """
 
     def __init__(self, identity: StreamIdentity, **options: Any) -> None:
         super().__init__(identity, **options)
-        if _scan is None:
+        if als_scanner is None:
             raise RuntimeError(f"the compiled ALS scanner is not available: {SCANNER_MISSING}")
         kinds = self._kinds
         # No reference back to self: the scanner holds the memo and its builders, not the reader.
-        self._scanner = _scan.Scanner(
+        self._scanner = als_scanner.Scanner(
             memo=kinds.kinds,
             http_kind=kinds.http,
             tcp_kind=kinds.tcp,
@@ -392,6 +392,6 @@ class CompiledStreamReader(StreamReader):
 
 def new_reader(identity: StreamIdentity, **options: Any) -> StreamReader:
     """The compiled reader when the extension is built, else the Python one (same results)."""
-    if _scan is not None:
+    if als_scanner is not None:
         return CompiledStreamReader(identity, **options)
     return StreamReader(identity, **options)

@@ -69,9 +69,9 @@ def test_record_schema_names_are_the_json_keys() -> None:
     assert {"destination_service", "request_id", "response_code", "start_time_ms", "sent_bytes"} <= names
 
 
-# ---- the compiled scanner's field table (telemetry/edge/als_fields.txt) --------------------------
+# ---- the compiled scanner's field table (remixer/native/als_fields.txt) --------------------------
 
-ALS_TABLE = ROOT / "telemetry" / "edge" / "als_fields.txt"
+ALS_TABLE = ROOT / "remixer" / "native" / "als_fields.txt"
 _VIEW_TYPES = {
     "text": FieldDescriptor.TYPE_STRING,
     "raw": FieldDescriptor.TYPE_BYTES,
@@ -134,7 +134,7 @@ def test_the_scanner_reads_what_the_view_declares_and_nothing_else() -> None:
             )
         elif line.reader == "message":
             assert ours.message_type is not None, where
-        # tag lines are read by hand-written code (_scan.scan_message, scan_entries)
+        # tag lines are read by hand-written code (als_scanner.scan_message, scan_entries)
     assert set(view) == read, f"declared in the view, not read by the scanner: {set(view) - read}"
 
 

@@ -1,4 +1,4 @@
-"""The compiled ALS scanner (telemetry/edge/_scan.pyx) against its reference, the Python StreamReader.
+"""The compiled ALS scanner (remixer/native/als_scanner.pyx) against its reference, the Python StreamReader.
 
 Same input, two readers with their own telemetry parts: the batches (kinds and counts, records byte for
 byte, entries), the memo keys and the running series must come out identical. And the scanner must
@@ -29,10 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from remixer.native import als_scanner
 from remixer.parts import PartContext
 from remixer.v1 import als_view_pb2
 from telemetry.app import TelemetryPart
-from telemetry.edge import _scan, decoding
+from telemetry.edge import decoding
 from telemetry.settings import CallEdgeSettings, TelemetrySettings
 
 IDENTIFIER = "sidecar~10.0.0.1~web-1.shop~shop.svc.cluster.local"
@@ -357,7 +358,7 @@ def upb_accepts(data: bytes) -> bool:
 
 
 def check_refusal(pairs: list[Pair], data: bytes) -> None:
-    reason = _scan.validate(data)
+    reason = als_scanner.validate(data)
     assert (reason is None) == upb_accepts(data), f"scanner: {reason!r} on {data!r}"
     for pair in fresh(pairs):
         outcome = assert_same(pair, data)
@@ -509,7 +510,7 @@ def _doubles() -> Iterator[float]:
 
 def test_durations_are_written_as_orjson_writes_floats() -> None:
     for x in _doubles():
-        assert _scan.format_float(x) == orjson.dumps(x), x
+        assert als_scanner.format_float(x) == orjson.dumps(x), x
 
 
 def test_the_servicer_reads_with_the_compiled_scanner() -> None:
@@ -519,7 +520,7 @@ def test_the_servicer_reads_with_the_compiled_scanner() -> None:
 
 
 def test_without_the_extension_the_python_reader_serves(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(decoding, "_scan", None)
+    monkeypatch.setattr(decoding, "als_scanner", None)
     part = _part(TelemetrySettings(call_edges=CallEdgeSettings(enabled=False)))
     assert type(part._new_reader(_identity())) is decoding.StreamReader
 

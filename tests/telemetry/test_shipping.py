@@ -23,7 +23,8 @@ from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from remixer.shipping import _batch, build_record_sinks, quiet_abandoned_sends
+from remixer.native import kafka_batch
+from remixer.shipping import build_record_sinks, quiet_abandoned_sends
 from remixer.shipping.kafka import ClientLogQuieter, _BuiltBatch
 from remixer.shipping.localfiles import RecordFiles, delimited
 from remixer.shipping.settings import KafkaSettings, ShippingSettings
@@ -224,7 +225,7 @@ async def test_a_stream_added_after_connecting_gets_its_topic(
         await hub.close()
 
 
-# ---- record batches built whole (remixer/shipping/_batch.pyx) -------------------------------------
+# ---- record batches built whole (remixer/native/kafka_batch.pyx) -------------------------------------
 
 
 def _aiokafka_batches(
@@ -249,8 +250,8 @@ def _whole_batches(
 ) -> list[tuple[bytes, int]]:
     out, i = [], 0
     while i < len(records):
-        buffer, taken = _batch.build(records, i, batch_size, timestamp)
-        _batch.set_producer_state(buffer, *state)
+        buffer, taken = kafka_batch.build(records, i, batch_size, timestamp)
+        kafka_batch.set_producer_state(buffer, *state)
         out.append((bytes(buffer), taken))
         i += taken
     return out
@@ -275,7 +276,7 @@ def test_whole_batches_are_the_bytes_aiokafka_builds() -> None:
         batch = DefaultRecordBatch(buffer)
         assert batch.validate_crc()
     data = rng.randbytes(10_000)
-    assert _batch.crc32c_of(data) == calc_crc32c(data)
+    assert kafka_batch.crc32c_of(data) == calc_crc32c(data)
 
 
 async def test_an_idempotent_sender_sets_the_producer_state_of_a_whole_batch() -> None:
@@ -283,7 +284,7 @@ async def test_an_idempotent_sender_sets_the_producer_state_of_a_whole_batch() -
     theirs = BatchBuilder(1 << 20, 0)
     for key, value in records:
         theirs.append(timestamp=1_700_000_000_000, key=key, value=value)
-    buffer, taken = _batch.build(records, 0, 1 << 20, 1_700_000_000_000)
+    buffer, taken = kafka_batch.build(records, 0, 1 << 20, 1_700_000_000_000)
     ours = _BuiltBatch(buffer, taken)
     tp = TopicPartition(TOPIC, 0)
     sent = []

@@ -1,4 +1,4 @@
-# Types of the compiled scanner (_scan.pyx); decoding.CompiledStreamReader is its only user.
+# Types of the compiled scanner (als_scanner.pyx); decoding.CompiledStreamReader (telemetry) is its only user.
 from collections.abc import Callable, Sequence
 from typing import Any
 

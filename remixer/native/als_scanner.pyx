@@ -30,7 +30,7 @@ from libc.math cimport llround
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from remixer._wire cimport (
+from remixer.native.wire cimport (
     E_DEPTH,
     E_FIELD_ZERO,
     E_GROUP,

@@ -1,4 +1,4 @@
-# Types of the compiled CheckRequest key reader (_checkwire.pyx); grpc_authz is its only user.
+# Types of the compiled CheckRequest key reader (check_keys.pyx); policy/edge/grpc_authz.py is its only user.
 from collections.abc import Iterable
 
 class KeyReader:
