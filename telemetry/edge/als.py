@@ -64,6 +64,8 @@ class AccessLogServicer:
         try:
             reader: decoding.StreamReader | None = None
             async for data in requests:
+                if len(data) > 2 * self._max_entries:
+                    await self._refuse_if_too_many(data, context)
                 if reader is None:
                     reader = await self._open(data, context)
                 try:
@@ -71,21 +73,27 @@ class AccessLogServicer:
                 except decoding.MalformedMessage as exc:
                     consumer.malformed("undecodable")
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                if batch.entries > self._max_entries:
-                    # Envoy sends about buffer_size_bytes (16 KiB) a message: tens of entries. Holding
-                    # the records of a 50,000-entry message is what a hostile sender would make us do.
-                    consumer.malformed("too_many_entries")
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"a message of {batch.entries} entries is more than "
-                        f"telemetry.max_entries_per_message ({self._max_entries})",
-                    )
                 await consumer.accept(batch)
                 if self._handing_over:
                     break
         finally:
             consumer.stream_closed()
         return als_pb2.StreamAccessLogsResponse()
+
+    async def _refuse_if_too_many(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Refuse a message of more than max_entries entries before reading any: Envoy sends about
+        buffer_size_bytes (16 KiB) a message, tens of entries; 50,000 would be a hostile sender's."""
+        try:
+            entries = decoding.count_entries(data)
+        except decoding.MalformedMessage:
+            return  # the reader refuses it, with the reason
+        if entries > self._max_entries:
+            self._consumer.malformed("too_many_entries")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a message of {entries} entries is more than telemetry.max_entries_per_message "
+                f"({self._max_entries})",
+            )
 
     async def _open(self, first: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> decoding.StreamReader:
         """The stream's reader, for the identity in its first message (parsed once with upb)."""

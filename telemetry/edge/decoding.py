@@ -53,6 +53,56 @@ class MalformedMessage(ValueError):
     """A StreamAccessLogsMessage that cannot be parsed or breaks the protocol."""
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise MalformedMessage("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def count_entries(data: bytes) -> int:
+    """How many log entries a StreamAccessLogsMessage holds, from its framing alone (no entry is
+    read): http_logs (2) or tcp_logs (3), each a run of log_entry (1). A message is at least two bytes
+    an entry, so only one longer than twice a limit needs counting (see AccessLogServicer)."""
+    count = pos = 0
+    end = len(data)
+    while pos < end:
+        tag, pos = _varint(data, pos)
+        wire = tag & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+            continue
+        if wire != 2:
+            raise MalformedMessage(f"unexpected wire type {wire} in StreamAccessLogsMessage")
+        length, pos = _varint(data, pos)
+        if tag >> 3 in (2, 3):
+            inner, stop = pos, min(pos + length, end)
+            while inner < stop:
+                if data[inner] == 0x0A and inner + 2 < stop and data[inner + 2] < 0x80:
+                    # log_entry with a length under 16 KiB (one or two bytes): the usual case, inline
+                    first = data[inner + 1]
+                    if first < 0x80:
+                        inner += 2 + first
+                    else:
+                        inner += 3 + ((first & 0x7F) | (data[inner + 2] << 7))
+                    count += 1
+                    continue
+                entry_tag, inner = _varint(data, inner)
+                if entry_tag & 7 != 2:
+                    raise MalformedMessage("log entries are length-delimited")
+                entry_length, inner = _varint(data, inner)
+                inner += entry_length
+                count += entry_tag >> 3 == 1
+        pos += length
+    return count
+
+
 def parse_message(data: bytes) -> als_view_pb2.StreamAccessLogsMessage:
     try:
         return View.FromString(data)

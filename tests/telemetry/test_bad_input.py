@@ -307,6 +307,7 @@ async def test_a_message_of_too_many_entries_is_refused_and_nothing_of_it_kept(t
         assert "max_entries_per_message" in (error.details() or "")
         assert tel.value("remixer_telemetry_messages_malformed_total", {"reason": "too_many_entries"}) == 1
         assert tel.value("remixer_telemetry_records_exported_total") == 0
+        assert received(tel) == 0  # refused before any entry was read: not in the metrics either
         assert await send(tel, [http_message([entry()] * 100, first=True)]) is None
         assert tel.value("remixer_telemetry_records_exported_total") == 100
 
@@ -343,3 +344,21 @@ async def test_peer_metadata_beyond_the_size_cap_is_ignored_and_counted(tmp_path
         e.response.response_headers[decoding.PEER_HEADER] = large
         assert await send(tel, [http_message([e], first=True)]) is None
         assert [s["destination_workload"] for s in tel.samples("istio_requests_total")] == ["cart-v2"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    codes=st.lists(st.integers(0, 599), max_size=300),
+    first=st.booleans(),
+    tcp=st.booleans(),
+)
+def test_count_entries_agrees_with_the_protobuf_parser(codes: list[int], first: bool, tcp: bool) -> None:
+    msg = identifier() if first else als_pb2.StreamAccessLogsMessage()
+    if tcp:
+        msg.tcp_logs.log_entry.extend(accesslog_pb2.TCPAccessLogEntry() for _ in codes)
+    else:
+        msg.http_logs.log_entry.extend(entry(code) for code in codes)
+    data = msg.SerializeToString()
+    assert decoding.count_entries(data) == len(codes)
+    # Unknown fields (Envoy newer than us) are skipped, not counted.
+    assert decoding.count_entries(data + b"\xb8\x3e\x01") == len(codes)
