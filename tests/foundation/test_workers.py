@@ -18,7 +18,7 @@ from remixer import envoy
 from remixer.echo import EchoServer
 from remixer.exposition import merge_workers, render
 from remixer.workers import metrics_socket, read_metrics
-from tests.realparts.envoy import EnvoyFactory
+from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory
 
 LABEL_VALUES = st.text(alphabet='ab "\\\n{}=,é', min_size=0, max_size=6)
@@ -89,22 +89,13 @@ def sidecar(listen: int, admin: int, grpc_port: int, upstream: int) -> dict[str,
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
     options["common_http_protocol_options"] = {"max_requests_per_connection": 5}
-    return envoy.bootstrap(
-        admin_port=admin,
-        listeners=[
-            envoy.http_listener(
-                "ingress",
-                listen,
-                route_cluster="upstream",
-                http_filters=[envoy.ext_authz_grpc_filter("remixer", timeout="2s")],
-                access_log=[envoy.http_grpc_access_log("remixer_als", flush="0.2s")],
-            )
-        ],
-        clusters=[
-            authz,
-            envoy.grpc_cluster("remixer_als", "127.0.0.1", grpc_port),
-            envoy.http_cluster("upstream", "127.0.0.1", upstream),
-        ],
+    return ingress(
+        admin=admin,
+        listen=listen,
+        upstream=upstream,
+        clusters=[authz, envoy.grpc_cluster("remixer_als", "127.0.0.1", grpc_port)],
+        http_filters=[envoy.ext_authz_grpc_filter("remixer", timeout="2s")],
+        access_log=[envoy.http_grpc_access_log("remixer_als", flush="0.2s")],
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from remixer import envoy
 from remixer.echo import EchoServer
 from remixer.envoy import EnvoyProcess
 
@@ -32,3 +33,29 @@ def echo_upstream() -> Iterator[EchoServer]:
     """An HTTP upstream that answers with the request's headers as JSON."""
     with EchoServer() as server:
         yield server
+
+
+def ingress(
+    *,
+    admin: int,
+    listen: int,
+    upstream: int,
+    clusters: list[dict[str, Any]],
+    http_filters: list[dict[str, Any]] | None = None,
+    access_log: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A bootstrap with one ingress listener on `listen` routing everything to the HTTP upstream on
+    `upstream` (cluster "upstream"), with remixer's `clusters` beside it."""
+    return envoy.bootstrap(
+        admin_port=admin,
+        listeners=[
+            envoy.http_listener(
+                "ingress",
+                listen,
+                route_cluster="upstream",
+                http_filters=http_filters or [],
+                access_log=access_log or [],
+            )
+        ],
+        clusters=[*clusters, envoy.http_cluster("upstream", "127.0.0.1", upstream)],
+    )

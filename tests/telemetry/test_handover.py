@@ -22,7 +22,7 @@ import grpc
 from remixer import envoy
 from remixer.echo import EchoServer
 from telemetry.adapters.records import decode_json
-from tests.realparts.envoy import EnvoyFactory
+from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory, RemixerServer
 from tests.telemetry.harness import running_telemetry
 from tests.telemetry.test_bad_input import METHOD, entry, http_message, received
@@ -108,21 +108,12 @@ def test_rolling_restart_loses_no_entry(remixer_factory: RemixerFactory, envoy_f
     listen, admin = envoy.free_port(), envoy.free_port()
     with EchoServer() as upstream:
         proxy = envoy_factory(
-            envoy.bootstrap(
-                admin_port=admin,
-                listeners=[
-                    envoy.http_listener(
-                        "ingress",
-                        listen,
-                        route_cluster="upstream",
-                        http_filters=[],
-                        access_log=[envoy.http_grpc_access_log("remixer_als", flush="0.2s")],
-                    )
-                ],
-                clusters=[
-                    als_cluster("remixer_als", [r.grpc_port for r in replicas]),
-                    envoy.http_cluster("upstream", "127.0.0.1", upstream.port),
-                ],
+            ingress(
+                admin=admin,
+                listen=listen,
+                upstream=upstream.port,
+                clusters=[als_cluster("remixer_als", [r.grpc_port for r in replicas])],
+                access_log=[envoy.http_grpc_access_log("remixer_als", flush="0.2s")],
             )
         )
         with Load(listen) as load:
