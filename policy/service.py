@@ -344,7 +344,7 @@ class PolicyService:
     async def start(self) -> None:
         if not rules.COMPILED_EVALUATOR:
             log.warning(
-                "policy/core/_evaluator was not built (no C compiler at install): rules are evaluated "
+                "remixer/native/evaluator was not built (no C compiler at install): rules are evaluated "
                 "in Python; the decisions are the same, each uncached Check costs more CPU"
             )
         await self.store.migrate()

@@ -47,10 +47,10 @@ class CompiledLimit:
 
 @dataclass(frozen=True, slots=True)
 class LeafPlan:
-    """One matcher of a rule, as data: what the compiled evaluator (_evaluator.pyx) runs. `op` names a
-    test it does itself (present, exact, prefix, suffix, in; regex: the literals a match needs, then
-    `test`; network: dotted-quad IPv4 against the CIDR groups, other text through `test`); "test"
-    calls `test`, the same function the Python predicate calls."""
+    """One matcher of a rule, as data: what the compiled evaluator (remixer/native/evaluator.pyx) runs.
+    `op` names a test it does itself (present, exact, prefix, suffix, in; regex: the literals a match
+    needs, then `test`; network: dotted-quad IPv4 against the CIDR groups, other text through `test`);
+    "test" calls `test`, the same function the Python predicate calls."""
 
     attribute: str
     get: attributes.Getter

@@ -30,9 +30,11 @@ from policy.core.indexing import CompiledLimit, CompiledRule, GroupPlan, LeafPla
 from policy.structs import CheckInput, Decision, PolicyError
 
 try:
-    from policy.core._evaluator import Program
+    from remixer.native.evaluator import Program, configure
 except ImportError:  # built without a C compiler: matching.evaluate runs the Python predicates
     Program = None  # type: ignore[assignment,misc]
+else:
+    configure(plain_fields=attributes.PLAIN_FIELDS, path_of=attributes.path_only)
 
 COMPILED_EVALUATOR = Program is not None
 
@@ -68,7 +70,7 @@ class Snapshot:
     document: PolicyDocument
     rule_count: int = field(default=0)
     jwt_header: str = "x-jwt-payload"  # where request.jwt.* claims come from (lower case)
-    # The same rules compiled for the C evaluator (_evaluator.Program); None when it is not built.
+    # The same rules compiled for the C evaluator (remixer.native.evaluator); None when it is not built.
     program: Any = None
 
     def cache_key(self, req: CheckInput) -> tuple[attributes.AttributeValue, ...]:

@@ -9,12 +9,23 @@ are done here; every other test (regexes through RE2, IP lists, case folding) an
 parts, query parameters, JWT claims, labels) calls the very function the Python predicate calls.
 matching.evaluate stays the reference: explanations and the build without a C compiler use it, and
 tests/policy/test_evaluator.py holds the two to the same decisions.
+
+policy.core.rules hands this module the card's attribute table once (`configure`): which attributes
+are plain CheckInput fields, and how the path is cut from a request; the native layer imports no card.
 """
 
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 
-from policy.core.attributes import PLAIN_FIELDS, path_only
+cdef dict PLAIN_FIELDS = {}  # attribute -> CheckInput field, from configure()
+cdef object path_only = None
+
+
+def configure(*, plain_fields, path_of):
+    """The card's attribute table: call once, before building a Program."""
+    global PLAIN_FIELDS, path_only
+    PLAIN_FIELDS = dict(plain_fields)
+    path_only = path_of
 
 
 cdef extern from "Python.h":

@@ -1,6 +1,10 @@
-# Types of the compiled evaluator (_evaluator.pyx); matching.evaluate is its only caller.
+# Types of the compiled evaluator (evaluator.pyx); policy.core.matching.evaluate is its only caller.
+from collections.abc import Callable, Mapping
+
 from policy.core.indexing import CompiledRule, StageIndex
 from policy.structs import CheckInput, Decision
+
+def configure(*, plain_fields: Mapping[str, str], path_of: Callable[[CheckInput], str]) -> None: ...
 
 class Program:
     def __init__(
