@@ -17,7 +17,10 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 # (table, generated Cython include), relative to the repository root
-WIRE_TABLES = [("remixer/native/als_fields.txt", "remixer/native/_als_fields.pxi")]
+WIRE_TABLES = [
+    ("remixer/native/als_fields.txt", "remixer/native/_als_fields.pxi"),
+    ("remixer/native/check_fields.txt", "remixer/native/_check_fields.pxi"),
+]
 
 
 def proto_files() -> list[str]:

@@ -37,7 +37,7 @@ cdef enum:  # tags (field number << 3 | wire type), from the descriptors
     T_HTTPResponseProperties_response_body_bytes = 0x18  # field 3, wire type 0
     T_ConnectionProperties_received_bytes = 0x08  # field 1, wire type 0
     T_ConnectionProperties_sent_bytes = 0x10  # field 2, wire type 0
-    T_MAP_KEY = 0x0a  # map entries (scan_pair)
+    T_MAP_KEY = 0x0a  # map<K, V> entries
     T_MAP_VALUE = 0x12
     T_TIME_SECONDS = 0x08  # Duration / Timestamp
     T_TIME_NANOS = 0x10

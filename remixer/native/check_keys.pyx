@@ -51,25 +51,8 @@ cdef enum:
     MAX_ENTRIES = 256  # map entries read_input takes (more: the upb path)
     REFUSED = 1  # not a shape this reader vouches for: take the upb path
 
-# Wire tags (field << 3 | wire type): 0 varint, 2 length-delimited.
-cdef enum:
-    T_LEN_1 = (1 << 3) | 2
-    T_LEN_2 = (2 << 3) | 2
-    T_LEN_3 = (3 << 3) | 2
-    T_LEN_4 = (4 << 3) | 2
-    T_LEN_5 = (5 << 3) | 2
-    T_LEN_6 = (6 << 3) | 2
-    T_LEN_7 = (7 << 3) | 2
-    T_LEN_8 = (8 << 3) | 2
-    T_LEN_10 = (10 << 3) | 2
-    T_LEN_11 = (11 << 3) | 2
-    T_LEN_12 = (12 << 3) | 2
-    T_LEN_13 = (13 << 3) | 2
-    T_VARINT_1 = (1 << 3)
-    T_VARINT_2 = (2 << 3)
-    T_VARINT_3 = (3 << 3)
-    T_VARINT_6 = (6 << 3)
-    T_VARINT_9 = (9 << 3)
+# The tags of the fields read (check_fields.txt), from Envoy's descriptors.
+include "_check_fields.pxi"
 
 # Attribute -> the fixed fields and map entries its value is computed from (policy.core.attributes).
 _FIELDS = {
@@ -353,7 +336,7 @@ cdef int scan_check_request(Span msg, Found* found) noexcept:
     cdef uint32_t tag
     cdef Span sub
     while p < end:
-        if read_tag(&p, end, &tag) or tag != T_LEN_1:  # attributes
+        if read_tag(&p, end, &tag) or tag != T_CheckRequest_attributes:
             return REFUSED
         if message(&p, end, &sub) or scan_attributes(sub, found):
             return REFUSED
@@ -371,17 +354,17 @@ cdef int scan_attributes(Span msg, Found* found) noexcept:
             return REFUSED
         if message(&p, end, &sub):
             return REFUSED
-        if tag == T_LEN_1:
+        if tag == T_AttributeContext_source:
             err = scan_peer(sub, found, S_ADDRESS, S_SERVICE, S_PRINCIPAL, S_LABELS)
-        elif tag == T_LEN_2:
+        elif tag == T_AttributeContext_destination:
             err = scan_peer(sub, found, D_ADDRESS, D_SERVICE, -1, D_LABELS)
-        elif tag == T_LEN_4:
+        elif tag == T_AttributeContext_request:
             err = scan_request(sub, found)
-        elif tag == T_LEN_10:
+        elif tag == T_AttributeContext_context_extensions:
             err = scan_entry(sub, found, CONTEXT)
-        elif tag == T_LEN_11 or tag == T_LEN_13:  # metadata_context, route_metadata_context
+        elif tag == T_AttributeContext_metadata_context or tag == T_AttributeContext_route_metadata_context:
             err = REFUSED if sub.len else OK  # Envoy sends them empty unless configured to fill them
-        elif tag == T_LEN_12:
+        elif tag == T_AttributeContext_tls_session:
             err = scan_tls_session(sub)
         else:
             return REFUSED
@@ -401,15 +384,15 @@ cdef int scan_peer(
     while p < end:
         if read_tag(&p, end, &tag):
             return REFUSED
-        if tag == T_LEN_1:
+        if tag == T_Peer_address:
             err = message(&p, end, &sub) or scan_address(sub, found, address)
-        elif tag == T_LEN_2:
+        elif tag == T_Peer_service:
             err = text(&p, end, found, service)
-        elif tag == T_LEN_3:
+        elif tag == T_Peer_labels:
             err = message(&p, end, &sub) or scan_entry(sub, found, labels)
-        elif tag == T_LEN_4:
+        elif tag == T_Peer_principal:
             err = text(&p, end, found, principal)
-        elif tag == T_LEN_5:  # certificate
+        elif tag == T_Peer_certificate:
             err = text(&p, end, found, -1)
         else:
             return REFUSED
@@ -425,7 +408,7 @@ cdef int scan_address(Span msg, Found* found, int address) noexcept:
     cdef Span sub
     while p < end:
         # socket_address only: pipe and envoy_internal_address share its oneof.
-        if read_tag(&p, end, &tag) or tag != T_LEN_1:
+        if read_tag(&p, end, &tag) or tag != T_Address_socket_address:
             return REFUSED
         if message(&p, end, &sub) or scan_socket_address(sub, found, address):
             return REFUSED
@@ -443,13 +426,13 @@ cdef int scan_socket_address(Span msg, Found* found, int address) noexcept:
     while p < end:
         if read_tag(&p, end, &tag):
             return REFUSED
-        if tag == T_VARINT_1 or tag == T_VARINT_6:  # protocol, ipv4_compat
+        if tag == T_SocketAddress_protocol or tag == T_SocketAddress_ipv4_compat:
             err = varint(&p, end, found, -1)
-        elif tag == T_LEN_2:
+        elif tag == T_SocketAddress_address:
             err = text(&p, end, found, address)
-        elif tag == T_VARINT_3:
+        elif tag == T_SocketAddress_port_value:
             err = varint(&p, end, found, port)
-        elif tag == T_LEN_5:  # resolver_name
+        elif tag == T_SocketAddress_resolver_name:
             err = text(&p, end, found, -1)
         else:
             return REFUSED
@@ -466,10 +449,10 @@ cdef int scan_request(Span msg, Found* found) noexcept:
     while p < end:
         if read_tag(&p, end, &tag) or message(&p, end, &sub):
             return REFUSED
-        if tag == T_LEN_1:
+        if tag == T_Request_time:
             if scan_timestamp(sub):
                 return REFUSED
-        elif tag == T_LEN_2:
+        elif tag == T_Request_http:
             if scan_http(sub, found):
                 return REFUSED
         else:
@@ -483,7 +466,7 @@ cdef int scan_timestamp(Span msg) noexcept:
     cdef uint32_t tag
     cdef uint64_t ignored
     while p < end:
-        if read_tag(&p, end, &tag) or (tag != T_VARINT_1 and tag != T_VARINT_2):
+        if read_tag(&p, end, &tag) or (tag != T_Timestamp_seconds and tag != T_Timestamp_nanos):
             return REFUSED
         if read_varint(&p, end, &ignored):
             return REFUSED
@@ -499,23 +482,28 @@ cdef int scan_http(Span msg, Found* found) noexcept:
     while p < end:
         if read_tag(&p, end, &tag):
             return REFUSED
-        if tag == T_LEN_1:
+        if tag == T_HttpRequest_id:
             err = text(&p, end, found, HTTP_ID)
-        elif tag == T_LEN_2:
+        elif tag == T_HttpRequest_method:
             err = text(&p, end, found, METHOD)
-        elif tag == T_LEN_3:
+        elif tag == T_HttpRequest_headers:
             err = message(&p, end, &sub) or scan_entry(sub, found, HEADERS)
-        elif tag == T_LEN_4:
+        elif tag == T_HttpRequest_path:
             err = text(&p, end, found, PATH)
-        elif tag == T_LEN_5:
+        elif tag == T_HttpRequest_host:
             err = text(&p, end, found, HOST)
-        elif tag == T_LEN_6:
+        elif tag == T_HttpRequest_scheme:
             err = text(&p, end, found, SCHEME)
-        elif tag == T_LEN_7 or tag == T_LEN_8 or tag == T_LEN_10 or tag == T_LEN_11:
-            err = text(&p, end, found, -1)  # query, fragment, protocol, body
-        elif tag == T_VARINT_9:  # size
+        elif (
+            tag == T_HttpRequest_query
+            or tag == T_HttpRequest_fragment
+            or tag == T_HttpRequest_protocol
+            or tag == T_HttpRequest_body
+        ):
+            err = text(&p, end, found, -1)
+        elif tag == T_HttpRequest_size:
             err = varint(&p, end, found, -1)
-        elif tag == T_LEN_12:  # raw_body: bytes, not checked
+        elif tag == T_HttpRequest_raw_body:  # bytes, not checked
             err = message(&p, end, &sub)
         else:  # header_map (encode_raw_headers) among others
             return REFUSED
@@ -530,7 +518,7 @@ cdef int scan_tls_session(Span msg) noexcept:
     cdef uint32_t tag
     cdef Span ignored
     while p < end:
-        if read_tag(&p, end, &tag) or tag != T_LEN_1 or read_text(&p, end, &ignored):
+        if read_tag(&p, end, &tag) or tag != T_TLSSession_sni or read_text(&p, end, &ignored):
             return REFUSED
     return OK
 
@@ -549,10 +537,10 @@ cdef int scan_entry(Span msg, Found* found, int map) noexcept:
     while p < end:
         if read_tag(&p, end, &tag):
             return REFUSED
-        if tag == T_LEN_1:
+        if tag == T_MAP_KEY:
             if read_text(&p, end, &key):
                 return REFUSED
-        elif tag == T_LEN_2:
+        elif tag == T_MAP_VALUE:
             if read_text(&p, end, &value):
                 return REFUSED
         else:

@@ -250,7 +250,7 @@ def _constants(table: Table) -> list[str]:
             for m in maps
         ):
             raise TableError("map entries of different wire types")
-        out.append(f"    T_MAP_KEY = {tag(key):#04x}  # map entries (scan_pair)")
+        out.append(f"    T_MAP_KEY = {tag(key):#04x}  # map<K, V> entries")
         out.append(f"    T_MAP_VALUE = {tag(value):#04x}")
     times = {
         _message(line.field).full_name: _message(line.field) for line in table.lines if line.reader == "time"
@@ -278,7 +278,9 @@ def _constants(table: Table) -> list[str]:
 
 
 def _struct(table: Table) -> list[str]:
-    out = [f"cdef struct {table.struct}:"]
+    if not _members(table):  # a table of tags only
+        return []
+    out = ["", f"cdef struct {table.struct}:"]
     for name, (kind, held) in _members(table).items():
         out.append(f"    {kind} {name}  # {held}")
     if _found_bits(table):
@@ -393,7 +395,7 @@ def cython(table: Table) -> str:
         "# Do not edit: change the table, then run `make protos` (tests check this file is fresh).",
         "",
     ]
-    parts = [header, _constants(table), [""], _struct(table)]
+    parts = [header, _constants(table), _struct(table)]
     for message in readers:
         parts += [["", ""], _reader(table, message)]
     return "\n".join(line for part in parts for line in part) + "\n"
