@@ -116,11 +116,12 @@ def substitute_ports(node: Any, mapping: dict[int, int]) -> Any:
     return node
 
 
-def _send_traffic(ports: dict[str, int]) -> None:
+def _send_traffic(stack: Stack) -> None:
+    ports = stack.ports
     inbound = f"http://127.0.0.1:{ports['inbound']}"
     outbound = f"http://127.0.0.1:{ports['outbound']}"
     with httpx.Client(timeout=10) as client:
-        for i in range(3):  # three rounds, spread over a few scrapes
+        for i in range(3):  # three rounds, each in scrapes of its own: rate() panels see counters move
             for n in range(20):
                 client.get(f"{inbound}/productpage", headers={"x-request-id": f"pp-{i}-{n}"})
                 client.post(f"{inbound}/reviews", content=b"r" * (n * 50))
@@ -139,7 +140,9 @@ def _send_traffic(ports: dict[str, int]) -> None:
                 with socket.create_connection(("127.0.0.1", ports["tcp"]), timeout=5) as conn:
                     conn.sendall(b"ping" * 256)
                     conn.recv(65536)
-            time.sleep(1.5)
+            # A Check is counted before its answer: when Prometheus holds this count, it scraped the round.
+            answered = stack.remixer.metric("remixer_policy_checks_total")
+            _wait_for(stack, f"sum(remixer_policy_checks_total) >= {answered}")
 
 
 def _wait_for(stack: Stack, expr: str, timeout: float = 30.0) -> None:
@@ -213,7 +216,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             time.time(),
             f"http://127.0.0.1:{controller_metrics}/metrics",
         )
-        _send_traffic(ports)
+        _send_traffic(stack)
         _wait_for(stack, 'istio_requests_total{reporter="source",response_code="503"}')
         _wait_for(stack, "istio_tcp_connections_opened_total")
         _wait_for(stack, 'remixer_shipping_records_sent_total{stream="access-logs"} > 0')
@@ -246,7 +249,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         _wait_for(stack, 'remixer_controller_runs_total{outcome=~"wrote|nothing-to-write"} > 0', timeout=60)
         _wait_for(stack, "remixer_controller_xds_clusters", timeout=30)
-        time.sleep(2)
+        # The dashboards' increase() and rate() over the controller's counters need two samples of them.
+        for counter in ("remixer_controller_runs_total", "remixer_controller_run_duration_seconds_count"):
+            _wait_for(stack, f"count_over_time({counter}[5m]) >= 2", timeout=30)
         stack.query_time = time.time()
         yield stack
     finally:

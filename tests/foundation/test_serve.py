@@ -20,6 +20,7 @@ from remixer import envoy
 from remixer.echo import EchoServer
 from tests.realparts.envoy import EnvoyFactory
 from tests.realparts.remixer import RemixerFactory, RemixerServer
+from tests.waiting import wait_until
 
 
 def check_request(path: str = "/", request_id: str = "r-1") -> external_auth_pb2.CheckRequest:
@@ -155,18 +156,13 @@ def test_envoy_end_to_end_check_and_access_log_for_the_same_request(
         req = urllib.request.Request(f"http://127.0.0.1:{listen}/hello", headers={"x-request-id": request_id})
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 200
-        deadline = time.monotonic() + 10
-        while (
-            time.monotonic() < deadline
-            and proxy.stats("access_logs.grpc_access_log.logs_written").get(
-                "access_logs.grpc_access_log.logs_written", 0
-            )
-            < 1
-        ):
-            time.sleep(0.1)
-        # Envoy's own counters witness the Check and the log entry it sent.
+        # Envoy's own counters witness the Check and the log entry it sent; remixer's that it arrived
+        # (Envoy sends its buffered entries every buffer_flush_interval), before remixer drains to disk.
+        written = "access_logs.grpc_access_log.logs_written"
+        wait_until(lambda: proxy.stats(written).get(written, 0) >= 1, what="Envoy's access-log entry")
         assert proxy.stats("http.ingress_http.ext_authz.ok")["http.ingress_http.ext_authz.ok"] == 1
-        time.sleep(1.0)  # one access-log flush interval, then drain remixer so everything lands on disk
+        received = "remixer_telemetry_entries_received_total"
+        wait_until(lambda: server.metric(received, kind="http") >= 1, what="the entry received by remixer")
         proxy.stop()
     assert server.stop() == 0
     needle = request_id.encode()

@@ -22,6 +22,7 @@ from policy.app import PolicyPart
 from policy.settings import PolicySettings
 from remixer.admin import build_admin_app, token_guard
 from remixer.parts import PartContext, Record
+from tests.waiting import eventually as eventually  # the policy tests import it from here
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -73,14 +74,6 @@ class RunningPolicy:
 
 
 PolicyFactory = Callable[..., Awaitable[RunningPolicy]]
-
-
-async def eventually(check: Callable[[], bool], *, within: float = 10.0, what: str = "condition") -> None:
-    """Poll instead of sleeping a fixed time: the CI machine is shared and sometimes slow."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"{what} not met within {within}s"
-        await asyncio.sleep(0.05)
 
 
 def write_policy(directory: Path, document: dict[str, Any] | str) -> Path:

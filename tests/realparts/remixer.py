@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from remixer.envoy import free_port
 from remixer.serveproc import ServeProcess
@@ -43,6 +44,15 @@ class RemixerServer(ServeProcess):
 
     def metrics(self) -> str:
         return httpx.get(self.admin_url + "/metrics", timeout=5).text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples called `name` whose labels include `labels`, read from /metrics."""
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(self.metrics())
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
 
 RemixerFactory = Callable[..., RemixerServer]

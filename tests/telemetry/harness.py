@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from remixer.shipping import ShippingHub, build_record_sinks
 from remixer.shipping.settings import ShippingSettings
 from telemetry.app import TelemetryPart
 from telemetry.settings import TelemetrySettings
+from tests.waiting import eventually
 
 
 async def _no_guard(*_args: Any, **_kwargs: Any) -> None:
@@ -49,12 +48,10 @@ class RunningTelemetry:
                     out.append({**sample.labels, "__value__": str(sample.value)})
         return out
 
-    async def wait_for(self, check: Callable[[], bool], within: float = 15.0) -> None:
-        deadline = time.monotonic() + within
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not met in time")
-            await asyncio.sleep(0.05)
+    async def wait_for(
+        self, check: Callable[[], bool], within: float = 15.0, what: str = "condition"
+    ) -> None:
+        await eventually(check, within=within, what=what)
 
 
 @asynccontextmanager

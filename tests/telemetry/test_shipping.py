@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from remixer.shipping.settings import KafkaSettings, ShippingSettings
 from remixer.shipping.spool import Spool
 from remixer.v1 import access_record_pb2
 from tests.realparts.kafka import TansuBroker, consume
+from tests.waiting import eventually
 
 TOPIC = "remixer-access-logs"
 
@@ -50,11 +52,8 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
-async def wait_until(check: object, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+async def wait_until(check: Callable[[], object], within: float = 20.0) -> None:
+    await eventually(check, within=within)
 
 
 def print_records(path: Path) -> list[str]:
