@@ -123,7 +123,8 @@ async def test_odd_but_valid_input_is_counted_with_unknown_labels(tmp_path: Path
         assert series
         assert series[0]["response_code"] == "0"
         assert series[0]["destination_workload"] == "unknown"
-        assert tel.value("remixer_telemetry_label_misses_total", {"label": "destination_service"}) >= 1
+        # One entry (the bare one) names no destination service.
+        assert tel.value("remixer_telemetry_label_misses_total", {"label": "destination_service"}) == 1
         # The record of the 1 MB path is truncated, not refused.
         sink = tel.hub.sink("access-logs")
         await tel.hub.close()
