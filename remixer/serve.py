@@ -86,13 +86,14 @@ def admin_protocol(server: ServerSettings) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # Counted after parsing, and only while the head is still incomplete: a body that arrives
+            # in the same segment as its head (one write of a large PUT) is not part of the head.
             if self._in_head or self._head_timer is not None:
                 self._head_bytes += len(data)
-                if self._head_bytes > max_head:
+                if self._head_bytes > max_head and not self.transport.is_closing():
                     self._disarm()
                     self.transport.close()
-                    return
-            super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
