@@ -13,7 +13,6 @@ import http.client
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory, RemixerServer
 from tests.telemetry.harness import running_telemetry
 from tests.telemetry.test_bad_input import METHOD, entry, http_message, received
+from tests.waiting import eventually, wait_until
 
 ALS = "access_logs.grpc_access_log."
 
@@ -117,28 +117,33 @@ def test_rolling_restart_loses_no_entry(remixer_factory: RemixerFactory, envoy_f
             )
         )
         with Load(listen) as load:
-            deadline = time.monotonic() + 20
-            while sum(len(kept_request_ids(r)) for r in replicas) < 500:
-                assert time.monotonic() < deadline, "no access-log entries reached remixer"
-                time.sleep(0.2)
+            wait_until(
+                lambda: sum(len(kept_request_ids(r)) for r in replicas) >= 500,
+                within=20,
+                what="500 access-log entries at remixer",
+            )
             # Restart the replica holding Envoy's streams (each Envoy worker picks one, round robin).
             leaving, staying = sorted(replicas, key=lambda r: len(kept_request_ids(r)), reverse=True)
             before = len(kept_request_ids(leaving))
-            while len(kept_request_ids(leaving)) == before:  # still streaming to it right now
-                assert time.monotonic() < deadline, "the replica stopped receiving entries"
-                time.sleep(0.05)
+            wait_until(  # still streaming to it right now
+                lambda: len(kept_request_ids(leaving)) > before,
+                within=20,
+                what="entries at the leaving replica",
+            )
             assert leaving.proc is not None
             leaving.proc.send_signal(signal.SIGTERM)
             assert leaving.proc.wait(30) == 0
             after_exit = len(load.answered)
-            while len(load.answered) < after_exit + 500:  # the staying replica takes over
-                time.sleep(0.1)
+            wait_until(  # the staying replica takes over
+                lambda: len(load.answered) >= after_exit + 500, within=30, what="500 answers after the exit"
+            )
         answered = load.answered
         written = f"{ALS}logs_written"
-        deadline = time.monotonic() + 20
-        while proxy.stats(written).get(written, 0) < len(answered):
-            assert time.monotonic() < deadline, "Envoy did not log every answered request"
-            time.sleep(0.1)
+        wait_until(
+            lambda: proxy.stats(written).get(written, 0) >= len(answered),
+            within=20,
+            what="Envoy logging every answered request",
+        )
         received: set[str] = set()
         deadline = time.monotonic() + 20
         while not answered <= (received := kept_request_ids(leaving) | kept_request_ids(staying)):
@@ -167,7 +172,7 @@ async def test_hand_over_ends_each_stream_right_after_the_message_it_read(tmp_pa
             method = channel.stream_unary(METHOD, request_serializer=None, response_deserializer=None)
             before = method()
             await before.write(http_message([entry()] * 3, first=True))
-            await wait_for(lambda: received(tel) == 3)
+            await eventually(lambda: received(tel) == 3, within=5, what="the first message's 3 entries")
             assert not before.done()  # serving normally: the stream stays open
             tel.part.hand_over()
             await before.write(http_message([entry()] * 2))
@@ -179,10 +184,3 @@ async def test_hand_over_ends_each_stream_right_after_the_message_it_read(tmp_pa
             assert await during.code() == grpc.StatusCode.OK
         assert received(tel) == 9
         assert tel.value("remixer_telemetry_records_exported_total") == 9
-
-
-async def wait_for(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
