@@ -66,6 +66,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+# Field numbers count_entries walks, from the view's descriptors (the same numbers as Envoy's).
+_LOG_LISTS = frozenset(View.DESCRIPTOR.fields_by_name[name].number for name in ("http_logs", "tcp_logs"))
+_LOG_ENTRY = als_view_pb2.HttpEntries.DESCRIPTOR.fields_by_name["log_entry"].number
+_LOG_ENTRY_TAG = _LOG_ENTRY << 3 | 2  # length-delimited
+
+
 def count_entries(data: bytes) -> int:
     """How many log entries a StreamAccessLogsMessage holds, from its framing alone (no entry is
     read): http_logs (2) or tcp_logs (3), each a run of log_entry (1). A message is at least two bytes
@@ -81,10 +87,10 @@ def count_entries(data: bytes) -> int:
         if wire != 2:
             raise MalformedMessage(f"unexpected wire type {wire} in StreamAccessLogsMessage")
         length, pos = _varint(data, pos)
-        if tag >> 3 in (2, 3):
+        if tag >> 3 in _LOG_LISTS:
             inner, stop = pos, min(pos + length, end)
             while inner < stop:
-                if data[inner] == 0x0A and inner + 2 < stop and data[inner + 2] < 0x80:
+                if data[inner] == _LOG_ENTRY_TAG and inner + 2 < stop and data[inner + 2] < 0x80:
                     # log_entry with a length under 16 KiB (one or two bytes): the usual case, inline
                     first = data[inner + 1]
                     if first < 0x80:
@@ -98,7 +104,7 @@ def count_entries(data: bytes) -> int:
                     raise MalformedMessage("log entries are length-delimited")
                 entry_length, inner = _varint(data, inner)
                 inner += entry_length
-                count += entry_tag >> 3 == 1
+                count += entry_tag >> 3 == _LOG_ENTRY
         pos += length
     return count
 
