@@ -230,11 +230,10 @@ class AdaptiveController:
         measured = pid.normalised(readings, setpoints)
         counts = self.table.counts(rule.name)
         elapsed = max(now - run.counted_at, 1e-3)
-        demand = {
-            caller: (a + r - run.counts.get(caller, (0, 0))[0] - run.counts.get(caller, (0, 0))[1]) / elapsed
-            for caller, (a, r) in counts.items()
-        }
-        admitted = sum(a - run.counts.get(caller, (0, 0))[0] for caller, (a, _) in counts.items()) / elapsed
+        # Since the last tick, per caller: what arrived (demand) and what got through.
+        before = run.counts
+        demand = {c: (a + r - sum(before.get(c, (0, 0)))) / elapsed for c, (a, r) in counts.items()}
+        admitted = sum(a - before.get(c, (0, 0))[0] for c, (a, _) in counts.items()) / elapsed
         run.counts, run.counted_at = counts, now
         step = pid.pid_step(run.pid_state, measured, control, now, admitted_rate=admitted)
         run.pid_state = step.state
