@@ -230,12 +230,12 @@ class AdaptiveController:
         measured = pid.normalised(readings, setpoints)
         counts = self.table.counts(rule.name)
         elapsed = max(now - run.counted_at, 1e-3)
-        # Since the last tick, per caller: what arrived (demand) and what got through.
+        # Since the last tick: what each caller asked for (admitted or not).
         before = run.counts
         demand = {c: (a + r - sum(before.get(c, (0, 0)))) / elapsed for c, (a, r) in counts.items()}
-        admitted = sum(a - before.get(c, (0, 0))[0] for c, (a, _) in counts.items()) / elapsed
         run.counts, run.counted_at = counts, now
-        step = pid.pid_step(run.pid_state, measured, control, now, admitted_rate=admitted)
+        offered = sum(demand.values())
+        step = pid.pid_step(run.pid_state, measured, control, now, offered_rate=offered)
         run.pid_state = step.state
         shares = [pid.CallerShare(c.caller, c.priority, c.share) for c in rule.callers]
         callers, unknown = pid.allocate(step.state.limit, shares, demand)
@@ -252,7 +252,7 @@ class AdaptiveController:
                 "p": round(step.p, 4),
                 "i": round(step.i, 4),
                 "d": round(step.d, 4),
-                "admitted_rps": round(admitted, 2),
+                "offered_rps": round(offered, 2),
             },
             leader=self._leadership.identity,
             updated_at=self._wall(),

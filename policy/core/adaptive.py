@@ -109,7 +109,7 @@ class AdaptiveDoc(BaseModel):
         30.0, gt=0, le=3600, description="seconds without fresh signal before the limit decays to max_rate"
     )
     headroom: float = Field(
-        1.5, ge=0, le=100, description="while healthy the limit stays <= headroom x admitted rate (0: off)"
+        1.5, ge=0, le=100, description="while healthy the limit stays <= headroom x offered rate (0: off)"
     )
     burst: float = Field(
         0.1,

@@ -11,8 +11,9 @@ Textbook discrete PID (Åström & Murray, "Feedback Systems", ch. 10):
 - derivative on measurement, not on error: a setpoint change does not kick the output;
 - anti-windup by back-calculation: after clamping and rate limiting, the integral is reset to what
   the applied output needs, so a saturated controller never accumulates error it must unwind;
-- output clamping to [min_rate, max_rate] (and to `headroom` x the admitted rate, so an idle
-  destination does not let its limit climb to max and then admit a flood at once);
+- output clamping to [min_rate, max_rate] (and to `headroom` x the offered rate, so an idle
+  destination does not let its limit climb to max and then admit a flood at once; offered, not
+  admitted: what a priority caller is granted but does not use must not pull the limit down);
 - a rate-of-change limit: one tick moves the limit by at most `max_step` of its current value.
 With no fresh measurement the limit holds; past `signal_timeout` it decays to `max_rate` at the rate
 limit (never towards zero: losing telemetry must not shut a service off).
@@ -58,7 +59,7 @@ class Control:
     gains: Gains = Gains()
     max_step: float = 0.2  # fraction of the current limit one tick may move
     signal_timeout: float = 30.0  # seconds without a fresh signal before the limit decays to max
-    headroom: float = 1.5  # limit <= headroom x admitted rate while healthy; 0 disables
+    headroom: float = 1.5  # limit <= headroom x offered rate while healthy; 0 disables
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def pid_step(
     control: Control,
     now: float,
     *,
-    admitted_rate: float | None = None,
+    offered_rate: float | None = None,
 ) -> Step:
     """Advance one tick. `measured`: the normalised signal (measured / setpoint), None when stale."""
     gains = control.gains
@@ -128,8 +129,8 @@ def pid_step(
     integral = state.integral + gains.ki * error * dt
     wanted = control.max_rate * math.exp(min(0.0, p + integral + d))
     ceiling = None
-    if control.headroom > 0 and admitted_rate is not None and error >= 0:
-        ceiling = control.headroom * admitted_rate
+    if control.headroom > 0 and offered_rate is not None and error >= 0:
+        ceiling = control.headroom * offered_rate
     limit = clamp_step(state.limit, wanted, control, ceiling)
     # Back-calculation: the integral is what the applied limit needs, so saturation never winds it up.
     integral = math.log(limit / control.max_rate) - p - d

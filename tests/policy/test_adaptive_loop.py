@@ -22,7 +22,7 @@ from policy.structs import CheckInput
 from remixer.adaptive_signals import TelemetrySignals
 from telemetry.core.aggregates import Aggregates, HttpTally
 from telemetry.structs import LABEL_INDEX, LABEL_NAMES
-from tests.policy.conftest import POSTGRES_URL, PolicyFactory, RunningPolicy
+from tests.policy.conftest import POSTGRES_URL, REDIS_URL, PolicyFactory, RunningPolicy
 
 SERVICE = "checkout.shop.svc.cluster.local"
 WEB = "spiffe://cluster.local/ns/shop/sa/web"
@@ -92,12 +92,18 @@ class Loop:
         return self.controller.last["checkout"].limit
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql+redis"])
 async def running(request: pytest.FixtureRequest, policy_factory: PolicyFactory) -> RunningPolicy:
-    if request.param == "postgresql":
-        schema = request.getfixturevalue("pg_schema")
+    if request.param == "postgresql+redis":
+        # The production shape: PostgreSQL store, quota counters in Redis shared by replicas.
         return await policy_factory(
-            policy={"adaptive": [RULE]}, database_url=POSTGRES_URL, database_schema=schema
+            policy={"adaptive": [RULE]},
+            database_url=POSTGRES_URL,
+            database_schema=request.getfixturevalue("pg_schema"),
+            quota_backend="redis",
+            redis_url=REDIS_URL,
+            redis_key_prefix=request.getfixturevalue("redis_prefix"),
+            redis_timeout=1.0,
         )
     return await policy_factory(policy={"adaptive": [RULE]})
 
@@ -178,6 +184,22 @@ async def test_priority_caller_keeps_its_demand_while_unknown_callers_are_shed(
     assert state.callers[WEB] >= 10  # its demand (with slack) comes first
     assert state.unknown <= state.limit - 10
     assert running.part.service.adaptive.counts("checkout")[""][1] > 0  # the bulk caller was shed
+
+
+async def test_a_priority_callers_unused_reserve_does_not_pull_a_healthy_limit_down(
+    running: RunningPolicy,
+) -> None:
+    # Web is granted twice its demand; what it leaves unused is not admitted by anyone. The headroom
+    # ceiling reads the offered rate, so a healthy destination keeps its limit at max_rate.
+    loop = Loop(running)
+    await loop.tick(20)
+    for _ in range(15):
+        await _admitted(running, WEB, 40)
+        await _admitted(running, "spiffe://cluster.local/ns/x/sa/bulk", 100)
+        await loop.tick(20)
+    state = loop.controller.last["checkout"]
+    assert state.limit == RULE["max_rate"]
+    assert state.step["offered_rps"] == pytest.approx(140, rel=0.05)
 
 
 async def test_dead_signal_holds_then_decays_to_max(running: RunningPolicy) -> None:

@@ -58,7 +58,7 @@ def simulate(
         measured: float | None = latency * (1 + noise * rng.gauss(0, 1)) / SETPOINT
         if dead_after is not None and t > dead_after:
             measured = None
-        step = pid.pid_step(state, measured, control, t, admitted_rate=admitted)
+        step = pid.pid_step(state, measured, control, t, offered_rate=offered(t))
         state = step.state
         run.times.append(t)
         run.limits.append(state.limit)
@@ -189,7 +189,7 @@ def test_limit_stays_in_bounds_and_moves_at_most_the_step(
     now = 0.0
     for i, reading in enumerate(readings):
         now += gaps[i % len(gaps)]
-        step = pid.pid_step(state, reading, control, now, admitted_rate=admitted[i % len(admitted)])
+        step = pid.pid_step(state, reading, control, now, offered_rate=admitted[i % len(admitted)])
         new = step.state.limit
         assert control.min_rate <= new <= control.max_rate
         assert abs(new - state.limit) <= max_step * state.limit * (1 + 1e-9)
