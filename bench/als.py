@@ -10,6 +10,10 @@ run). One /metrics scrape's own CPU cost is printed on its own line.
 
     .venv/bin/python bench/als.py [--seconds 6] [--streams 8] [--repeat 3]
 
+Entries are shaped as istio-proxy 1.28 logs them to deploy/istio's providers: the upstream peer object in
+filter state (a CelState Any carrying a google.protobuf.Struct, tests/telemetry/istio_proxy.py), the
+downstream local address, the request's content-type; `--plain-entries` leaves those out.
+
 Last line: `als_entries_per_core: X (entries/s) ratio: Y` (Y = remixer / bare sink, per CPU-second).
 """
 
@@ -37,7 +41,7 @@ import grpc
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
-from google.protobuf import struct_pb2
+from google.protobuf import any_pb2, struct_pb2
 
 from remixer.shipping.settings import KafkaTopics
 
@@ -80,7 +84,29 @@ def _address(ip: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=port))
 
 
-def make_entry(rng: random.Random, now: float) -> accesslog_pb2.HTTPAccessLogEntry:
+def peer_object(service: str) -> bytes:
+    """`upstream_peer` as istio-proxy 1.25+ logs it: Any(type.googleapis.com/google.protobuf.Struct, the
+    WorkloadMetadataObject's baggage-token Struct)."""
+    struct = struct_pb2.Struct()
+    struct.update(
+        {
+            "type": "deployment",
+            "workload": f"{service}-v1",
+            "name": f"{service}-v1-5d8f7b-x2x",
+            "cluster": "Kubernetes",
+            "namespace": "default",
+            "service": service,
+            "revision": "v1",
+            "app": service,
+            "version": "v1",
+        }
+    )
+    return any_pb2.Any(
+        type_url="type.googleapis.com/google.protobuf.Struct", value=struct.SerializeToString()
+    )
+
+
+def make_entry(rng: random.Random, now: float, istio: bool = True) -> accesslog_pb2.HTTPAccessLogEntry:
     service = rng.choice(SERVICES)
     code = rng.choices([200, 201, 204, 404, 503], weights=[80, 5, 5, 7, 3])[0]
     duration_ms = rng.expovariate(1 / 40)
@@ -100,6 +126,10 @@ def make_entry(rng: random.Random, now: float) -> accesslog_pb2.HTTPAccessLogEnt
     common.upstream_request_attempt_count = 1
     if code == 503:
         common.response_flags.upstream_connection_failure = True
+    if istio:
+        common.filter_state_objects["upstream_peer"].CopyFrom(peer_object(service))
+        common.downstream_local_address.CopyFrom(_address(f"10.96.0.{SERVICES.index(service) + 10}", 9080))
+        common.stream_id = str(uuid.UUID(int=rng.getrandbits(128)))
     req = entry.request
     req.request_method = base_pb2.GET if rng.random() < 0.8 else base_pb2.POST
     req.scheme = "http"
@@ -109,6 +139,8 @@ def make_entry(rng: random.Random, now: float) -> accesslog_pb2.HTTPAccessLogEnt
     req.request_id = str(uuid.UUID(int=rng.getrandbits(128)))
     req.request_headers_bytes = rng.randint(300, 900)
     req.request_body_bytes = 0 if req.request_method == base_pb2.GET else rng.randint(50, 2000)
+    if istio:
+        req.request_headers["content-type"] = "application/json"
     resp = entry.response
     resp.response_code.value = code
     resp.response_headers_bytes = rng.randint(150, 400)
@@ -117,13 +149,13 @@ def make_entry(rng: random.Random, now: float) -> accesslog_pb2.HTTPAccessLogEnt
     return entry
 
 
-def make_messages(count: int, seed: int = 1) -> list[bytes]:
+def make_messages(count: int, seed: int = 1, istio: bool = True) -> list[bytes]:
     rng = random.Random(seed)
     now = time.time()
     out = []
     for _ in range(count):
         msg = als_pb2.StreamAccessLogsMessage()
-        msg.http_logs.log_entry.extend(make_entry(rng, now) for _ in range(ENTRIES_PER_MESSAGE))
+        msg.http_logs.log_entry.extend(make_entry(rng, now, istio) for _ in range(ENTRIES_PER_MESSAGE))
         out.append(msg.SerializeToString())
     return out
 
@@ -131,7 +163,7 @@ def make_messages(count: int, seed: int = 1) -> list[bytes]:
 def identifier_message(stream_index: int) -> bytes:
     msg = als_pb2.StreamAccessLogsMessage()
     ident = msg.identifier
-    ident.log_name = "http_envoy_accesslog"
+    ident.log_name = "remixer_http_outbound"  # deploy/istio: the client-side provider
     ident.node.id = f"sidecar~10.1.0.7~productpage-v1-{stream_index}.default~default.svc.cluster.local"
     metadata = struct_pb2.Struct()
     metadata.update(
@@ -140,6 +172,8 @@ def identifier_message(stream_index: int) -> bytes:
             "NAMESPACE": "default",
             "WORKLOAD_NAME": "productpage-v1",
             "CLUSTER_ID": "Kubernetes",
+            "SERVICE_ACCOUNT": "bookinfo-productpage",
+            "INSTANCE_IPS": "10.1.0.7",
             "LABELS": {"app": "productpage", "version": "v1"},
         }
     )
@@ -395,13 +429,18 @@ def main() -> int:
         "--record-encoding", choices=["json", "protobuf"], default="json", help="telemetry.record_encoding"
     )
     parser.add_argument("--no-records", action="store_true", help="metrics only: no records, no Kafka export")
+    parser.add_argument(
+        "--plain-entries",
+        action="store_true",
+        help="entries without the istio-proxy fields (peer object, ...)",
+    )
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         asyncio.run(serve_bare(args.bare_server))
         return 0
 
-    messages = make_messages(64)
+    messages = make_messages(64, istio=not args.plain_entries)
     avg_size = statistics.mean(len(m) for m in messages)
     print(
         f"batch: {ENTRIES_PER_MESSAGE} entries, {avg_size / 1024:.1f} KB per message; {args.streams} streams"

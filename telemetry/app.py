@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -101,13 +102,13 @@ class TelemetryPart:
             ),
             flags=facts.response_flags,
             response_code=facts.response_code,
-            http=None if is_tcp else self.aggregates.http_slot(labels),
-            tcp=self.aggregates.tcp_slot(tcp) if is_tcp else None,
+            # Entries whose side is unknown ship as records but add to no series.
+            http=self.aggregates.http_slot(labels) if derived.booked and not is_tcp else None,
+            tcp=self.aggregates.tcp_slot(tcp) if derived.booked and is_tcp else None,
         )
 
     def _reader_options(self) -> dict[str, Any]:
         return {
-            "fallback_reporter": self.settings.reporter_fallback,
             "peers": self._peers,
             "build_kind": self._build_kind,
             "encode": self._encoder.encode if self._encoder else None,
@@ -117,7 +118,10 @@ class TelemetryPart:
         }
 
     def _new_reader(self, identity: StreamIdentity) -> decoding.StreamReader:
-        return decoding.new_reader(identity, **self._reader_options())
+        principal = decoding.own_principal(identity, self.settings.trust_domain)
+        return decoding.new_reader(
+            dataclasses.replace(identity, principal=principal), **self._reader_options()
+        )
 
     def register_grpc(self, server: Any) -> Sequence[str]:
         return self.servicer.register(server)

@@ -61,9 +61,10 @@ class CallEdgeSettings(BaseModel):
 class TelemetrySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reporter_fallback: Literal["source", "destination"] = Field(
-        "source",
-        description="Reporter when upstream_cluster is neither outbound| nor inbound| (plain Envoy).",
+    trust_domain: str = Field(
+        "cluster.local",
+        description="Mesh trust domain: the sidecar's own principal (spiffe://TD/ns/NS/sa/SERVICE_ACCOUNT) "
+        "on reporter=source series, which the access log does not carry.",
     )
     drop_labels: list[str] = Field(
         default_factory=list,
@@ -110,7 +111,7 @@ class TelemetrySettings(BaseModel):
     max_peer_metadata_bytes: int = Field(
         16_384,
         ge=256,
-        description="Larger x-envoy-peer-metadata values are ignored (counted as a label miss).",
+        description="Larger peer objects (filter state, x-envoy-peer-metadata) are ignored (a label miss).",
     )
     call_edges: CallEdgeSettings = Field(default_factory=CallEdgeSettings, description="Call-edge table.")
 

@@ -64,6 +64,7 @@ class WorkloadIdentity:
     # Istio reports "latest" when a workload has no canonical revision (or is not known at all).
     canonical_revision: str = "latest"
     cluster: str = UNKNOWN
+    principal: str = ""  # SPIFFE identity, when the peer object carries one (istio-proxy 1.25+ `identity`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,15 @@ class StreamIdentity:
     node_id: str
     log_name: str
     workload: WorkloadIdentity
+    # "inbound" / "outbound" when the log name says which listeners log on this stream (deploy/istio splits
+    # the providers by Telemetry match mode), else "".
+    direction: str = ""
+    # The proxy's own addresses (Istio node metadata INSTANCE_IPS): a request whose downstream local
+    # address is one of them arrived on the inbound side.
+    instance_ips: frozenset[str] = frozenset()
+    service_account: str = ""  # node metadata SERVICE_ACCOUNT
+    # The proxy's own SPIFFE identity (spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT), "" if unknown.
+    principal: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +90,11 @@ class EntryFacts:
     """The few fields of one access-log entry that decide its labels. Entries sharing facts share labels."""
 
     upstream_cluster: str = ""
+    # "outbound" (reporter=source), "inbound" (reporter=destination) or "" when nothing the proxy set says
+    # (such entries are not booked: a guess could make this workload the caller of a client-chosen host).
+    direction: str = ""
     authority: str = ""
+    sni: str = ""  # the downstream TLS server name (TCP: Istio's outbound_.PORT_._.HOST)
     response_code: int = 0
     grpc_status: str = ""
     response_flags: str = "-"
@@ -111,3 +125,4 @@ class Derived:
     record_key: bytes
     edge: CallEdgeKey | None
     misses: tuple[str, ...] = ()
+    booked: bool = True  # False: the direction is unknown, so no istio_* series (the record still ships)

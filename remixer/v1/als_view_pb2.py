@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19remixer/v1/als_view.proto\x12\x12remixer.v1.alsview\"*\n\x08\x44uration\x12\x0f\n\x07seconds\x18\x01 \x01(\x03\x12\r\n\x05nanos\x18\x02 \x01(\x05\"(\n\nStringPair\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"%\n\x07\x41nyPair\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xf0\x02\n\x06\x43ommon\x12\x16\n\x0etls_properties\x18\x04 \x01(\x0c\x12\x30\n\nstart_time\x18\x05 \x01(\x0b\x32\x1c.remixer.v1.alsview.Duration\x12\x45\n\x1ftime_to_last_downstream_tx_byte\x18\x0c \x01(\x0b\x32\x1c.remixer.v1.alsview.Duration\x12\x1f\n\x17upstream_remote_address\x18\r \x01(\x0c\x12\x18\n\x10upstream_cluster\x18\x0f \x01(\t\x12\x16\n\x0eresponse_flags\x18\x10 \x01(\x0c\x12\x39\n\x14\x66ilter_state_objects\x18\x15 \x03(\x0b\x32\x1b.remixer.v1.alsview.AnyPair\x12.\n\x08\x64uration\x18\x17 \x01(\x0b\x32\x1c.remixer.v1.alsview.Duration\x12\x17\n\x0f\x61\x63\x63\x65ss_log_type\x18! \x01(\x05\"\xde\x01\n\x07Request\x12\x16\n\x0erequest_method\x18\x01 \x01(\x05\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x12\n\nuser_agent\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x1d\n\x15request_headers_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12request_body_bytes\x18\x0c \x01(\x04\x12\x37\n\x0frequest_headers\x18\r \x03(\x0b\x32\x1e.remixer.v1.alsview.StringPair\"\xd3\x01\n\x08Response\x12\x15\n\rresponse_code\x18\x01 \x01(\x0c\x12\x1e\n\x16response_headers_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13response_body_bytes\x18\x03 \x01(\x04\x12\x38\n\x10response_headers\x18\x04 \x03(\x0b\x32\x1e.remixer.v1.alsview.StringPair\x12\x39\n\x11response_trailers\x18\x05 \x03(\x0b\x32\x1e.remixer.v1.alsview.StringPair\"\xa0\x01\n\tHttpEntry\x12\x35\n\x11\x63ommon_properties\x18\x01 \x01(\x0b\x32\x1a.remixer.v1.alsview.Common\x12,\n\x07request\x18\x03 \x01(\x0b\x32\x1b.remixer.v1.alsview.Request\x12.\n\x08response\x18\x04 \x01(\x0b\x32\x1c.remixer.v1.alsview.Response\"8\n\nConnection\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04\x12\x12\n\nsent_bytes\x18\x02 \x01(\x04\"\x80\x01\n\x08TcpEntry\x12\x35\n\x11\x63ommon_properties\x18\x01 \x01(\x0b\x32\x1a.remixer.v1.alsview.Common\x12=\n\x15\x63onnection_properties\x18\x02 \x01(\x0b\x32\x1e.remixer.v1.alsview.Connection\"?\n\x0bHttpEntries\x12\x30\n\tlog_entry\x18\x01 \x03(\x0b\x32\x1d.remixer.v1.alsview.HttpEntry\"=\n\nTcpEntries\x12/\n\tlog_entry\x18\x01 \x03(\x0b\x32\x1c.remixer.v1.alsview.TcpEntry\"\xa6\x01\n\x17StreamAccessLogsMessage\x12\x12\n\nidentifier\x18\x01 \x01(\x0c\x12\x34\n\thttp_logs\x18\x02 \x01(\x0b\x32\x1f.remixer.v1.alsview.HttpEntriesH\x00\x12\x32\n\x08tcp_logs\x18\x03 \x01(\x0b\x32\x1e.remixer.v1.alsview.TcpEntriesH\x00\x42\r\n\x0blog_entriesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19remixer/v1/als_view.proto\x12\x12remixer.v1.alsview\"*\n\x08\x44uration\x12\x0f\n\x07seconds\x18\x01 \x01(\x03\x12\r\n\x05nanos\x18\x02 \x01(\x05\"(\n\nStringPair\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"%\n\x07\x41nyPair\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xa5\x03\n\x06\x43ommon\x12 \n\x18\x64ownstream_local_address\x18\x03 \x01(\x0c\x12\x16\n\x0etls_properties\x18\x04 \x01(\x0c\x12\x30\n\nstart_time\x18\x05 \x01(\x0b\x32\x1c.remixer.v1.alsview.Duration\x12\x45\n\x1ftime_to_last_downstream_tx_byte\x18\x0c \x01(\x0b\x32\x1c.remixer.v1.alsview.Duration\x12\x1f\n\x17upstream_remote_address\x18\r \x01(\x0c\x12\x18\n\x10upstream_cluster\x18\x0f \x01(\t\x12\x16\n\x0eresponse_flags\x18\x10 \x01(\x0c\x12\x39\n\x14\x66ilter_state_objects\x18\x15 \x03(\x0b\x32\x1b.remixer.v1.alsview.AnyPair\x12.\n\x08\x64uration\x18\x17 \x01(\x0b\x32\x1c.remixer.v1.alsview.Duration\x12\x11\n\tstream_id\x18\x1a \x01(\x0c\x12\x17\n\x0f\x61\x63\x63\x65ss_log_type\x18! \x01(\x05\"\xde\x01\n\x07Request\x12\x16\n\x0erequest_method\x18\x01 \x01(\x05\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x12\n\nuser_agent\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x1d\n\x15request_headers_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12request_body_bytes\x18\x0c \x01(\x04\x12\x37\n\x0frequest_headers\x18\r \x03(\x0b\x32\x1e.remixer.v1.alsview.StringPair\"\xd3\x01\n\x08Response\x12\x15\n\rresponse_code\x18\x01 \x01(\x0c\x12\x1e\n\x16response_headers_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13response_body_bytes\x18\x03 \x01(\x04\x12\x38\n\x10response_headers\x18\x04 \x03(\x0b\x32\x1e.remixer.v1.alsview.StringPair\x12\x39\n\x11response_trailers\x18\x05 \x03(\x0b\x32\x1e.remixer.v1.alsview.StringPair\"\xa0\x01\n\tHttpEntry\x12\x35\n\x11\x63ommon_properties\x18\x01 \x01(\x0b\x32\x1a.remixer.v1.alsview.Common\x12,\n\x07request\x18\x03 \x01(\x0b\x32\x1b.remixer.v1.alsview.Request\x12.\n\x08response\x18\x04 \x01(\x0b\x32\x1c.remixer.v1.alsview.Response\"8\n\nConnection\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04\x12\x12\n\nsent_bytes\x18\x02 \x01(\x04\"\x80\x01\n\x08TcpEntry\x12\x35\n\x11\x63ommon_properties\x18\x01 \x01(\x0b\x32\x1a.remixer.v1.alsview.Common\x12=\n\x15\x63onnection_properties\x18\x02 \x01(\x0b\x32\x1e.remixer.v1.alsview.Connection\"?\n\x0bHttpEntries\x12\x30\n\tlog_entry\x18\x01 \x03(\x0b\x32\x1d.remixer.v1.alsview.HttpEntry\"=\n\nTcpEntries\x12/\n\tlog_entry\x18\x01 \x03(\x0b\x32\x1c.remixer.v1.alsview.TcpEntry\"\xa6\x01\n\x17StreamAccessLogsMessage\x12\x12\n\nidentifier\x18\x01 \x01(\x0c\x12\x34\n\thttp_logs\x18\x02 \x01(\x0b\x32\x1f.remixer.v1.alsview.HttpEntriesH\x00\x12\x32\n\x08tcp_logs\x18\x03 \x01(\x0b\x32\x1e.remixer.v1.alsview.TcpEntriesH\x00\x42\r\n\x0blog_entriesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,21 +38,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANYPAIR']._serialized_start=135
   _globals['_ANYPAIR']._serialized_end=172
   _globals['_COMMON']._serialized_start=175
-  _globals['_COMMON']._serialized_end=543
-  _globals['_REQUEST']._serialized_start=546
-  _globals['_REQUEST']._serialized_end=768
-  _globals['_RESPONSE']._serialized_start=771
-  _globals['_RESPONSE']._serialized_end=982
-  _globals['_HTTPENTRY']._serialized_start=985
-  _globals['_HTTPENTRY']._serialized_end=1145
-  _globals['_CONNECTION']._serialized_start=1147
-  _globals['_CONNECTION']._serialized_end=1203
-  _globals['_TCPENTRY']._serialized_start=1206
-  _globals['_TCPENTRY']._serialized_end=1334
-  _globals['_HTTPENTRIES']._serialized_start=1336
-  _globals['_HTTPENTRIES']._serialized_end=1399
-  _globals['_TCPENTRIES']._serialized_start=1401
-  _globals['_TCPENTRIES']._serialized_end=1462
-  _globals['_STREAMACCESSLOGSMESSAGE']._serialized_start=1465
-  _globals['_STREAMACCESSLOGSMESSAGE']._serialized_end=1631
+  _globals['_COMMON']._serialized_end=596
+  _globals['_REQUEST']._serialized_start=599
+  _globals['_REQUEST']._serialized_end=821
+  _globals['_RESPONSE']._serialized_start=824
+  _globals['_RESPONSE']._serialized_end=1035
+  _globals['_HTTPENTRY']._serialized_start=1038
+  _globals['_HTTPENTRY']._serialized_end=1198
+  _globals['_CONNECTION']._serialized_start=1200
+  _globals['_CONNECTION']._serialized_end=1256
+  _globals['_TCPENTRY']._serialized_start=1259
+  _globals['_TCPENTRY']._serialized_end=1387
+  _globals['_HTTPENTRIES']._serialized_start=1389
+  _globals['_HTTPENTRIES']._serialized_end=1452
+  _globals['_TCPENTRIES']._serialized_start=1454
+  _globals['_TCPENTRIES']._serialized_end=1515
+  _globals['_STREAMACCESSLOGSMESSAGE']._serialized_start=1518
+  _globals['_STREAMACCESSLOGSMESSAGE']._serialized_end=1684
 # @@protoc_insertion_point(module_scope)

@@ -31,7 +31,8 @@ class AnyPair(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class Common(_message.Message):
-    __slots__ = ("tls_properties", "start_time", "time_to_last_downstream_tx_byte", "upstream_remote_address", "upstream_cluster", "response_flags", "filter_state_objects", "duration", "access_log_type")
+    __slots__ = ("downstream_local_address", "tls_properties", "start_time", "time_to_last_downstream_tx_byte", "upstream_remote_address", "upstream_cluster", "response_flags", "filter_state_objects", "duration", "stream_id", "access_log_type")
+    DOWNSTREAM_LOCAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TLS_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_LAST_DOWNSTREAM_TX_BYTE_FIELD_NUMBER: _ClassVar[int]
@@ -40,7 +41,9 @@ class Common(_message.Message):
     RESPONSE_FLAGS_FIELD_NUMBER: _ClassVar[int]
     FILTER_STATE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     ACCESS_LOG_TYPE_FIELD_NUMBER: _ClassVar[int]
+    downstream_local_address: bytes
     tls_properties: bytes
     start_time: Duration
     time_to_last_downstream_tx_byte: Duration
@@ -49,8 +52,9 @@ class Common(_message.Message):
     response_flags: bytes
     filter_state_objects: _containers.RepeatedCompositeFieldContainer[AnyPair]
     duration: Duration
+    stream_id: bytes
     access_log_type: int
-    def __init__(self, tls_properties: _Optional[bytes] = ..., start_time: _Optional[_Union[Duration, _Mapping]] = ..., time_to_last_downstream_tx_byte: _Optional[_Union[Duration, _Mapping]] = ..., upstream_remote_address: _Optional[bytes] = ..., upstream_cluster: _Optional[str] = ..., response_flags: _Optional[bytes] = ..., filter_state_objects: _Optional[_Iterable[_Union[AnyPair, _Mapping]]] = ..., duration: _Optional[_Union[Duration, _Mapping]] = ..., access_log_type: _Optional[int] = ...) -> None: ...
+    def __init__(self, downstream_local_address: _Optional[bytes] = ..., tls_properties: _Optional[bytes] = ..., start_time: _Optional[_Union[Duration, _Mapping]] = ..., time_to_last_downstream_tx_byte: _Optional[_Union[Duration, _Mapping]] = ..., upstream_remote_address: _Optional[bytes] = ..., upstream_cluster: _Optional[str] = ..., response_flags: _Optional[bytes] = ..., filter_state_objects: _Optional[_Iterable[_Union[AnyPair, _Mapping]]] = ..., duration: _Optional[_Union[Duration, _Mapping]] = ..., stream_id: _Optional[bytes] = ..., access_log_type: _Optional[int] = ...) -> None: ...
 
 class Request(_message.Message):
     __slots__ = ("request_method", "authority", "path", "user_agent", "request_id", "request_headers_bytes", "request_body_bytes", "request_headers")

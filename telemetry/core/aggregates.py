@@ -99,25 +99,28 @@ class HttpTally:
 
 
 class TcpTally:
-    """One kind's TCP entries within one batch (see HttpTally)."""
+    """One kind's TCP logs within one batch (see HttpTally): the bytes and the connections opened and closed
+    that they book (per-connection deltas, telemetry/edge/decoding.py)."""
 
-    __slots__ = ("count", "received", "sent")
+    __slots__ = ("closed", "opened", "received", "sent")
 
     def __init__(self) -> None:
-        self.count = 0
         self.sent = 0
         self.received = 0
+        self.opened = 0
+        self.closed = 0
 
-    def observe(self, sent: int, received: int) -> None:
-        self.count += 1
+    def observe(self, sent: int, received: int, opened: int, closed: int) -> None:
         self.sent += sent
         self.received += received
+        self.opened += opened
+        self.closed += closed
 
     def apply(self, series: TcpSeries) -> None:
         series.sent += self.sent
         series.received += self.received
-        series.opened += self.count
-        series.closed += self.count
+        series.opened += self.opened
+        series.closed += self.closed
 
 
 def _add_buckets(series: list[int], tally: list[int]) -> None:

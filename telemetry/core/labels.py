@@ -24,11 +24,12 @@ from telemetry.structs import (
 CANONICAL_NAME = "service.istio.io/canonical-name"
 CANONICAL_REVISION = "service.istio.io/canonical-revision"
 EGRESS_CLUSTERS = ("PassthroughCluster", "BlackHoleCluster", "InboundPassthroughCluster")
+MAX_NAME = 253  # Kubernetes names (and so Istio's label values) are at most this long
 _DEFAULT_PORTS = {"http": 80, "grpc": 80, "tcp": 0}
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) and value else UNKNOWN
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_NAME else UNKNOWN
 
 
 def workload_identity(metadata: Mapping[str, Any], node_id: str = "") -> WorkloadIdentity:
@@ -58,6 +59,40 @@ def workload_identity(metadata: Mapping[str, Any], node_id: str = "") -> Workloa
         canonical_service=canonical,
         canonical_revision=revision,
         cluster=_text(metadata.get("CLUSTER_ID")),
+    )
+
+
+# The keys of istio-proxy's peer object (extensions/common/metadata_object.h *Token, 1.24+).
+PEER_TOKENS = frozenset(
+    ("type", "workload", "name", "cluster", "namespace", "service", "revision", "app", "version", "identity")
+)
+
+
+def _token(fields: Mapping[str, Any], key: str) -> str:
+    value = fields.get(key)
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_NAME else UNKNOWN
+
+
+def peer_identity(fields: Mapping[str, Any]) -> WorkloadIdentity:
+    """istio-proxy's peer object (the Struct of WorkloadMetadataObject::serializeAsProto, keyed by baggage
+    tokens) -> identity, with istio_stats' defaults: "unknown", and "latest" for a missing revision. A
+    Struct in the older node-metadata shape (NAMESPACE, WORKLOAD_NAME, LABELS: the exchange header's) is
+    read as node metadata."""
+    if not PEER_TOKENS.intersection(fields):
+        return workload_identity(fields)
+    revision = _token(fields, "revision")
+    identity = fields.get("identity")
+    return WorkloadIdentity(
+        workload=_token(fields, "workload"),
+        namespace=_token(fields, "namespace"),
+        app=_token(fields, "app"),
+        version=_token(fields, "version"),
+        canonical_service=_token(fields, "service"),
+        canonical_revision="latest" if revision == UNKNOWN else revision,
+        cluster=_token(fields, "cluster"),
+        principal=identity
+        if isinstance(identity, str) and identity.startswith("spiffe://") and len(identity) <= 512
+        else "",
     )
 
 
@@ -121,57 +156,123 @@ def service_name_and_namespace(host: str) -> tuple[str, str]:
     return host, UNKNOWN
 
 
+def _in_namespace(host: str, namespace: str) -> str:
+    """`name`, `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local` -> the service's FQDN when it lies in
+    namespace, else "" (an inbound request can only name a service of the workload's own namespace)."""
+    parts = host.split(".")
+    if not parts[0] or _is_ip(host) or namespace == UNKNOWN:
+        return ""
+    if len(parts) == 1 or (parts[1] == namespace and (len(parts) == 2 or parts[2] == "svc")):
+        return f"{parts[0]}.{namespace}.svc.cluster.local"
+    return ""
+
+
+def sni_host(sni: str) -> str:
+    """Istio's mTLS SNI `outbound_.27017_._.mongodb.db.svc.cluster.local` -> the service host, else ""."""
+    parts = sni.split("_.", 3)
+    if len(parts) == 4 and parts[0] == "outbound" and _port(parts[1]):
+        return parts[3]
+    return ""
+
+
+def _inbound_service(facts: EntryFacts, node: WorkloadIdentity) -> str:
+    """The inbound service at reporter="destination" (Istio takes it from the inbound cluster's metadata,
+    which the access log does not carry): the host the caller named when it is a service of this workload's
+    namespace, else the workload's canonical service there. Never the SNI string, an IP or a foreign host."""
+    named = sni_host(facts.sni) if facts.protocol == "tcp" else split_authority(facts.authority)[0]
+    host = _in_namespace(named, node.namespace) if named else ""
+    if not host and node.canonical_service != UNKNOWN and node.namespace != UNKNOWN:
+        host = f"{node.canonical_service}.{node.namespace}.svc.cluster.local"
+    return host
+
+
 def _destination_service(
     cluster: ClusterName, facts: EntryFacts, reporter: str, node: WorkloadIdentity
 ) -> tuple[str, str, str, int]:
-    """(destination_service, _name, _namespace, port)."""
-    auth_host, auth_port = split_authority(facts.authority) if facts.authority else ("", 0)
-    port = cluster.port or auth_port
+    """(destination_service, _name, _namespace, port), as istio_stats' populatePeerInfo finds them."""
+    if reporter == "destination":
+        host = _inbound_service(facts, node)
+        name, _ = service_name_and_namespace(host)
+        return host or UNKNOWN, name, node.namespace, cluster.port
+    if reporter != "source":
+        return UNKNOWN, UNKNOWN, UNKNOWN, 0
     if cluster.host:
         name, namespace = service_name_and_namespace(cluster.host)
-        return cluster.host, name, namespace, port
+        return cluster.host, name, namespace, cluster.port
+    # No outbound|PORT||HOST cluster: the passthrough / blackhole clusters and local replies on the outbound
+    # side, where Istio falls back to the Host header (the app on this pod chose it; it left this side).
+    host, port = split_authority(facts.authority) if facts.protocol != "tcp" and facts.authority else ("", 0)
     egress = facts.upstream_cluster if facts.upstream_cluster in EGRESS_CLUSTERS else ""
-    if not auth_host:
+    if not host:
         return UNKNOWN, egress or UNKNOWN, UNKNOWN, port
-    host = auth_host
-    if reporter == "destination" and "." not in host and not _is_ip(host) and node.namespace != UNKNOWN:
-        # Inside the mesh a short name resolves in the caller's namespace; the destination proxy is there.
-        host = f"{host}.{node.namespace}.svc.cluster.local"
     name, namespace = service_name_and_namespace(host)
-    if egress:
-        # Istio names traffic that left through the passthrough cluster after that cluster (Kiali knows it).
-        name = egress
-    elif reporter == "destination" and namespace == UNKNOWN and not _is_ip(host):
-        namespace = node.namespace
-    return host, name, namespace, port
+    return host, egress or name, namespace, port
 
 
-def reporter_of(upstream_cluster: str, fallback: str) -> str:
-    if upstream_cluster.startswith("outbound|"):
-        return "source"
-    if upstream_cluster.startswith("inbound|"):
-        return "destination"
-    return fallback
+def log_direction(log_name: str) -> str:
+    """deploy/istio gives the client-side and server-side providers (Telemetry match mode CLIENT / SERVER) log
+    names ending in `_outbound` / `_inbound`; other names say nothing."""
+    word = re.split(r"[-_.]", log_name.lower())[-1]
+    return word if word in ("inbound", "outbound") else ""
+
+
+def direction_of(upstream_cluster: str, stream: StreamIdentity, local_ip: str) -> str:
+    """Which side of the proxy an entry went through, from what the proxy itself set: istiod's cluster names,
+    the provider's log name, or a downstream local address that is one of the pod's own. Never from the
+    request; "" when none of them says."""
+    if upstream_cluster.startswith(("outbound|", "PassthroughCluster", "BlackHoleCluster")):
+        return "outbound"
+    if upstream_cluster.startswith(("inbound|", "InboundPassthroughCluster")):
+        return "inbound"
+    if stream.direction:
+        return stream.direction
+    if local_ip and local_ip in stream.instance_ips:
+        return "inbound"
+    return ""
+
+
+def _namespace_of(principal: str) -> str:
+    """spiffe://td/ns/NAMESPACE/sa/x -> NAMESPACE (istio_stats' getNamespace), else ""."""
+    begin = principal.find("/ns/")
+    if begin < 0:
+        return ""
+    begin += 4
+    end = principal.find("/", begin)
+    return principal[begin:end] if end > begin else ""
 
 
 _NO_PEER = WorkloadIdentity()
+_REPORTERS = {"outbound": "source", "inbound": "destination"}
 
 
-def derive(stream: StreamIdentity, facts: EntryFacts, *, fallback_reporter: str) -> Derived:
-    """All 25 labels (LABEL_NAMES order), the record key and the call edge for one kind of entry."""
+def derive(stream: StreamIdentity, facts: EntryFacts) -> Derived:
+    """All 25 labels (LABEL_NAMES order), the record key and the call edge for one kind of entry, following
+    istio/proxy source/extensions/filters/http/istio_stats/istio_stats.cc (populatePeerInfo)."""
     cluster = parse_cluster(facts.upstream_cluster)
-    reporter = reporter_of(facts.upstream_cluster, fallback_reporter)
+    reporter = _REPORTERS.get(facts.direction, UNKNOWN)
     node = stream.workload
     peer = facts.peer or _NO_PEER
     if reporter == "destination":
         src, dst = peer, node
         src_principal, dst_principal = facts.peer_principal, facts.local_principal
-        security = "mutual_tls" if facts.mtls else "none"
-    else:
+        security = "mutual_tls" if src_principal and dst_principal else "none"
+        src_ns, dst_ns = _namespace_of(src_principal) or peer.namespace, node.namespace
+    elif reporter == "source":
+        # The upstream TLS session is not in the access log: the peer object's identity stands in for its
+        # certificate, and our own identity is claimed only towards a peer that is in the mesh.
         src, dst = node, peer
-        src_principal, dst_principal = facts.local_principal, facts.peer_principal
+        src_principal = stream.principal if facts.peer is not None else ""
+        dst_principal = peer.principal
         security = UNKNOWN
+        src_ns, dst_ns = node.namespace, _namespace_of(dst_principal) or peer.namespace
+    else:
+        src = dst = _NO_PEER
+        src_principal = dst_principal = ""
+        security = UNKNOWN
+        src_ns = dst_ns = UNKNOWN
     service, service_name, service_ns, port = _destination_service(cluster, facts, reporter, node)
+    if reporter == "source" and service_ns == UNKNOWN:
+        service_ns = dst_ns
     # Never an empty label value: odd hosts (".", "..svc") still read "unknown".
     service, service_name, service_ns = service or UNKNOWN, service_name or UNKNOWN, service_ns or UNKNOWN
     is_http = facts.protocol != "tcp"
@@ -180,13 +281,13 @@ def derive(stream: StreamIdentity, facts: EntryFacts, *, fallback_reporter: str)
         src.workload,
         src.canonical_service,
         src.canonical_revision,
-        src.namespace,
+        src_ns or UNKNOWN,
         src_principal or UNKNOWN,
         src.app,
         src.version,
         src.cluster,
         dst.workload,
-        dst.namespace,
+        dst_ns or UNKNOWN,
         dst_principal or UNKNOWN,
         dst.app,
         dst.version,
@@ -205,10 +306,13 @@ def derive(stream: StreamIdentity, facts: EntryFacts, *, fallback_reporter: str)
     if facts.request_path is not None:
         labels = (*labels, facts.request_path)
     edge = None
-    if reporter == "source" and service != UNKNOWN:
+    # A call edge only for traffic that left through an upstream cluster on the outbound side: a local reply
+    # (denied, no route) names a host the caller chose and reached nothing.
+    left = bool(cluster.host) or facts.upstream_cluster in EGRESS_CLUSTERS
+    if reporter == "source" and left and service != UNKNOWN:
         edge = CallEdgeKey(
-            source_namespace=src.namespace,
-            source_workload=src.workload,
+            source_namespace=node.namespace,
+            source_workload=node.workload,
             destination_service=service,
             destination_port=port or _DEFAULT_PORTS.get(facts.protocol, 0),
             protocol=facts.protocol,
@@ -216,13 +320,16 @@ def derive(stream: StreamIdentity, facts: EntryFacts, *, fallback_reporter: str)
     misses = tuple(
         name
         for name, value in (
+            ("reporter", reporter),
             ("source_workload", src.workload),
             ("destination_workload", dst.workload),
             ("destination_service", service),
         )
         if value == UNKNOWN
     )
-    return Derived(labels=labels, record_key=service.encode(), edge=edge, misses=misses)
+    return Derived(
+        labels=labels, record_key=service.encode(), edge=edge, misses=misses, booked=reporter != UNKNOWN
+    )
 
 
 _TCP_INDEXES = tuple(LABEL_INDEX[name] for name in TCP_LABEL_NAMES)
@@ -270,8 +377,10 @@ __all__ = [
     "ClusterName",
     "LabelPolicy",
     "derive",
+    "direction_of",
+    "log_direction",
     "parse_cluster",
-    "reporter_of",
+    "peer_identity",
     "service_name_and_namespace",
     "split_authority",
     "tcp_labels",

@@ -28,7 +28,15 @@ from remixer.v1 import als_view_pb2
 from telemetry.core import labels as core_labels
 from telemetry.core.aggregates import HttpSeries, HttpTally, TcpSeries, TcpTally
 from telemetry.edge import wire
-from telemetry.structs import ENVOY_BUCKETS, Derived, EntryFacts, Labels, StreamIdentity, WorkloadIdentity
+from telemetry.structs import (
+    ENVOY_BUCKETS,
+    UNKNOWN,
+    Derived,
+    EntryFacts,
+    Labels,
+    StreamIdentity,
+    WorkloadIdentity,
+)
 
 try:
     from remixer.native import als_scanner
@@ -43,9 +51,9 @@ PEER_HEADER = "x-envoy-peer-metadata"
 MAX_MEMO = 4096
 
 METHODS = ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-# Entries that complete a request / connection; periodic and start logs are shipped but not counted.
+# HTTP entries that complete a request; periodic and start logs are shipped but not counted.
 HTTP_COUNTED_TYPES = frozenset({0, 6})  # NotSet, DownstreamEnd
-TCP_COUNTED_TYPES = frozenset({0, 3})  # NotSet, TcpConnectionEnd
+TCP_COUNTED_TYPES = frozenset({0, 3})  # NotSet, TcpConnectionEnd (the compiled scanner's TCP tallies)
 View = als_view_pb2.StreamAccessLogsMessage
 
 
@@ -123,11 +131,27 @@ def stream_identity(raw_identifier: bytes) -> StreamIdentity:
         raise MalformedMessage(f"the stream identifier is not decodable: {exc}") from None
     node = ident.node
     metadata = wire.struct_to_dict(node.metadata) if node.HasField("metadata") else {}
+    ips = metadata.get("INSTANCE_IPS")
+    account = metadata.get("SERVICE_ACCOUNT")
     return StreamIdentity(
         node_id=node.id,
         log_name=ident.log_name,
         workload=core_labels.workload_identity(metadata, node.id),
+        direction=core_labels.log_direction(ident.log_name),
+        # istio-agent writes INSTANCE_IPS as one comma-separated string (pkg/model StringList).
+        instance_ips=frozenset(ip.strip() for ip in ips.split(",") if ip.strip())
+        if isinstance(ips, str)
+        else frozenset(),
+        service_account=account if isinstance(account, str) else "",
     )
+
+
+def own_principal(identity: StreamIdentity, trust_domain: str) -> str:
+    """spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT: the identity istiod gives this proxy."""
+    namespace = identity.workload.namespace
+    if not identity.service_account or namespace == UNKNOWN or not trust_domain:
+        return ""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{identity.service_account}"
 
 
 @dataclass(slots=True, eq=False)
@@ -161,78 +185,143 @@ FilterState = Sequence[tuple[str, bytes]]  # an entry's filter_state_objects as 
 
 class KindMemo:
     """One stream's entry kinds by memo key. A miss derives the labels and builds the kind (series slot,
-    record prefix); both readers share this, the compiled one calling back into it on a miss."""
+    record prefix); both readers share this, the compiled one calling back into it on a miss.
 
-    def __init__(
-        self,
-        identity: StreamIdentity,
-        *,
-        fallback_reporter: str,
-        peers: wire.PeerCache,
-        build_kind: KindBuilder,
-    ) -> None:
+    A key holds every fact the labels depend on, the peer objects' raw bytes included, so entries from
+    different callers never share a kind; which of them counts (and which side reports) is decided here."""
+
+    def __init__(self, identity: StreamIdentity, *, peers: wire.PeerCache, build_kind: KindBuilder) -> None:
         self.identity = identity
         self.kinds: dict[tuple[Any, ...], EntryKind] = {}
-        self._fallback = fallback_reporter
         self._peers = peers
         self._build_kind = build_kind
 
     def _new_kind(self, key: tuple[Any, ...], facts: EntryFacts) -> EntryKind:
-        derived = core_labels.derive(self.identity, facts, fallback_reporter=self._fallback)
+        derived = core_labels.derive(self.identity, facts)
         kind = self._build_kind(self.identity, derived, facts)
         if len(self.kinds) >= MAX_MEMO:
             self.kinds.clear()  # cleared in place: the compiled reader holds this very dict
         self.kinds[key] = kind
         return kind
 
-    def _peer(self, filter_state: FilterState, header: str, outbound: bool | None) -> WorkloadIdentity | None:
-        if header:
-            return self._peers.from_header(header)
-        name = "upstream_peer" if outbound else "downstream_peer"
-        for key, value in filter_state:
-            if key == name:
-                return self._peers.from_any(value)
-        return None
+    def _direction(self, cluster: str, local_address: bytes) -> str:
+        return core_labels.direction_of(
+            cluster, self.identity, wire.address_ip(local_address) if local_address else ""
+        )
 
-    def http(self, key: tuple[Any, ...], filter_state: FilterState) -> EntryKind:
-        """The kind of an HTTP memo key (see StreamReader._read_http); filter_state only matters when the
-        key's last item (outbound) is not None."""
-        cluster, authority, raw_code, raw_flags, raw_tls, peer_header, grpc_status, path, outbound = key
+    def _peer(self, filter_state: bytes, header: str) -> WorkloadIdentity | None:
+        """The peer object istio-proxy put in filter state, else the exchange header (plain Envoy, or MX
+        headers kept)."""
+        peer = self._peers.from_any(filter_state) if filter_state else None
+        if peer is None and header:
+            peer = self._peers.from_header(header)
+        return peer
+
+    def http(self, key: tuple[Any, ...], _filter_state: FilterState = ()) -> EntryKind:
+        """The kind of an HTTP memo key (see StreamReader._read_http)."""
+        (
+            cluster,
+            authority,
+            raw_code,
+            raw_flags,
+            raw_tls,
+            peer_request,
+            peer_response,
+            grpc_text,
+            grpc_request,
+            path,
+            downstream_peer,
+            upstream_peer,
+            local_address,
+        ) = key
+        direction = self._direction(cluster, local_address)
+        peer = None
+        if direction == "inbound":
+            peer = self._peer(downstream_peer, peer_request)
+        elif direction == "outbound":
+            peer = self._peer(upstream_peer, peer_response)
         tls = wire.tls_facts(raw_tls) if raw_tls else ("", "", False, "")
+        code = wire.response_code(raw_code) if raw_code else 0
+        # istio_stats: gRPC when the request's content-type says so (Grpc::Common::isGrpcRequestHeaders);
+        # a grpc-status in the response also says so when content-type is not logged.
+        is_grpc = grpc_request or bool(grpc_text)
         facts = EntryFacts(
             upstream_cluster=cluster,
+            direction=direction,
             authority=authority,
-            response_code=wire.response_code(raw_code) if raw_code else 0,
-            grpc_status=grpc_status,
+            response_code=code,
+            grpc_status=wire.grpc_status(grpc_text, code) if is_grpc else "",
             response_flags=wire.flags_text(raw_flags) if raw_flags else "-",
-            protocol="grpc" if grpc_status else "http",
-            peer=self._peer(filter_state, peer_header, outbound),
+            protocol="grpc" if is_grpc else "http",
+            peer=peer,
             peer_principal=tls[0],
             local_principal=tls[1],
             mtls=tls[2],
+            sni=tls[3],
             request_path=path,
         )
         return self._new_kind(key, facts)
 
-    def tcp(self, key: tuple[Any, ...], filter_state: FilterState) -> EntryKind:
-        _, cluster, raw_flags, raw_tls, upstream_raw, outbound = key
+    def tcp(self, key: tuple[Any, ...], _filter_state: FilterState = ()) -> EntryKind:
+        _, cluster, raw_flags, raw_tls, downstream_peer, upstream_peer, local_address = key
+        direction = self._direction(cluster, local_address)
+        peer = None
+        if direction:
+            peer = self._peer(downstream_peer if direction == "inbound" else upstream_peer, "")
         tls = wire.tls_facts(raw_tls) if raw_tls else ("", "", False, "")
-        upstream = wire.address_text(upstream_raw) if upstream_raw else ""
         facts = EntryFacts(
             upstream_cluster=cluster,
-            authority=tls[3] or upstream,
+            direction=direction,
             response_flags=wire.flags_text(raw_flags) if raw_flags else "-",
             protocol="tcp",
-            peer=self._peer(filter_state, "", outbound),
+            peer=peer,
             peer_principal=tls[0],
             local_principal=tls[1],
             mtls=tls[2],
+            sni=tls[3],
         )
         return self._new_kind(key, facts)
 
 
-def _filter_state(common: Any) -> list[tuple[str, bytes]]:
-    return [(pair.key, pair.value) for pair in common.filter_state_objects]
+# The filter-state keys istiod makes the ALS providers log (istio/istio pilot/pkg/model/telemetry_logging.go):
+# 1.24+ `downstream_peer` / `upstream_peer`; before, `wasm.downstream_peer` / `wasm.upstream_peer` (a
+# FlatBuffer; the `*_peer_id` keys beside them hold only the peer's node id and are not read).
+DOWNSTREAM_PEER = "downstream_peer"
+UPSTREAM_PEER = "upstream_peer"
+WASM_DOWNSTREAM_PEER = "wasm.downstream_peer"
+WASM_UPSTREAM_PEER = "wasm.upstream_peer"
+
+
+def filter_state_peers(pairs: Any) -> tuple[bytes, bytes]:
+    """(downstream peer, upstream peer) raw Anys from filter_state_objects: the last value of each key (map
+    semantics), the 1.24+ key before the wasm.* one; b"" when absent."""
+    down = up = wasm_down = wasm_up = None
+    for pair in pairs:
+        key = pair.key
+        if key == DOWNSTREAM_PEER:
+            down = pair.value
+        elif key == UPSTREAM_PEER:
+            up = pair.value
+        elif key == WASM_DOWNSTREAM_PEER:
+            wasm_down = pair.value
+        elif key == WASM_UPSTREAM_PEER:
+            wasm_up = pair.value
+    down = down if down is not None else wasm_down
+    up = up if up is not None else wasm_up
+    return down or b"", up or b""
+
+
+def is_grpc_content_type(value: str) -> bool:
+    """Envoy's Grpc::Common::hasGrpcContentType: application/grpc, or application/grpc+<codec>."""
+    return value == "application/grpc" or value.startswith("application/grpc+")
+
+
+# TCP entries by access_log_type (envoy.data.accesslog.v3.AccessLogType): tcp_proxy logs on upstream connect
+# (flush_access_log_on_connected), periodically (access_log_flush_interval) and at the end, each with the
+# connection's bytes so far. Envoy before access_log_type, and loggers without those options, log only the
+# end.
+TCP_CONNECTED, TCP_PERIODIC, TCP_END, NOT_SET = 1, 2, 3, 0
+MAX_OPEN_CONNECTIONS = 65_536
 
 
 class StreamReader:
@@ -242,7 +331,6 @@ class StreamReader:
         self,
         identity: StreamIdentity,
         *,
-        fallback_reporter: str,
         peers: wire.PeerCache,
         build_kind: KindBuilder,
         encode: RecordEncoder | None,
@@ -251,16 +339,15 @@ class StreamReader:
         json_records: bool = False,
     ) -> None:
         self.identity = identity
-        self._kinds = KindMemo(
-            identity, fallback_reporter=fallback_reporter, peers=peers, build_kind=build_kind
-        )
+        self._kinds = KindMemo(identity, peers=peers, build_kind=build_kind)
         self._encode = encode
         self._max_field = max_field
         self._path_label = path_label
         # encode is JsonRecords.encode: only the compiled reader uses this (it writes the JSON itself).
         self._json_records = json_records
-        # Which side's headers carry the peer's metadata depends on the side we report from.
-        self._peer_in_response_default = fallback_reporter == "source"
+        # Open TCP connections of this stream by stream_id: the bytes already booked. One connection's logs
+        # all come over one stream (Envoy's gRPC logger is per worker, a connection stays on its worker).
+        self._connections: dict[bytes, tuple[int, int]] = {}
 
     def read_bytes(self, data: bytes) -> BatchResult:
         """One StreamAccessLogsMessage off the wire; MalformedMessage when it is not one."""
@@ -291,39 +378,40 @@ class StreamReader:
         encode = self._encode
         max_field = self._max_field
         path_label = self._path_label
-        peer_default = self._peer_in_response_default
         counted_types = HTTP_COUNTED_TYPES
         for index, entry in enumerate(entries):
             common = entry.common_properties
             request = entry.request
             response = entry.response
-            cluster = common.upstream_cluster
-            outbound = cluster.startswith("outbound|") or (
-                peer_default and not cluster.startswith("inbound|")
-            )
+            request_headers = request.request_headers
             response_headers = response.response_headers
-            headers = response_headers if outbound else request.request_headers
-            peer_header = wire.pair(headers, PEER_HEADER) if headers else ""
             trailers = response.response_trailers
-            grpc_status = wire.pair(trailers, "grpc-status") if trailers else ""
-            if not grpc_status and response_headers:
-                grpc_status = wire.pair(response_headers, "grpc-status")
-            filter_state = False if peer_header else bool(common.filter_state_objects)
+            grpc_text = wire.pair(trailers, "grpc-status") if trailers else ""
+            if not grpc_text and response_headers:
+                grpc_text = wire.pair(response_headers, "grpc-status")
+            fso = common.filter_state_objects
+            down, up = filter_state_peers(fso) if fso else (b"", b"")
             path = path_label(request.path) if path_label is not None else None
             key = (
-                cluster,
+                common.upstream_cluster,
                 request.authority,
                 response.response_code,
                 common.response_flags,
                 common.tls_properties,
-                peer_header,
-                grpc_status,
+                wire.pair(request_headers, PEER_HEADER) if request_headers else "",
+                wire.pair(response_headers, PEER_HEADER) if response_headers else "",
+                grpc_text,
+                is_grpc_content_type(wire.pair(request_headers, "content-type"))
+                if request_headers
+                else False,
                 path,
-                outbound if filter_state else None,
+                down,
+                up,
+                common.downstream_local_address,
             )
             kind = memo.get(key)
             if kind is None:
-                kind = new_kind(key, _filter_state(common) if filter_state else ())
+                kind = new_kind(key)
             counts[kind] = counts.get(kind, 0) + 1
             duration = common.duration
             duration_ms = duration.seconds * 1000 + duration.nanos / 1e6
@@ -360,39 +448,64 @@ class StreamReader:
         result.entries = len(entries)
         return result
 
+    def _tcp_delta(
+        self, log_type: int, stream_id: bytes, sent: int, received: int
+    ) -> tuple[int, int, int, int]:
+        """(sent, received, opened, closed) to book for one TCP log: per-connection deltas, so a connection
+        counts once when it opens and its bytes once, whatever number of logs it sends (as istio_stats
+        books them: opened on the first report, bytes as they grow, closed at the end)."""
+        connections = self._connections
+        if log_type in (TCP_CONNECTED, TCP_PERIODIC):
+            if not stream_id:
+                return 0, 0, 0, 0  # no way to tell its logs apart: book the end log alone
+            seen = connections.get(stream_id)
+            if seen is None and len(connections) >= MAX_OPEN_CONNECTIONS:
+                del connections[next(iter(connections))]  # the oldest (its end log books it whole)
+            connections[stream_id] = (
+                (max(sent, seen[0]), max(received, seen[1])) if seen else (sent, received)
+            )
+            if seen is None:
+                return sent, received, 1, 0
+            return max(sent - seen[0], 0), max(received - seen[1], 0), 0, 0
+        if log_type in (TCP_END, NOT_SET):
+            seen = connections.pop(stream_id, None) if stream_id else None
+            if seen is None:
+                return sent, received, 1, 1
+            return max(sent - seen[0], 0), max(received - seen[1], 0), 0, 1
+        return 0, 0, 0, 0
+
     def _read_tcp(self, entries: Any) -> BatchResult:
         result = BatchResult(kind="tcp")
         counts = result.counts
         tallies: dict[EntryKind, TcpTally] = {}
         memo = self._kinds.kinds
         encode = self._encode
-        peer_default = self._peer_in_response_default
         for index, entry in enumerate(entries):
             common = entry.common_properties
             props = entry.connection_properties
-            cluster = common.upstream_cluster
-            filter_state = bool(common.filter_state_objects)
-            outbound = cluster.startswith("outbound|") or (
-                peer_default and not cluster.startswith("inbound|")
-            )
+            fso = common.filter_state_objects
+            down, up = filter_state_peers(fso) if fso else (b"", b"")
             key = (
                 "tcp",
-                cluster,
+                common.upstream_cluster,
                 common.response_flags,
                 common.tls_properties,
-                common.upstream_remote_address,
-                outbound if filter_state else None,
+                down,
+                up,
+                common.downstream_local_address,
             )
             kind = memo.get(key)
             if kind is None:
-                kind = self._kinds.tcp(key, _filter_state(common) if filter_state else ())
+                kind = self._kinds.tcp(key)
             counts[kind] = counts.get(kind, 0) + 1
             sent, received = props.sent_bytes, props.received_bytes
-            if kind.tcp is not None and common.access_log_type in TCP_COUNTED_TYPES:
-                tally = tallies.get(kind)
-                if tally is None:
-                    tally = tallies[kind] = TcpTally()
-                tally.observe(sent, received)
+            if kind.tcp is not None:
+                booked = self._tcp_delta(common.access_log_type, common.stream_id, sent, received)
+                if any(booked):
+                    tally = tallies.get(kind)
+                    if tally is None:
+                        tally = tallies[kind] = TcpTally()
+                    tally.observe(*booked)
             if encode is not None:
                 start = common.start_time
                 duration = common.duration
@@ -433,7 +546,7 @@ class CompiledStreamReader(StreamReader):
             json_records=self._json_records,
             max_field=self._max_field,
             path_label=self._path_label,
-            peer_in_response_default=self._peer_in_response_default,
+            peer_in_response_default=False,
             methods=METHODS,
             buckets=ENVOY_BUCKETS,
             http_counted=HTTP_COUNTED_TYPES,
@@ -443,6 +556,10 @@ class CompiledStreamReader(StreamReader):
 
     def read_bytes(self, data: bytes) -> BatchResult:
         kind, entries, counts, records = self._scanner.scan(data)
+        if entries is None:
+            # TCP logs: validated by the scan, booked per connection (stream_id deltas) by the Python reader;
+            # they are few beside HTTP entries.
+            return super().read_bytes(data)
         return BatchResult(counts=counts, records=records, entries=entries, kind=kind)
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from struct import error as struct_error
 from typing import Any
 
+import flatbuffers
+import flatbuffers.encode
+import flatbuffers.packer
+import flatbuffers.table
 from envoy.config.core.v3 import address_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
@@ -120,6 +125,39 @@ def address_text(raw: bytes) -> str:
     return str(found)
 
 
+_IPS = _BoundedCache()
+
+
+def address_ip(raw: bytes) -> str:
+    """Serialized config.core.v3.Address -> its IP ("" for pipes, internal addresses, garbage)."""
+    found = _IPS.get(raw)
+    if found is None:
+        try:
+            found = address_pb2.Address.FromString(raw).socket_address.address
+        except DecodeError:
+            found = ""
+        _IPS.remember(raw, found)
+    return str(found)
+
+
+def grpc_status(text: str, response_code: int) -> str:
+    """istio_stats' grpc_response_status: Envoy's Grpc::Common::getGrpcStatus(trailers, headers, info) - the
+    grpc-status value (trailers first; a trailers-only response has it in the headers), "-1" (InvalidCode)
+    for one that is not a number up to 16, else inferred from the HTTP status (Grpc::Utility::
+    httpToGrpcStatus), "" when there is no response at all."""
+    if text:
+        if text.isascii() and text.isdigit() and len(text) <= 20 and int(text) <= 16:
+            return str(int(text))
+        return "-1"
+    if not response_code:
+        return ""
+    return _HTTP_TO_GRPC.get(response_code, "2")
+
+
+# envoyproxy/envoy source/common/grpc/status.cc Utility::httpToGrpcStatus (others: 2, Unknown).
+_HTTP_TO_GRPC = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14", 504: "14"}
+
+
 def pair(pairs: Sequence[Any], key: str) -> str:
     for pair in pairs:
         if pair.key == key:
@@ -127,8 +165,50 @@ def pair(pairs: Sequence[Any], key: str) -> str:
     return ""
 
 
+STRUCT_URL = "type.googleapis.com/google.protobuf.Struct"
+BYTES_URL = "type.googleapis.com/google.protobuf.BytesValue"
+# istio-proxy extensions/common/node_info.fbs (table FlatNode), field order = vtable slot.
+_FLAT_NODE = ("NAME", "NAMESPACE", "LABELS", "OWNER", "WORKLOAD_NAME", None, None, None, None, "CLUSTER_ID")
+
+
+def _flat_string(table: Any, slot: int) -> str:
+    offset = table.Offset(4 + 2 * slot)
+    return table.String(offset + table.Pos).decode() if offset else ""
+
+
+def flat_node(data: bytes) -> dict[str, Any]:
+    """A Wasm.Common.FlatNode FlatBuffer (istio-proxy 1.22-1.23 `wasm.*_peer`) -> node-metadata keys.
+    Raises ValueError (or IndexError / struct.error, which callers treat alike) when it is not one."""
+    if len(data) < 8:
+        raise ValueError("too short for a FlatBuffer")
+    buf = bytearray(data)
+    node = flatbuffers.table.Table(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
+    out: dict[str, Any] = {}
+    for slot, key in enumerate(_FLAT_NODE):
+        if key == "LABELS":
+            offset = node.Offset(4 + 2 * slot)
+            labels: dict[str, str] = {}
+            if offset:
+                start, count = node.Vector(offset), node.VectorLen(offset)
+                if count > 256:
+                    raise ValueError("too many labels")
+                for i in range(count):
+                    pair = flatbuffers.table.Table(node.Bytes, node.Indirect(start + 4 * i))
+                    labels[_flat_string(pair, 0)] = _flat_string(pair, 1)
+            out[key] = labels
+        elif key is not None:
+            text = _flat_string(node, slot)
+            if text:
+                out[key] = text
+    return out
+
+
 class PeerCache:
-    """Decoded peer metadata (base64 Struct header, or a filter-state Any) by its raw value. Bounded."""
+    """Decoded peer metadata by its raw value (bounded): the x-envoy-peer-metadata header (base64 Struct in
+    the node-metadata shape) or a filter-state Any, in every packing istio-proxy 1.22-1.28 logs:
+    1.24 the WorkloadMetadataObject's Struct packed by Envoy (Any of google.protobuf.Struct); 1.25+ a CelState
+    whose Any carries that Struct's bytes under the same type URL; 1.22-1.23 a FlatBuffers CelState, which
+    Envoy logs as an Any of google.protobuf.BytesValue holding the FlatNode."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -153,10 +233,12 @@ class PeerCache:
         if len(raw_any) <= self.max_bytes:
             try:
                 packed = any_pb2.Any.FromString(raw_any)
-                if packed.type_url.endswith("google.protobuf.Struct"):
-                    peer = core_labels.workload_identity(
-                        struct_to_dict(struct_pb2.Struct.FromString(packed.value))
-                    )
-            except (DecodeError, ValueError):
+                if packed.type_url == STRUCT_URL:
+                    struct = struct_pb2.Struct.FromString(packed.value)
+                    peer = core_labels.peer_identity(struct_to_dict(struct))
+                elif packed.type_url == BYTES_URL:
+                    flat = flat_node(wrappers_pb2.BytesValue.FromString(packed.value).value)
+                    peer = core_labels.workload_identity(flat)
+            except (DecodeError, ValueError, IndexError, struct_error, UnicodeDecodeError):
                 peer = None
         return self._cache.remember(raw_any, peer)  # type: ignore[no-any-return]

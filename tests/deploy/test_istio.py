@@ -7,6 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import json_format
+
+from telemetry.core.labels import log_direction
 
 from controller.core import scopes
 from controller.settings import ControllerSettings
@@ -115,7 +119,7 @@ def mesh_providers() -> dict[str, tuple[str, dict[str, Any]]]:
 
 def test_mesh_config_providers_use_istio_field_names_and_real_services() -> None:
     providers = mesh_providers()
-    assert sorted(kind for kind, _ in providers.values()) == sorted(PROVIDER_FIELDS)
+    assert {kind for kind, _ in providers.values()} == set(PROVIDER_FIELDS)
     services = {
         f"{o['metadata']['name']}.{o['metadata']['namespace']}.svc.cluster.local": {
             p["port"]: p["name"] for p in o["spec"]["ports"]
@@ -147,3 +151,33 @@ def test_policies_and_telemetry_name_providers_that_exist(istio_objects: list[di
             for logging in obj["spec"]["accessLogging"]:
                 kinds = {providers[p["name"]][0] for p in logging["providers"]}
                 assert kinds == {"envoyHttpAls", "envoyTcpAls"}
+                # Client-side logs under an _outbound name, server-side under _inbound: the direction
+                # remixer books them with (telemetry/core/labels.py log_direction).
+                mode = logging.get("match", {}).get("mode")
+                if mode:
+                    side = {"CLIENT": "outbound", "SERVER": "inbound"}[mode]
+                    for p in logging["providers"]:
+                        assert log_direction(providers[p["name"]][1]["logName"]) == side
+
+
+def test_tcp_flush_envoyfilter_patches_real_tcp_proxy_fields() -> None:
+    """The EnvoyFilter (no CRD schema here) merges fields that exist in Envoy's TcpProxy, with the filter
+    name istiod gives tcp_proxy; the access-log providers log the peer objects of every supported proxy."""
+    (obj,) = yaml.safe_load_all((DEPLOY / "istio/envoyfilter-tcp-flush.yaml").read_text())
+    (patch,) = obj["spec"]["configPatches"]
+    assert patch["applyTo"] == "NETWORK_FILTER"
+    assert patch["patch"]["operation"] == "MERGE"
+    assert patch["match"]["listener"]["filterChain"]["filter"]["name"] == "envoy.filters.network.tcp_proxy"
+    config = dict(patch["patch"]["value"]["typed_config"])
+    assert config.pop("@type") == "type.googleapis.com/" + tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
+    options = json_format.ParseDict(config, tcp_proxy_pb2.TcpProxy()).access_log_options
+    assert options.flush_access_log_on_connected
+    assert options.access_log_flush_interval.seconds == 5
+    for _, (kind, body) in mesh_providers().items():
+        if kind in ("envoyHttpAls", "envoyTcpAls"):
+            assert set(body["filterStateObjectsToLog"]) >= {
+                "upstream_peer",
+                "downstream_peer",
+                "wasm.upstream_peer",
+                "wasm.downstream_peer",
+            }

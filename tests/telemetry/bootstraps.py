@@ -10,14 +10,20 @@ TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.T
 PEER_HEADER = "x-envoy-peer-metadata"
 
 
-def http_access_log(cluster: str) -> list[dict[str, Any]]:
-    """Envoy's gRPC HTTP access logger, also logging the metadata-exchange header and gRPC status."""
-    logger = envoy.http_grpc_access_log(cluster, log_name="http_envoy_accesslog", flush="0.1s")
+def http_access_log(cluster: str, side: str) -> list[dict[str, Any]]:
+    """Envoy's gRPC HTTP access logger as deploy/istio configures it: the log name says the listener's side
+    (remixer_http_inbound / _outbound), and it logs the metadata-exchange header, the request's content-type
+    and grpc-status (headers and trailers)."""
+    logger = envoy.http_grpc_access_log(cluster, log_name=f"remixer_http_{side}", flush="0.1s")
     config = logger["typed_config"]
-    config["additional_request_headers_to_log"] = [PEER_HEADER]
+    config["additional_request_headers_to_log"] = [PEER_HEADER, "content-type"]
     config["additional_response_headers_to_log"] = [PEER_HEADER, "grpc-status"]
     config["additional_response_trailers_to_log"] = ["grpc-status"]
     return [logger]
+
+
+def tcp_access_log(cluster: str, side: str) -> list[dict[str, Any]]:
+    return [envoy.tcp_grpc_access_log(cluster, log_name=f"remixer_tcp_{side}", flush="0.1s")]
 
 
 def istio_node(
@@ -43,8 +49,10 @@ def istio_node(
 
 
 def tcp_proxy_listener(
-    name: str, port: int, *, cluster: str, access_log: list[dict[str, Any]]
+    name: str, port: int, *, cluster: str, access_log: list[dict[str, Any]], flush_interval: str = "5s"
 ) -> dict[str, Any]:
+    """tcp_proxy logging on upstream connect and every flush_interval while open (deploy/istio's
+    envoyfilter-tcp-flush.yaml), as Istio's stats report long connections."""
     return {
         "name": name,
         "address": envoy.socket_address("127.0.0.1", port),
@@ -58,6 +66,10 @@ def tcp_proxy_listener(
                             "stat_prefix": name,
                             "cluster": cluster,
                             "access_log": access_log,
+                            "access_log_options": {
+                                "flush_access_log_on_connected": True,
+                                "access_log_flush_interval": flush_interval,
+                            },
                         },
                     }
                 ]
@@ -82,14 +94,13 @@ def sidecar_bootstrap(
     the server sidecar (inbound listener -> inbound|port||) and a TCP proxy; all log to remixer over ALS."""
     outbound_cluster = f"outbound|{service_port}||{service}"
     inbound_cluster = f"inbound|{service_port}||"
-    http_log = http_access_log("remixer_als")
     listeners = [
         envoy.http_listener(
             "outbound",
             outbound_port,
             route_cluster=outbound_cluster,
             http_filters=[],
-            access_log=http_log,
+            access_log=http_access_log("remixer_als", "outbound"),
             stat_prefix="outbound",
         )
     ]
@@ -104,7 +115,7 @@ def sidecar_bootstrap(
                 inbound_port,
                 route_cluster=inbound_cluster,
                 http_filters=[],
-                access_log=http_log,
+                access_log=http_access_log("remixer_als", "inbound"),
                 stat_prefix="inbound",
             )
         )
@@ -116,9 +127,7 @@ def sidecar_bootstrap(
                 "tcp",
                 tcp_port,
                 cluster=tcp_cluster,
-                access_log=[
-                    envoy.tcp_grpc_access_log("remixer_als", log_name="tcp_envoy_accesslog", flush="0.1s")
-                ],
+                access_log=tcp_access_log("remixer_als", "outbound"),
             )
         )
         clusters.append(envoy.http_cluster(tcp_cluster, "127.0.0.1", upstream_port))

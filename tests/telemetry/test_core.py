@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import string
 
 from hypothesis import given, settings
@@ -30,6 +31,7 @@ STREAM = StreamIdentity(
     node_id="sidecar~1~productpage-v1-abc.bookinfo~bookinfo.svc.cluster.local",
     log_name="l",
     workload=PRODUCTPAGE,
+    principal="spiffe://cluster.local/ns/bookinfo/sa/productpage",
 )
 REVIEWS = labels.workload_identity(
     {
@@ -48,15 +50,14 @@ def as_dict(values: tuple[str, ...]) -> dict[str, str]:
 def test_source_reporter_from_outbound_cluster() -> None:
     facts = EntryFacts(
         upstream_cluster="outbound|9080|v2|reviews.bookinfo.svc.cluster.local",
+        direction="outbound",
         authority="reviews:9080",
         response_code=503,
         response_flags="UF,URX",
-        peer=REVIEWS,
-        peer_principal="spiffe://cluster.local/ns/bookinfo/sa/reviews",
-        local_principal="spiffe://cluster.local/ns/bookinfo/sa/productpage",
-        mtls=True,
+        # The upstream peer object's identity stands in for the upstream certificate (not in the log).
+        peer=dataclasses.replace(REVIEWS, principal="spiffe://cluster.local/ns/bookinfo/sa/reviews"),
     )
-    derived = labels.derive(STREAM, facts, fallback_reporter="destination")
+    derived = labels.derive(STREAM, facts)
     got = as_dict(derived.labels)
     assert got == {
         "reporter": "source",
@@ -94,20 +95,22 @@ def test_source_reporter_from_outbound_cluster() -> None:
 def test_destination_reporter_from_inbound_cluster_uses_authority_and_peer() -> None:
     facts = EntryFacts(
         upstream_cluster="inbound|9080||",
+        direction="inbound",
         authority="productpage:9080",
         peer=REVIEWS,
         mtls=True,
         peer_principal="spiffe://cluster.local/ns/bookinfo/sa/reviews",
+        local_principal="spiffe://cluster.local/ns/bookinfo/sa/productpage",
         grpc_status="0",
         protocol="grpc",
         response_code=200,
     )
-    got = as_dict(labels.derive(STREAM, facts, fallback_reporter="source").labels)
+    got = as_dict(labels.derive(STREAM, facts).labels)
     assert got["reporter"] == "destination"
     assert got["destination_workload"] == "productpage-v1"
     assert got["source_workload"] == "reviews-v2"
     assert got["source_principal"] == "spiffe://cluster.local/ns/bookinfo/sa/reviews"
-    assert got["destination_principal"] == "unknown"
+    assert got["destination_principal"] == "spiffe://cluster.local/ns/bookinfo/sa/productpage"
     # A short host resolves in the proxy's namespace.
     assert got["destination_service"] == "productpage.bookinfo.svc.cluster.local"
     assert got["destination_service_name"] == "productpage"
@@ -116,8 +119,10 @@ def test_destination_reporter_from_inbound_cluster_uses_authority_and_peer() -> 
 
 
 def test_passthrough_resolves_destination_from_authority() -> None:
-    facts = EntryFacts(upstream_cluster="PassthroughCluster", authority="api.example.com:8443")
-    derived = labels.derive(STREAM, facts, fallback_reporter="source")
+    facts = EntryFacts(
+        upstream_cluster="PassthroughCluster", direction="outbound", authority="api.example.com:8443"
+    )
+    derived = labels.derive(STREAM, facts)
     got = as_dict(derived.labels)
     assert got["destination_service"] == "api.example.com"
     assert got["destination_service_name"] == "PassthroughCluster"
@@ -127,9 +132,8 @@ def test_passthrough_resolves_destination_from_authority() -> None:
 
 def test_plain_envoy_without_metadata_is_all_unknown_but_complete() -> None:
     stream = StreamIdentity(node_id="front-proxy", log_name="x", workload=labels.workload_identity({}))
-    derived = labels.derive(
-        stream, EntryFacts(upstream_cluster="backend", response_code=404), fallback_reporter="source"
-    )
+    facts = EntryFacts(upstream_cluster="backend", direction="outbound", response_code=404)
+    derived = labels.derive(stream, facts)
     got = as_dict(derived.labels)
     assert all(v for k, v in got.items() if k != "grpc_response_status")
     assert got["source_workload"] == "unknown"
@@ -173,8 +177,8 @@ def test_label_policy_drops_and_rewrites() -> None:
         drop=["source_principal", "destination_principal"],
         rewrites=[("response_code", r"(\d)\d\d", r"\1xx")],
     )
-    facts = EntryFacts(upstream_cluster="outbound|1||a.b.svc.c", response_code=404)
-    values = labels.derive(STREAM, facts, fallback_reporter="source").labels
+    facts = EntryFacts(upstream_cluster="outbound|1||a.b.svc.c", direction="outbound", response_code=404)
+    values = labels.derive(STREAM, facts).labels
     out = dict(zip(policy.names, policy.apply(values), strict=True))
     assert "source_principal" not in out
     assert len(out) == 23
@@ -207,12 +211,18 @@ def test_path_templates_are_bounded(path: str) -> None:
     ),
     authority=st.text(max_size=60),
     code=st.integers(min_value=0, max_value=999),
+    log_name=st.sampled_from(["remixer_http_inbound", "remixer_http_outbound", "x"]),
 )
-def test_derive_always_yields_every_label(cluster: str, authority: str, code: int) -> None:
-    facts = EntryFacts(upstream_cluster=cluster, authority=authority, response_code=code)
-    derived = labels.derive(STREAM, facts, fallback_reporter="source")
+def test_derive_always_yields_every_label(cluster: str, authority: str, code: int, log_name: str) -> None:
+    stream = dataclasses.replace(STREAM, direction=labels.log_direction(log_name))
+    direction = labels.direction_of(cluster, stream, "")
+    facts = EntryFacts(upstream_cluster=cluster, direction=direction, authority=authority, response_code=code)
+    derived = labels.derive(stream, facts)
     assert len(derived.labels) == len(LABEL_NAMES)
-    assert derived.labels[LABEL_INDEX["reporter"]] in ("source", "destination")
+    assert derived.labels[LABEL_INDEX["reporter"]] == {"outbound": "source", "inbound": "destination"}.get(
+        direction, "unknown"
+    )
+    assert derived.booked == (direction != "")
     assert all(v != "" for i, v in enumerate(derived.labels) if LABEL_NAMES[i] != "grpc_response_status")
 
 

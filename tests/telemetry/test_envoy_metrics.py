@@ -97,7 +97,7 @@ async def test_http_and_tcp_metrics_from_real_envoy(
         samples = {
             s["reporter"]: s
             for s in tel.samples("istio_requests_total")
-            if s["destination_service_name"] == "echo"
+            if s["destination_service_name"] in ("echo", "productpage")
         }
         source = samples["source"]
         assert list(k for k in source if k != "__value__") == list(LABEL_NAMES)
@@ -125,7 +125,8 @@ async def test_http_and_tcp_metrics_from_real_envoy(
         assert dest["source_workload"] == "reviews-v1"
         assert dest["source_workload_namespace"] == "bookinfo"
         assert dest["source_app"] == "reviews"
-        assert dest["destination_service"] == "echo.default.svc.cluster.local"
+        # The inbound service, never a Host naming another namespace's service.
+        assert dest["destination_service"] == "productpage.bookinfo.svc.cluster.local"
         assert dest["connection_security_policy"] == "none"
 
         # Histograms: Envoy's default buckets, one observation per request.

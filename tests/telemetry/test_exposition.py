@@ -48,7 +48,7 @@ def _observe(aggregates: Aggregates, labels: tuple[str, ...], tcp_labels: tuple[
         tally.observe(0.3 * i + 0.01, 100 * i, 10**i)
     tally.apply(aggregates.http_slot(labels))
     tcp = TcpTally()
-    tcp.observe(n, 2 * n)
+    tcp.observe(n, 2 * n, 1, 1)
     tcp.apply(aggregates.tcp_slot(tcp_labels))
 
 

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import any_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,6 +35,7 @@ from remixer.v1 import als_view_pb2
 from telemetry.app import TelemetryPart
 from telemetry.edge import decoding
 from telemetry.settings import CallEdgeSettings, TelemetrySettings
+from tests.telemetry.istio_proxy import VERSIONS, node_metadata, peer_object
 
 IDENTIFIER = "sidecar~10.0.0.1~web-1.shop~shop.svc.cluster.local"
 
@@ -63,7 +64,15 @@ def _identity() -> Any:
     msg.identifier.log_name = "http_envoy_accesslog"
     msg.identifier.node.id = IDENTIFIER
     meta = struct_pb2.Struct()
-    meta.update({"NAMESPACE": "shop", "WORKLOAD_NAME": "web", "LABELS": {"app": "web", "version": "v1"}})
+    meta.update(
+        {
+            "NAMESPACE": "shop",
+            "WORKLOAD_NAME": "web",
+            "SERVICE_ACCOUNT": "web",
+            "INSTANCE_IPS": "10.0.0.1,fe80::1",  # a local address decides the side when the cluster does not
+            "LABELS": {"app": "web", "version": "v1"},
+        }
+    )
     msg.identifier.node.metadata.CopyFrom(meta)
     return decoding.stream_identity(msg.identifier.SerializeToString())
 
@@ -83,7 +92,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "json": {},
     "protobuf+destination+paths": {
         "record_encoding": "protobuf",
-        "reporter_fallback": "destination",
+        "trust_domain": "example.org",
         "request_path_label": True,
         "path_templates": ["/api/{id}"],
         "record_max_field_bytes": 64,
@@ -235,8 +244,9 @@ def random_uint64(rng: random.Random) -> int:
 
 
 def random_any(rng: random.Random) -> any_pb2.Any:
+    """Peer objects as istio-proxy logs them (tests/telemetry/istio_proxy.py) and broken ones."""
     packed = any_pb2.Any()
-    how = rng.randint(0, 2)
+    how = rng.randint(0, 4)
     if how == 0:
         peer = struct_pb2.Struct()
         peer.update({"NAMESPACE": rng.choice(["shop", "db"]), "WORKLOAD_NAME": rng.choice(["web", "api"])})
@@ -244,6 +254,11 @@ def random_any(rng: random.Random) -> any_pb2.Any:
     elif how == 1:
         packed.type_url = "type.googleapis.com/google.protobuf.Struct"
         packed.value = b"\xff\x01garbage"
+    elif how == 2:
+        meta = node_metadata(rng.choice(["api", "db"]), "x", "10.0.0.2")
+        packed.ParseFromString(peer_object(meta, rng.choice(VERSIONS))[1])
+    elif how == 3:
+        packed.Pack(wrappers_pb2.BytesValue(value=rng.randbytes(rng.randint(0, 24))))
     return packed
 
 
@@ -275,13 +290,23 @@ def fill_common(rng: random.Random, common: Any) -> None:
     if rng.random() < 0.3:
         address = common.upstream_remote_address.socket_address
         address.address, address.port_value = rng.choice(["10.0.0.9", ""]), rng.choice([80, 5432])
-    for key in rng.sample(["upstream_peer", "downstream_peer", "other", ""], rng.choice([0, 0, 0, 0, 1, 2])):
+    keys = ["upstream_peer", "downstream_peer", "wasm.upstream_peer", "wasm.downstream_peer", "other", ""]
+    for key in rng.sample(keys, rng.choice([0, 0, 0, 0, 1, 2, 3])):
         common.filter_state_objects[key].CopyFrom(random_any(rng))
+    if rng.random() < 0.4:
+        local = common.downstream_local_address.socket_address
+        local.address, local.port_value = rng.choice(["10.0.0.1", "10.96.0.3", "fe80::1", ""]), 8080
+    if rng.random() < 0.2:
+        common.stream_id = pick(rng, ["a1", "b2"])
+
+
+HEADER_VALUES = ["0", "14", "e30=", "Cg8KBE5BTUUSBxoFd2ViLTE=", "", "99"]
+HEADER_VALUES += ["application/grpc", "application/grpc+proto", "application/grpc-web"]
 
 
 def fill_headers(rng: random.Random, target: Any, names: list[str]) -> None:
     for name in rng.sample(names, rng.choice([0, 0, 0, 0, 1, 2, len(names)])):
-        target[name] = pick(rng, ["0", "14", "e30=", "Cg8KBE5BTUUSBxoFd2ViLTE=", ""])
+        target[name] = pick(rng, HEADER_VALUES)
 
 
 def random_http_entry(rng: random.Random) -> accesslog_pb2.HTTPAccessLogEntry:
@@ -297,7 +322,9 @@ def random_http_entry(rng: random.Random) -> accesslog_pb2.HTTPAccessLogEntry:
             setattr(request, name, random_text(rng, 100))
     if rng.random() < 0.8:
         request.request_headers_bytes, request.request_body_bytes = random_uint64(rng), random_uint64(rng)
-    fill_headers(rng, request.request_headers, ["x-envoy-peer-metadata", "grpc-status", "x-other"])
+    fill_headers(
+        rng, request.request_headers, ["x-envoy-peer-metadata", "grpc-status", "x-other", "content-type"]
+    )
     response = entry.response
     if rng.random() < 0.8:
         response.response_code.value = rng.choice([200, 200, 200, 404, 503, 2**32 - 1])
