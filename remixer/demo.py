@@ -73,7 +73,8 @@ def demo_bootstrap(
                 listen_port,
                 route_cluster="inbound|9080||",
                 http_filters=[envoy.ext_authz_grpc_filter("remixer")],
-                access_log=[envoy.http_grpc_access_log("remixer", log_name="http_envoy_accesslog")],
+                # The inbound side: denials (no upstream cluster) are booked by the destination reporter.
+                access_log=[envoy.http_grpc_access_log("remixer", log_name="remixer_http_inbound")],
             )
         ],
         clusters=[

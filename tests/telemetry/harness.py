@@ -15,7 +15,7 @@ from remixer.parts import PartContext
 from remixer.shipping import ShippingHub, build_record_sinks
 from remixer.shipping.settings import ShippingSettings
 from telemetry.app import TelemetryPart
-from telemetry.settings import TelemetrySettings
+from telemetry.settings import CallEdgeSettings, TelemetrySettings
 from tests.waiting import eventually
 
 
@@ -75,3 +75,19 @@ async def running_telemetry(
         await part.stop(1.0)
         await server.stop(1.0)
         await hub.close()
+
+
+class _NoSinks:
+    def sink(self, stream: str) -> None:
+        return None
+
+
+def offline_part(settings: TelemetrySettings | None = None) -> TelemetryPart:
+    """A telemetry part without server, record sinks or call-edge store: readers fed messages directly."""
+    context = PartContext(
+        data_dir=Path("/nonexistent"),
+        registry=CollectorRegistry(),
+        records=_NoSinks(),  # type: ignore[arg-type]
+        require_writer=_no_guard,
+    )
+    return TelemetryPart(settings or TelemetrySettings(call_edges=CallEdgeSettings(enabled=False)), context)

@@ -19,14 +19,12 @@ from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from remixer.parts import PartContext
 from remixer.shipping.localfiles import RecordFiles
 from telemetry.app import TelemetryPart
 from telemetry.edge import decoding
 from telemetry.settings import TelemetrySettings
-from tests.telemetry.harness import RunningTelemetry, running_telemetry
+from tests.telemetry.harness import RunningTelemetry, offline_part, running_telemetry
 
 METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 
@@ -139,15 +137,6 @@ async def test_odd_but_valid_input_is_counted_with_unknown_labels(tmp_path: Path
 # ---- fuzzing the decoder (no network: >= 10k messages in seconds) -------------------------------
 
 
-class _NoSinks:
-    def sink(self, stream: str) -> None:
-        return None
-
-
-async def _no_guard() -> None:
-    return None
-
-
 @dataclass
 class Readers:
     """Both ALS readers on the same stream, each with its own part (own memo and running series): the
@@ -158,13 +147,7 @@ class Readers:
 
 
 def _part() -> TelemetryPart:
-    context = PartContext(
-        data_dir=Path("/nonexistent"),
-        registry=CollectorRegistry(),
-        records=_NoSinks(),
-        require_writer=_no_guard,
-    )  # type: ignore[arg-type]
-    return TelemetryPart(TelemetrySettings(call_edges={"enabled": False}), context)  # type: ignore[arg-type]
+    return offline_part(TelemetrySettings(call_edges={"enabled": False}))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

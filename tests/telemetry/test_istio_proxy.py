@@ -15,7 +15,6 @@ Where the access log cannot carry what istio_stats reads, the expected value say
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,13 +22,11 @@ from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf import any_pb2, struct_pb2, wrappers_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from remixer.parts import PartContext
 from telemetry.app import TelemetryPart
 from telemetry.edge import decoding
-from telemetry.settings import CallEdgeSettings, TelemetrySettings
 from telemetry.structs import LABEL_NAMES, TCP_LABEL_NAMES
+from tests.telemetry.harness import offline_part
 from tests.telemetry.istio_proxy import STRUCT_URL, VERSIONS, address, first_message, node_metadata, set_peer
 
 PRODUCTPAGE = node_metadata("productpage-v1", "productpage", "10.1.0.5")
@@ -39,23 +36,7 @@ SPIFFE = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-{}"
 REVIEWS_SVC = "reviews.bookinfo.svc.cluster.local"
 
 
-class _NoSinks:
-    def sink(self, stream: str) -> None:
-        return None
-
-
-async def _no_guard() -> None:
-    return None
-
-
-def _part() -> TelemetryPart:
-    context = PartContext(
-        data_dir=Path("/nonexistent"),
-        registry=CollectorRegistry(),
-        records=_NoSinks(),
-        require_writer=_no_guard,
-    )  # type: ignore[arg-type]
-    return TelemetryPart(TelemetrySettings(call_edges=CallEdgeSettings(enabled=False)), context)
+_part = offline_part
 
 
 def _reader(

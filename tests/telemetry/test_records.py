@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
-from prometheus_client import CollectorRegistry
 
-from remixer.parts import PartContext
 from remixer.v1 import access_record_pb2
-from telemetry.app import TelemetryPart
 from telemetry.edge import decoding
 from telemetry.settings import CallEdgeSettings, TelemetrySettings
+from tests.telemetry.harness import offline_part
 
 SCHEMA = {f.name for f in access_record_pb2.AccessRecord.DESCRIPTOR.fields}
 
 
-class _NoSinks:
-    def sink(self, stream: str) -> None:
-        return None
-
-
-async def _no_guard() -> None:
-    return None
-
-
 def read_records(encoding: str) -> list[tuple[bytes | None, bytes]]:
-    context = PartContext(
-        data_dir=Path("/nonexistent"),
-        registry=CollectorRegistry(),
-        records=_NoSinks(),
-        require_writer=_no_guard,
-    )  # type: ignore[arg-type]
     settings = TelemetrySettings(record_encoding=encoding, call_edges=CallEdgeSettings(enabled=False))  # type: ignore[arg-type]
-    part = TelemetryPart(settings, context)
+    part = offline_part(settings)
     first = als_pb2.StreamAccessLogsMessage()
     first.identifier.log_name = "http_envoy_accesslog"
     first.identifier.node.id = "sidecar~10.0.0.1~web-1.shop~shop.svc.cluster.local"
@@ -97,13 +79,7 @@ def test_protobuf_records_decode_to_the_same_values() -> None:
 def test_tls_peer_san_and_filter_state_peer_feed_the_labels() -> None:
     from google.protobuf import any_pb2, struct_pb2
 
-    context = PartContext(
-        data_dir=Path("/nonexistent"),
-        registry=CollectorRegistry(),
-        records=_NoSinks(),
-        require_writer=_no_guard,
-    )  # type: ignore[arg-type]
-    part = TelemetryPart(TelemetrySettings(call_edges=CallEdgeSettings(enabled=False)), context)
+    part = offline_part(TelemetrySettings(call_edges=CallEdgeSettings(enabled=False)))
     msg = als_pb2.StreamAccessLogsMessage()
     msg.identifier.log_name = "http_envoy_accesslog"
     msg.identifier.node.id = "sidecar~10.0.0.2~cart-1.shop~shop.svc.cluster.local"

@@ -16,7 +16,6 @@ import random
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,36 +26,20 @@ from google.protobuf import any_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from remixer.native import als_scanner
-from remixer.parts import PartContext
 from remixer.v1 import als_view_pb2
 from telemetry.app import TelemetryPart
 from telemetry.edge import decoding
 from telemetry.settings import CallEdgeSettings, TelemetrySettings
+from tests.telemetry.harness import offline_part
 from tests.telemetry.istio_proxy import VERSIONS, node_metadata, peer_object
 
 IDENTIFIER = "sidecar~10.0.0.1~web-1.shop~shop.svc.cluster.local"
 
 
-class _NoSinks:
-    def sink(self, stream: str) -> None:
-        return None
-
-
-async def _no_guard() -> None:
-    return None
-
-
 def _part(settings: TelemetrySettings) -> TelemetryPart:
-    context = PartContext(
-        data_dir=Path("/nonexistent"),
-        registry=CollectorRegistry(),
-        records=_NoSinks(),
-        require_writer=_no_guard,
-    )  # type: ignore[arg-type]
-    return TelemetryPart(settings, context)
+    return offline_part(settings)
 
 
 def _identity() -> Any:
