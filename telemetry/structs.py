@@ -94,7 +94,6 @@ class EntryFacts:
     # (such entries are not booked: a guess could make this workload the caller of a client-chosen host).
     direction: str = ""
     authority: str = ""
-    sni: str = ""  # the downstream TLS server name (TCP: Istio's outbound_.PORT_._.HOST)
     response_code: int = 0
     grpc_status: str = ""
     response_flags: str = "-"

@@ -156,34 +156,14 @@ def service_name_and_namespace(host: str) -> tuple[str, str]:
     return host, UNKNOWN
 
 
-def _in_namespace(host: str, namespace: str) -> str:
-    """`name`, `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local` -> the service's FQDN when it lies in
-    namespace, else "" (an inbound request can only name a service of the workload's own namespace)."""
-    parts = host.split(".")
-    if not parts[0] or _is_ip(host) or namespace == UNKNOWN:
+def _inbound_service(node: WorkloadIdentity) -> str:
+    """The inbound service at reporter="destination": Istio takes it from the inbound cluster's metadata,
+    which the access log does not carry; the closest fact the proxy itself holds is its workload's
+    canonical service in its namespace. Never the Host or SNI the caller chose (an IP, the SNI string
+    `outbound_.PORT_._.HOST`, or any name a client makes up)."""
+    if node.canonical_service == UNKNOWN or node.namespace == UNKNOWN:
         return ""
-    if len(parts) == 1 or (parts[1] == namespace and (len(parts) == 2 or parts[2] == "svc")):
-        return f"{parts[0]}.{namespace}.svc.cluster.local"
-    return ""
-
-
-def sni_host(sni: str) -> str:
-    """Istio's mTLS SNI `outbound_.27017_._.mongodb.db.svc.cluster.local` -> the service host, else ""."""
-    parts = sni.split("_.", 3)
-    if len(parts) == 4 and parts[0] == "outbound" and _port(parts[1]):
-        return parts[3]
-    return ""
-
-
-def _inbound_service(facts: EntryFacts, node: WorkloadIdentity) -> str:
-    """The inbound service at reporter="destination" (Istio takes it from the inbound cluster's metadata,
-    which the access log does not carry): the host the caller named when it is a service of this workload's
-    namespace, else the workload's canonical service there. Never the SNI string, an IP or a foreign host."""
-    named = sni_host(facts.sni) if facts.protocol == "tcp" else split_authority(facts.authority)[0]
-    host = _in_namespace(named, node.namespace) if named else ""
-    if not host and node.canonical_service != UNKNOWN and node.namespace != UNKNOWN:
-        host = f"{node.canonical_service}.{node.namespace}.svc.cluster.local"
-    return host
+    return f"{node.canonical_service}.{node.namespace}.svc.cluster.local"
 
 
 def _destination_service(
@@ -191,7 +171,7 @@ def _destination_service(
 ) -> tuple[str, str, str, int]:
     """(destination_service, _name, _namespace, port), as istio_stats' populatePeerInfo finds them."""
     if reporter == "destination":
-        host = _inbound_service(facts, node)
+        host = _inbound_service(node)
         name, _ = service_name_and_namespace(host)
         return host or UNKNOWN, name, node.namespace, cluster.port
     if reporter != "source":

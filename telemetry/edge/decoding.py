@@ -257,7 +257,6 @@ class KindMemo:
             peer_principal=tls[0],
             local_principal=tls[1],
             mtls=tls[2],
-            sni=tls[3],
             request_path=path,
         )
         return self._new_kind(key, facts)
@@ -278,7 +277,6 @@ class KindMemo:
             peer_principal=tls[0],
             local_principal=tls[1],
             mtls=tls[2],
-            sni=tls[3],
         )
         return self._new_kind(key, facts)
 

@@ -10,10 +10,9 @@ import yaml
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
 
-from telemetry.core.labels import log_direction
-
 from controller.core import scopes
 from controller.settings import ControllerSettings
+from telemetry.core.labels import log_direction
 
 from .paths import DEPLOY, kustomize_build
 from .schemas import crd_validators

@@ -111,9 +111,9 @@ def test_destination_reporter_from_inbound_cluster_uses_authority_and_peer() -> 
     assert got["source_workload"] == "reviews-v2"
     assert got["source_principal"] == "spiffe://cluster.local/ns/bookinfo/sa/reviews"
     assert got["destination_principal"] == "spiffe://cluster.local/ns/bookinfo/sa/productpage"
-    # A short host resolves in the proxy's namespace.
-    assert got["destination_service"] == "productpage.bookinfo.svc.cluster.local"
-    assert got["destination_service_name"] == "productpage"
+    # The inbound service: the workload's canonical service in its namespace, whatever Host the caller sent.
+    assert got["destination_service"] == "productpage-svc.bookinfo.svc.cluster.local"
+    assert got["destination_service_name"] == "productpage-svc"
     assert got["connection_security_policy"] == "mutual_tls"
     assert (got["request_protocol"], got["grpc_response_status"]) == ("grpc", "0")
 
