@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from telemetry.core import labels
 from telemetry.core.aggregates import Aggregates, HttpTally, cumulative
 from telemetry.core.paths import PathTemplates
+from telemetry.edge import wire
 from telemetry.structs import LABEL_INDEX, LABEL_NAMES, OVERFLOW, EntryFacts, StreamIdentity, WorkloadIdentity
 
 PRODUCTPAGE = labels.workload_identity(
@@ -247,3 +248,33 @@ def test_ids_with_a_trailing_newline_are_not_left_as_they_are() -> None:
     assert paths.template("/orders/1\n/x") != "/orders/{id}"
     assert PathTemplates([]).template("/n/42") == "/n/{num}"
     assert PathTemplates([]).template("/n/42\n") == "/n/42\n"
+
+
+def test_grpc_status_as_envoy_reads_it() -> None:
+    """Grpc::Common::getGrpcStatus (envoyproxy/envoy source/common/grpc/common.cc): the grpc-status value when
+    it is a known code, InvalidCode (-1) when not; without one, inferred from the HTTP status
+    (Grpc::Utility::httpToGrpcStatus, source/common/grpc/status.cc); nothing without a response."""
+    assert [wire.grpc_status(t, 200) for t in ("0", "16", "17", "abc", "-1", "²")] == [
+        "0",
+        "16",
+        "-1",
+        "-1",
+        "-1",
+        "-1",
+    ]
+    inferred = {
+        code: wire.grpc_status("", code) for code in (400, 401, 403, 404, 429, 502, 503, 504, 500, 200)
+    }
+    assert inferred == {
+        400: "13",
+        401: "16",
+        403: "7",
+        404: "12",
+        429: "14",
+        502: "14",
+        503: "14",
+        504: "14",
+        500: "2",
+        200: "2",
+    }
+    assert wire.grpc_status("", 0) == ""
