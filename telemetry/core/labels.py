@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,11 +67,6 @@ PEER_TOKENS = frozenset(
 )
 
 
-def _token(fields: Mapping[str, Any], key: str) -> str:
-    value = fields.get(key)
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_NAME else UNKNOWN
-
-
 def peer_identity(fields: Mapping[str, Any]) -> WorkloadIdentity:
     """istio-proxy's peer object (the Struct of WorkloadMetadataObject::serializeAsProto, keyed by baggage
     tokens) -> identity, with istio_stats' defaults: "unknown", and "latest" for a missing revision. A
@@ -80,16 +74,16 @@ def peer_identity(fields: Mapping[str, Any]) -> WorkloadIdentity:
     read as node metadata."""
     if not PEER_TOKENS.intersection(fields):
         return workload_identity(fields)
-    revision = _token(fields, "revision")
+    revision = _text(fields.get("revision"))
     identity = fields.get("identity")
     return WorkloadIdentity(
-        workload=_token(fields, "workload"),
-        namespace=_token(fields, "namespace"),
-        app=_token(fields, "app"),
-        version=_token(fields, "version"),
-        canonical_service=_token(fields, "service"),
+        workload=_text(fields.get("workload")),
+        namespace=_text(fields.get("namespace")),
+        app=_text(fields.get("app")),
+        version=_text(fields.get("version")),
+        canonical_service=_text(fields.get("service")),
         canonical_revision="latest" if revision == UNKNOWN else revision,
-        cluster=_token(fields, "cluster"),
+        cluster=_text(fields.get("cluster")),
         principal=identity
         if isinstance(identity, str) and identity.startswith("spiffe://") and len(identity) <= 512
         else "",
@@ -136,14 +130,6 @@ def split_authority(authority: str) -> tuple[str, int]:
         host = name
         port = _port(port_text)
     return host, port
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def service_name_and_namespace(host: str) -> tuple[str, str]:
