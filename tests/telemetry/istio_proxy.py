@@ -5,7 +5,9 @@
   pilot/pkg/model/telemetry_logging.go (envoyStateToLog, envoyWasmStateToLog).
 - Envoy puts each object in AccessLogCommon.filter_state_objects as serializeAsProto(), swapped in when that
   is already an Any and packed (Any.PackFrom) otherwise: envoyproxy/envoy
-  source/extensions/access_loggers/grpc/grpc_access_log_utils.cc (extractCommonAccessLogProperties).
+  source/extensions/access_loggers/grpc/grpc_access_log_utils.cc (extractCommonAccessLogProperties,
+  extractFilterStateData); a key missing from the stream's filter state is taken from the upstream
+  connection's, where TCP metadata exchange leaves the upstream peer.
 - 1.24: the object is an Istio::Common::WorkloadMetadataObject (istio/proxy release-1.24
   source/extensions/filters/http/peer_metadata/filter.cc setFilterState), serializeAsProto() a Struct of the
   baggage tokens from serializeAsPairs (extensions/common/metadata_object.cc l.63-103): Envoy packs it.
