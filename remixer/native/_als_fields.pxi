@@ -22,6 +22,8 @@ cdef enum:  # tags (field number << 3 | wire type), from the descriptors
     T_AccessLogCommon_duration = 0xba  # field 23, wire type 2
     T_AccessLogCommon_time_to_last_downstream_tx_byte = 0x62  # field 12, wire type 2
     T_AccessLogCommon_filter_state_objects = 0xaa  # field 21, wire type 2
+    T_AccessLogCommon_downstream_local_address = 0x1a  # field 3, wire type 2
+    T_AccessLogCommon_stream_id = 0xd2  # field 26, wire type 2
     T_HTTPRequestProperties_request_headers = 0x6a  # field 13, wire type 2
     T_HTTPRequestProperties_authority = 0x1a  # field 3, wire type 2
     T_HTTPRequestProperties_path = 0x2a  # field 5, wire type 2
@@ -44,9 +46,10 @@ cdef enum:  # tags (field number << 3 | wire type), from the descriptors
 
 cdef enum:  # found-bits of the first(KEY) members: a later entry with the key is ignored
     FOUND_peer_request = 1
-    FOUND_peer_response = 2
-    FOUND_grpc_header = 4
-    FOUND_grpc_trailer = 8
+    FOUND_content_type = 2
+    FOUND_peer_response = 4
+    FOUND_grpc_header = 8
+    FOUND_grpc_trailer = 16
 
 cdef struct WireFields:
     Span cluster  # AccessLogCommon.upstream_cluster
@@ -58,7 +61,14 @@ cdef struct WireFields:
     Duration duration  # AccessLogCommon.duration
     Duration last_downstream_tx  # AccessLogCommon.time_to_last_downstream_tx_byte
     bint filter_state  # AccessLogCommon.filter_state_objects
+    Span down_peer  # AccessLogCommon.filter_state_objects[downstream_peer]
+    Span up_peer  # AccessLogCommon.filter_state_objects[upstream_peer]
+    Span wasm_down_peer  # AccessLogCommon.filter_state_objects[wasm.downstream_peer]
+    Span wasm_up_peer  # AccessLogCommon.filter_state_objects[wasm.upstream_peer]
+    Span local_address  # AccessLogCommon.downstream_local_address
+    Span stream_id  # AccessLogCommon.stream_id
     Span peer_request  # HTTPRequestProperties.request_headers[x-envoy-peer-metadata]
+    Span content_type  # HTTPRequestProperties.request_headers[content-type]
     Span authority  # HTTPRequestProperties.authority
     Span path  # HTTPRequestProperties.path
     Span user_agent  # HTTPRequestProperties.user_agent
@@ -182,6 +192,18 @@ cdef int scan_AccessLogCommon(Span msg, int depth, WireFields* f) noexcept:
                 err = scan_pair(span, depth - 1, False, &key, &value)
             if not err:
                 f.filter_state = True
+            if not err and span_is(key, b'downstream_peer', 15):
+                f.down_peer = value
+            elif not err and span_is(key, b'upstream_peer', 13):
+                f.up_peer = value
+            elif not err and span_is(key, b'wasm.downstream_peer', 20):
+                f.wasm_down_peer = value
+            elif not err and span_is(key, b'wasm.upstream_peer', 18):
+                f.wasm_up_peer = value
+        elif tag == T_AccessLogCommon_downstream_local_address:
+            err = read_span(&p, end, &f.local_address)
+        elif tag == T_AccessLogCommon_stream_id:
+            err = read_span(&p, end, &f.stream_id)
         else:
             err = skip_field(&p, end, tag, depth)
         if err:
@@ -212,6 +234,9 @@ cdef int scan_HTTPRequestProperties(Span msg, int depth, WireFields* f) noexcept
             if not err and not f.found & FOUND_peer_request and span_is(key, b'x-envoy-peer-metadata', 21):
                 f.found |= FOUND_peer_request
                 f.peer_request = value
+            elif not err and not f.found & FOUND_content_type and span_is(key, b'content-type', 12):
+                f.found |= FOUND_content_type
+                f.content_type = value
         elif tag == T_HTTPRequestProperties_authority:
             err = read_text(&p, end, &f.authority)
         elif tag == T_HTTPRequestProperties_path:

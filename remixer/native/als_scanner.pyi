@@ -2,7 +2,7 @@
 from collections.abc import Callable, Sequence
 from typing import Any
 
-KindCallback = Callable[[tuple[Any, ...], Sequence[tuple[str, bytes]]], Any]
+KindCallback = Callable[[tuple[Any, ...]], Any]
 
 class Scanner:
     def __init__(
@@ -10,19 +10,19 @@ class Scanner:
         *,
         memo: dict[tuple[Any, ...], Any],
         http_kind: KindCallback,
-        tcp_kind: KindCallback,
         encode: Callable[[Any, dict[str, Any]], bytes] | None,
         json_records: bool,
         max_field: int,
         path_label: Callable[[str], str] | None,
-        peer_in_response_default: bool,
         methods: Sequence[str],
         buckets: Sequence[float],
         http_counted: frozenset[int],
-        tcp_counted: frozenset[int],
         malformed: type[Exception],
     ) -> None: ...
-    def scan(self, data: bytes) -> tuple[str, int, dict[Any, int], list[tuple[bytes | None, bytes]]]: ...
+    # ("tcp", None, None, None) for TCP logs: validated only, the Python reader books them.
+    def scan(
+        self, data: bytes
+    ) -> tuple[str, int | None, dict[Any, int] | None, list[tuple[bytes | None, bytes]] | None]: ...
 
 def validate(data: bytes) -> str | None: ...
 def format_float(x: float) -> bytes: ...

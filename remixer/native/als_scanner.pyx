@@ -5,7 +5,8 @@ decoding.StreamReader is the reference this module must match byte for byte (tes
 test_scanner.py): the same fields (protos/remixer/v1/als_view.proto, Envoy's field numbers), the same
 memo keys, the same kinds (a memo miss calls back into Python to build one), the same records. What
 changes is where the work happens: one pass over the wire bytes fills flat C structs (no upb message,
-no per-entry attribute reads), and per entry Python only sees the memo key.
+no per-entry attribute reads), and per entry Python only sees the memo key. TCP logs are only validated
+here: they are booked per connection (stream_id deltas) by the Python reader, and are few.
 
 The per-field readers are not written here: als_fields.txt lists the fields read (one line each) and
 remixer/native/wiregen.py generates _als_fields.pxi from it and Envoy's descriptors (tags, the WireFields
@@ -472,15 +473,15 @@ cdef Py_ssize_t truncated(Span s, Py_ssize_t max_chars) noexcept:
 cdef struct Slot:
     # One kind's entries in the current batch; applied to its series once, at the end of the batch.
     PyObject* kind
-    PyObject* series  # kind.http / kind.tcp; NULL when None
+    PyObject* series  # kind.http; NULL when None
     PyObject* record_key
     PyObject* prefix
     Py_ssize_t entries
     Py_ssize_t counted
     double duration_sum
-    uint64_t sum_a_low  # HTTP request bytes / TCP sent bytes: exact, past 2**64 through the high word
+    uint64_t sum_a_low  # request bytes: exact, past 2**64 through the high word
     uint64_t sum_a_high
-    uint64_t sum_b_low  # HTTP response bytes / TCP received bytes
+    uint64_t sum_b_low  # response bytes
     uint64_t sum_b_high
     uint32_t duration[MAX_BUCKETS]  # entries per bucket (a message holds far fewer than 2**32)
     uint32_t request[MAX_BUCKETS]
@@ -612,18 +613,17 @@ cdef int apply_http(object series, Slot* slot, Py_ssize_t n) except -1:
     return 0
 
 
-cdef int apply_tcp(object series, Slot* slot) except -1:
-    series.sent += long_of(slot.sum_a_low, slot.sum_a_high)
-    series.received += long_of(slot.sum_b_low, slot.sum_b_high)
-    series.opened += slot.counted
-    series.closed += slot.counted
-    return 0
-
-
 # Raw keys of distinct kinds a scanner remembers (a kind may have several raw keys: a field repeated
 # on the wire, merged, still reads the same). Past this, they are forgotten and relearned.
 cdef enum:
     MAX_RAW_KEYS = 16384
+
+
+cdef inline bint is_grpc_content_type(Span ct) noexcept:
+    """decoding.is_grpc_content_type: application/grpc, or application/grpc+<codec>."""
+    if not starts_with(ct, b"application/grpc", 16):
+        return False
+    return ct.len == 16 or ct.ptr[16] == 0x2B  # '+'
 
 
 cdef bytes raw_key(char tag, char flags, Span* fields, int n):
@@ -654,20 +654,17 @@ cdef class Scanner:
     cdef dict raw_memo  # the entry's key fields as raw wire bytes -> kind: skips building the memo key
     cdef Py_ssize_t memo_len  # len(memo) after the last scan: a smaller one means it was cleared
     cdef object http_kind
-    cdef object tcp_kind
     cdef object encode
     cdef bint records
     cdef bint json_records
     cdef Py_ssize_t max_field
     cdef object path_label
-    cdef bint peer_in_response_default
     cdef object malformed
     cdef tuple methods
     cdef list method_json  # the method names as JSON string bodies
     cdef double buckets[MAX_BUCKETS]
     cdef int bucket_count
     cdef uint64_t http_counted
-    cdef uint64_t tcp_counted
     cdef Entries entries
     cdef Slot* slots
     cdef Py_ssize_t slot_count
@@ -691,23 +688,20 @@ cdef class Scanner:
         *,
         memo,
         http_kind,
-        tcp_kind,
         encode,
         json_records,
         max_field,
         path_label,
-        peer_in_response_default,
         methods,
         buckets,
         http_counted,
-        tcp_counted,
         malformed,
     ):
         if not isinstance(memo, dict):
             raise TypeError("memo must be a dict")
         if len(buckets) + 1 > MAX_BUCKETS or any(not (abs(b) < 2.0**53) for b in buckets):
             raise ValueError("at most 31 finite bucket bounds below 2**53")
-        if any(not 0 <= t < 64 for t in (*http_counted, *tcp_counted)):
+        if any(not 0 <= t < 64 for t in http_counted):
             raise ValueError("counted access log types must be in 0..63")
         if max_field < 0:  # str slicing from the end is not what truncation means
             raise ValueError("max_field must be >= 0")
@@ -715,13 +709,11 @@ cdef class Scanner:
         self.raw_memo = {}
         self.memo_len = len(memo)
         self.http_kind = http_kind
-        self.tcp_kind = tcp_kind
         self.encode = encode
         self.records = encode is not None
         self.json_records = self.records and bool(json_records)
         self.max_field = max_field
         self.path_label = path_label
-        self.peer_in_response_default = peer_in_response_default
         self.malformed = malformed
         self.methods = tuple(methods)
         self.method_json = [_json_body(m) for m in self.methods]
@@ -731,9 +723,6 @@ cdef class Scanner:
         self.http_counted = 0
         for t in http_counted:
             self.http_counted |= 1ULL << t
-        self.tcp_counted = 0
-        for t in tcp_counted:
-            self.tcp_counted |= 1ULL << t
 
     def __dealloc__(self):
         self.release_slots()
@@ -743,7 +732,8 @@ cdef class Scanner:
         PyMem_Free(self.scratch)
 
     def scan(self, bytes data):
-        """-> (log kind "http" | "tcp", entries, {kind: entries} in first-seen order, records)."""
+        """-> ("http", entries, {kind: entries} in first-seen order, records); ("tcp", None, None, None) for
+        TCP logs, validated here and booked per connection by the Python reader (decoding.StreamReader)."""
         cdef Span msg
         cdef int logs
         cdef int err
@@ -762,7 +752,9 @@ cdef class Scanner:
                 raise self.malformed(
                     f"not a StreamAccessLogsMessage ({msg.len} bytes): {ERROR_TEXT[err].decode()}"
                 )
-            return self.read(logs == LOGS_TCP)
+            if logs == LOGS_TCP:
+                return ("tcp", None, None, None)
+            return self.read()
         finally:
             self.release_slots()
             self.busy = False
@@ -784,7 +776,7 @@ cdef class Scanner:
             self.slot_capacity = 0
             self.table_size = 0
 
-    cdef tuple read(self, bint tcp):
+    cdef tuple read(self):
         cdef Py_ssize_t i
         cdef Py_ssize_t count = self.entries.count
         cdef Entry* e
@@ -793,26 +785,22 @@ cdef class Scanner:
         cdef object kind
         for i in range(count):
             e = &self.entries.items[i]
-            kind = self.tcp_kind_of(e) if tcp else self.http_kind_of(e)
-            slot = self.slot_of(kind, tcp)
+            kind = self.http_kind_of(e)
+            slot = self.slot_of(kind)
             slot.entries += 1
-            if tcp:
-                self.observe_tcp(e, slot, records, i)
-            else:
-                self.observe_http(e, slot, records, i)
-        return ("tcp" if tcp else "http", count, self.finish(tcp), records)
+            self.observe_http(e, slot, records, i)
+        return ("http", count, self.finish(), records)
 
     # ---- kinds ------------------------------------------------------------------------------------
 
     cdef object http_kind_of(self, Entry* e):
         """The memo key StreamReader._read_http builds, and its kind (built in Python on a miss)."""
-        cdef bint outbound = starts_with(e.wire.cluster, b"outbound|", 9) or (
-            self.peer_in_response_default and not starts_with(e.wire.cluster, b"inbound|", 8)
-        )
-        cdef Span peer = e.wire.peer_response if outbound else e.wire.peer_request
         cdef Span grpc = e.wire.grpc_trailer if e.wire.grpc_trailer.len else e.wire.grpc_header
-        cdef bint filter_state = e.wire.filter_state and peer.len == 0
-        cdef Span[7] fields
+        # decoding.filter_state_peers: the 1.24+ object, else the wasm.* one of 1.22-1.23
+        cdef Span down = e.wire.down_peer if e.wire.down_peer.len else e.wire.wasm_down_peer
+        cdef Span up = e.wire.up_peer if e.wire.up_peer.len else e.wire.wasm_up_peer
+        cdef bint grpc_request = is_grpc_content_type(e.wire.content_type)
+        cdef Span[11] fields
         cdef bytes raw = None
         cdef PyObject* known
         if self.path_label is None:  # else the key holds a label computed in Python from the path
@@ -821,9 +809,13 @@ cdef class Scanner:
             fields[2] = e.wire.raw_code
             fields[3] = e.wire.raw_flags
             fields[4] = e.wire.raw_tls
-            fields[5] = peer
-            fields[6] = grpc
-            raw = raw_key(c'h', (2 if filter_state else 0) | (1 if outbound else 0), fields, 7)
+            fields[5] = e.wire.peer_request
+            fields[6] = e.wire.peer_response
+            fields[7] = grpc
+            fields[8] = down
+            fields[9] = up
+            fields[10] = e.wire.local_address
+            raw = raw_key(c'h', 1 if grpc_request else 0, fields, 11)
             known = PyDict_GetItem(self.raw_memo, raw)
             if known != NULL:
                 return <object>known
@@ -833,44 +825,24 @@ cdef class Scanner:
             bytes_of(e.wire.raw_code),
             bytes_of(e.wire.raw_flags),
             bytes_of(e.wire.raw_tls),
-            text_of(peer),
+            text_of(e.wire.peer_request),
+            text_of(e.wire.peer_response),
             text_of(grpc),
+            True if grpc_request else False,
             self.path_label(text_of(e.wire.path)) if self.path_label is not None else None,
-            (True if outbound else False) if filter_state else None,
+            bytes_of(down),
+            bytes_of(up),
+            bytes_of(e.wire.local_address),
         )
-        return self.kind_for(key, raw, False, e, filter_state)
+        return self.kind_for(key, raw)
 
-    cdef object tcp_kind_of(self, Entry* e):
-        cdef bint outbound = starts_with(e.wire.cluster, b"outbound|", 9) or (
-            self.peer_in_response_default and not starts_with(e.wire.cluster, b"inbound|", 8)
-        )
-        cdef Span[4] fields
-        fields[0] = e.wire.cluster
-        fields[1] = e.wire.raw_flags
-        fields[2] = e.wire.raw_tls
-        fields[3] = e.wire.upstream_address
-        cdef bytes raw = raw_key(c't', (2 if e.wire.filter_state else 0) | (1 if outbound else 0), fields, 4)
-        cdef PyObject* known = PyDict_GetItem(self.raw_memo, raw)
-        if known != NULL:
-            return <object>known
-        key = (
-            "tcp",
-            text_of(e.wire.cluster),
-            bytes_of(e.wire.raw_flags),
-            bytes_of(e.wire.raw_tls),
-            bytes_of(e.wire.upstream_address),
-            (True if outbound else False) if e.wire.filter_state else None,
-        )
-        return self.kind_for(key, raw, True, e, e.wire.filter_state)
-
-    cdef object kind_for(self, tuple key, bytes raw, bint tcp, Entry* e, bint filter_state):
+    cdef object kind_for(self, tuple key, bytes raw):
         """The memo's kind for key, built in Python on a miss; remembered under raw (when given)."""
         cdef Py_ssize_t before
         kind = self.memo.get(key)
         if kind is None:
             before = len(self.memo)
-            build = self.tcp_kind if tcp else self.http_kind
-            kind = build(key, self.filter_state_of(e, tcp) if filter_state else ())
+            kind = self.http_kind(key)
             if len(self.memo) <= before:  # the memo was full and cleared: drop the raw keys with it
                 self.raw_memo.clear()
         if raw is not None:
@@ -879,38 +851,7 @@ cdef class Scanner:
             self.raw_memo[raw] = kind
         return kind
 
-    cdef list filter_state_of(self, Entry* e, bint tcp):
-        """[(key, value)] of the entry's filter_state_objects, in order (only on a memo miss)."""
-        cdef list pairs = []
-        cdef const uint8_t* p = e.whole.ptr
-        cdef const uint8_t* end = e.whole.ptr + e.whole.len
-        cdef const uint8_t* q
-        cdef const uint8_t* common_end
-        cdef uint32_t tag
-        cdef uint32_t common = T_TCPAccessLogEntry_common_properties if tcp else T_HTTPAccessLogEntry_common_properties
-        cdef Span span
-        cdef Span key
-        cdef Span value
-        # Already validated: any error here cannot happen, and would only end the walk.
-        while p < end and not read_tag(&p, end, &tag):
-            if tag != common:
-                if skip_field(&p, end, tag, DEPTH_LIMIT):
-                    break
-                continue
-            if read_span(&p, end, &span):
-                break
-            q = span.ptr
-            common_end = span.ptr + span.len
-            while q < common_end and not read_tag(&q, common_end, &tag):
-                if tag == T_AccessLogCommon_filter_state_objects:
-                    if read_span(&q, common_end, &span) or scan_pair(span, DEPTH_LIMIT, False, &key, &value):
-                        break
-                    pairs.append((text_of(key), bytes_of(value)))
-                elif skip_field(&q, common_end, tag, DEPTH_LIMIT):
-                    break
-        return pairs
-
-    cdef Slot* slot_of(self, object kind, bint tcp) except NULL:
+    cdef Slot* slot_of(self, object kind) except NULL:
         cdef PyObject* ptr = <PyObject*>kind
         cdef size_t h
         cdef Py_ssize_t pos
@@ -927,7 +868,7 @@ cdef class Scanner:
             if self.slots[index - 1].kind == ptr:
                 return &self.slots[index - 1]
             pos = (pos + 1) & (self.table_size - 1)
-        return self.new_slot(kind, tcp, pos)
+        return self.new_slot(kind, pos)
 
     cdef void grow_table(self) except *:
         cdef Py_ssize_t size = self.table_size * 2 if self.table_size else 256
@@ -948,7 +889,7 @@ cdef class Scanner:
                 pos = (pos + 1) & (size - 1)
             table[pos] = i + 1
 
-    cdef Slot* new_slot(self, object kind, bint tcp, Py_ssize_t pos) except NULL:
+    cdef Slot* new_slot(self, object kind, Py_ssize_t pos) except NULL:
         cdef Slot* slot
         cdef Slot* grown
         cdef Py_ssize_t capacity
@@ -959,7 +900,7 @@ cdef class Scanner:
                 raise MemoryError()
             self.slots = grown
             self.slot_capacity = capacity
-        series = kind.tcp if tcp else kind.http
+        series = kind.http
         record_key = kind.derived.record_key if self.records else None
         prefix = kind.record_prefix if self.records else None
         if self.json_records and not isinstance(prefix, bytes):
@@ -990,7 +931,7 @@ cdef class Scanner:
         if self.slot_table != NULL:
             memset(self.slot_table, 0, self.table_size * sizeof(Py_ssize_t))
 
-    cdef dict finish(self, bint tcp):
+    cdef dict finish(self):
         """The batch's {kind: entries}, and each kind's tallies added to its series once."""
         cdef dict counts = {}
         cdef Py_ssize_t i
@@ -999,10 +940,7 @@ cdef class Scanner:
             slot = &self.slots[i]
             counts[<object>slot.kind] = slot.entries
             if slot.series != NULL and slot.counted:
-                if tcp:
-                    apply_tcp(<object>slot.series, slot)
-                else:
-                    apply_http(<object>slot.series, slot, self.bucket_count + 1)
+                apply_http(<object>slot.series, slot, self.bucket_count + 1)
         return counts
 
     # ---- entries ----------------------------------------------------------------------------------
@@ -1038,27 +976,6 @@ cdef class Scanner:
                 "user_agent": text_of(head(e.wire.user_agent, self.max_field)),
                 "request_bytes": long_of(request_bytes, request_carry),
                 "response_bytes": long_of(response_bytes, response_carry),
-            })
-        records.append(record_of(<object>slot.record_key, value))
-        return 0
-
-    cdef int observe_tcp(self, Entry* e, Slot* slot, list records, Py_ssize_t index) except -1:
-        cdef double duration_ms
-        if slot.series != NULL and 0 <= e.wire.access_log_type < 64 and (self.tcp_counted >> e.wire.access_log_type) & 1:
-            slot.counted += 1
-            add_u128(&slot.sum_a_low, &slot.sum_a_high, e.wire.sent_bytes, 0)
-            add_u128(&slot.sum_b_low, &slot.sum_b_high, e.wire.received_bytes, 0)
-        if not self.records:
-            return 0
-        duration_ms = milliseconds(&e.wire.duration)
-        if self.json_records:
-            value = self.tcp_json(e, slot, duration_ms, index)
-        else:
-            value = self.encoded(slot, index, {
-                "start_time_ms": start_ms_object(&e.wire.start_time),
-                "duration_ms": duration_ms,
-                "sent_bytes": e.wire.sent_bytes,
-                "received_bytes": e.wire.received_bytes,
             })
         records.append(record_of(<object>slot.record_key, value))
         return 0
@@ -1133,18 +1050,5 @@ cdef class Scanner:
         w = put_u64(w, request_bytes)
         w = put(w, b',"response_bytes":', 18)
         w = put_u64(w, response_bytes)
-        w = put(w, b"}", 1)
-        return self.finish_record(slot, w)
-
-    cdef bytes tcp_json(self, Entry* e, Slot* slot, double duration_ms, Py_ssize_t index):
-        cdef char* w = self.reserve(256)
-        w = put(w, b'"start_time_ms":', 16)
-        w = self.put_start_ms(w, &e.wire.start_time, index)
-        w = put(w, b',"duration_ms":', 15)
-        w = put_double(w, duration_ms)
-        w = put(w, b',"sent_bytes":', 14)
-        w = put_u64(w, e.wire.sent_bytes)
-        w = put(w, b',"received_bytes":', 18)
-        w = put_u64(w, e.wire.received_bytes)
         w = put(w, b"}", 1)
         return self.finish_record(slot, w)

@@ -18,6 +18,8 @@ never from the table. The second column says how the field is read, the third in
     int32          an int32 or enum varint (its low 32 bits)                           -> int32_t
     time           a google.protobuf.Duration or Timestamp                             -> Duration
     first(KEY)     of a map<string, ...>, the value of the first entry keyed KEY     -> Span
+    last(KEY)      of a map<string, ...>, the value of the last entry keyed KEY (a map's
+                   own semantics: a later entry replaces an earlier one); "" when none -> Span
     seen           of a map<string, ...>: whether it has an entry (each entry checked) -> bint
     tag            no reader: only the tag constant, for hand-written code
 
@@ -61,8 +63,10 @@ _MEMBER_TYPES = {
     "int32": "int32_t",
     "time": "Duration",
     "first": "Span",
+    "last": "Span",
     "seen": "bint",
 }
+_MAP_READERS = ("first", "last", "seen")
 _READER = re.compile(r"(?P<name>[a-z0-9]+)(?:\((?P<argument>[^()]+)\))?$")
 
 
@@ -111,7 +115,7 @@ def _check(line: Line) -> None:
     field, reader = line.field, line.reader
     repeated = field.is_repeated
     problem = ""
-    if reader in ("first", "seen"):
+    if reader in _MAP_READERS:
         if not _is_map(field) or _entry(field, "key").type != FieldDescriptor.TYPE_STRING:
             problem = "is not a map with string keys"
         elif wire_type(_entry(field, "value")) != _LEN:
@@ -136,8 +140,8 @@ def _check(line: Line) -> None:
         problem = "is not a Duration or Timestamp"
     if problem:
         raise TableError(f"{line.message.name}.{field.name} {problem}: it cannot be read as {reader}")
-    if (reader == "first") != bool(line.argument):
-        raise TableError(f"{line.message.name}.{field.name}: only first(KEY) takes an argument")
+    if (reader in ("first", "last")) != bool(line.argument):
+        raise TableError(f"{line.message.name}.{field.name}: only first(KEY) and last(KEY) take an argument")
     if (reader in ("message", "tag")) == bool(line.into):
         raise TableError(f"{line.message.name}.{field.name}: {reader} lines name no struct member, others do")
 
@@ -321,15 +325,19 @@ def _branch(line: Line, lines: list[Line]) -> list[str]:
         "if not err:",
         f"    err = scan_pair(span, depth - 1, {text_value}, &key, &value)",
     ]
-    keyed = [x for x in lines if x.reader == "first"]
+    keyed = [x for x in lines if x.reader in ("first", "last")]
     out.extend(f"if not err:\n    f.{x.into} = True" for x in lines if x.reader == "seen")
     for i, x in enumerate(keyed):
         key = x.argument.encode()
+        first = x.reader == "first"
         out.append(
             ("if" if i == 0 else "elif")
-            + f" not err and not f.found & FOUND_{x.into} and span_is(key, {key!r}, {len(key)}):"
+            + " not err"
+            + (f" and not f.found & FOUND_{x.into}" if first else "")
+            + f" and span_is(key, {key!r}, {len(key)}):"
         )
-        out.append(f"    f.found |= FOUND_{x.into}")
+        if first:
+            out.append(f"    f.found |= FOUND_{x.into}")
         out.append(f"    f.{x.into} = value")
     return out
 
@@ -340,7 +348,7 @@ def _reader(table: Table, message: Descriptor) -> list[str]:
     for line in mine:
         fields.setdefault(line.field.number, []).append(line)
     for lines in fields.values():
-        if len(lines) > 1 and not all(x.reader in ("first", "seen") for x in lines):
+        if len(lines) > 1 and not all(x.reader in _MAP_READERS for x in lines):
             raise TableError(f"{message.name}.{lines[0].field.name}: read twice (only map readers combine)")
     readers = {line.reader for line in mine}
     out = [
@@ -352,9 +360,9 @@ def _reader(table: Table, message: Descriptor) -> list[str]:
     ]
     if "int32" in readers:
         out.append("    cdef uint64_t number = 0")
-    if readers & {"message", "time", "first", "seen"}:
+    if readers & {"message", "time", *_MAP_READERS}:
         out.append("    cdef Span span")
-    if readers & {"first", "seen"}:
+    if readers & set(_MAP_READERS):
         out += ["    cdef Span key", "    cdef Span value"]
     out += [
         "    cdef int err",

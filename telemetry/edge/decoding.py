@@ -17,7 +17,7 @@ metadata) stay raw bytes in the key, decoded once per distinct value (wire.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +53,6 @@ MAX_MEMO = 4096
 METHODS = ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 # HTTP entries that complete a request; periodic and start logs are shipped but not counted.
 HTTP_COUNTED_TYPES = frozenset({0, 6})  # NotSet, DownstreamEnd
-TCP_COUNTED_TYPES = frozenset({0, 3})  # NotSet, TcpConnectionEnd (the compiled scanner's TCP tallies)
 View = als_view_pb2.StreamAccessLogsMessage
 
 
@@ -180,7 +179,6 @@ class BatchResult:
 
 KindBuilder = Callable[[StreamIdentity, Derived, EntryFacts], EntryKind]
 RecordEncoder = Callable[[Any, dict[str, Any]], bytes]
-FilterState = Sequence[tuple[str, bytes]]  # an entry's filter_state_objects as (key, serialized Any)
 
 
 class KindMemo:
@@ -217,7 +215,7 @@ class KindMemo:
             peer = self._peers.from_header(header)
         return peer
 
-    def http(self, key: tuple[Any, ...], _filter_state: FilterState = ()) -> EntryKind:
+    def http(self, key: tuple[Any, ...]) -> EntryKind:
         """The kind of an HTTP memo key (see StreamReader._read_http)."""
         (
             cluster,
@@ -261,7 +259,7 @@ class KindMemo:
         )
         return self._new_kind(key, facts)
 
-    def tcp(self, key: tuple[Any, ...], _filter_state: FilterState = ()) -> EntryKind:
+    def tcp(self, key: tuple[Any, ...]) -> EntryKind:
         _, cluster, raw_flags, raw_tls, downstream_peer, upstream_peer, local_address = key
         direction = self._direction(cluster, local_address)
         peer = None
@@ -292,8 +290,8 @@ WASM_UPSTREAM_PEER = "wasm.upstream_peer"
 
 def filter_state_peers(pairs: Any) -> tuple[bytes, bytes]:
     """(downstream peer, upstream peer) raw Anys from filter_state_objects: the last value of each key (map
-    semantics), the 1.24+ key before the wasm.* one; b"" when absent."""
-    down = up = wasm_down = wasm_up = None
+    semantics), the 1.24+ object before the wasm.* one; b"" when absent."""
+    down = up = wasm_down = wasm_up = b""
     for pair in pairs:
         key = pair.key
         if key == DOWNSTREAM_PEER:
@@ -304,9 +302,7 @@ def filter_state_peers(pairs: Any) -> tuple[bytes, bytes]:
             wasm_down = pair.value
         elif key == WASM_UPSTREAM_PEER:
             wasm_up = pair.value
-    down = down if down is not None else wasm_down
-    up = up if up is not None else wasm_up
-    return down or b"", up or b""
+    return down or wasm_down, up or wasm_up
 
 
 def is_grpc_content_type(value: str) -> bool:
@@ -539,22 +535,19 @@ class CompiledStreamReader(StreamReader):
         self._scanner = als_scanner.Scanner(
             memo=kinds.kinds,
             http_kind=kinds.http,
-            tcp_kind=kinds.tcp,
             encode=self._encode,
             json_records=self._json_records,
             max_field=self._max_field,
             path_label=self._path_label,
-            peer_in_response_default=False,
             methods=METHODS,
             buckets=ENVOY_BUCKETS,
             http_counted=HTTP_COUNTED_TYPES,
-            tcp_counted=TCP_COUNTED_TYPES,
             malformed=MalformedMessage,
         )
 
     def read_bytes(self, data: bytes) -> BatchResult:
         kind, entries, counts, records = self._scanner.scan(data)
-        if entries is None:
+        if entries is None or counts is None or records is None:
             # TCP logs: validated by the scan, booked per connection (stream_id deltas) by the Python reader;
             # they are few beside HTTP entries.
             return super().read_bytes(data)

@@ -40,7 +40,10 @@ DASHBOARDS = sorted((DEPLOY / "grafana/dashboards").glob("*.json"))
 DEMO_POLICY = REPO / "policy/examples/demo-policy.yaml"
 ADAPTIVE_RULE = {
     "name": "productpage",
-    "target": {"service": "127.0.0.1", "match": {"request.path": {"prefix": "/productpage"}}},
+    "target": {
+        "service": "productpage.bookinfo.svc.cluster.local",
+        "match": {"request.path": {"prefix": "/productpage"}},
+    },
     "signals": [{"signal": "p99_latency_ms", "setpoint": 250}, {"signal": "error_ratio", "setpoint": 0.05}],
     "min_rate": 10,
     "max_rate": 1000,
@@ -167,7 +170,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     kafka = TansuBroker(workdir)
     # An adaptive limit in dry run over the inbound traffic (telemetry labels its destination_service
-    # with the authority, 127.0.0.1 here), so the adaptive dashboard has data and nothing is shed.
+    # with the inbound service: the node's canonical service in its namespace), so the adaptive dashboard
+    # has data and nothing is shed.
     adaptive = workdir / "adaptive.yaml"
     adaptive.write_text(yaml.safe_dump({"adaptive": [ADAPTIVE_RULE]}))
     config, remixer_ports = remixer_config(

@@ -122,7 +122,7 @@ def test_the_scanner_reads_what_the_view_declares_and_nothing_else() -> None:
             assert ours.type == _VIEW_TYPES[line.reader], f"{where}: {line.reader} but not so in the view"
         elif line.reader == "time":
             assert ours.message_type.name == "Duration", where
-        elif line.reader in ("first", "seen"):
+        elif line.reader in ("first", "last", "seen"):
             value_is_text = (
                 line.field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING
             )
@@ -147,6 +147,9 @@ def test_a_table_line_the_descriptor_contradicts_is_refused() -> None:
         ("HTTPRequestProperties.request_headers first(a) x", ""),
         ("HTTPRequestProperties.request_headers text x", "cannot be read as text"),
         ("AccessLogCommon.filter_state_objects first(a) x", "does not map to strings"),
+        ("AccessLogCommon.filter_state_objects last(wasm.a) x", ""),  # any length-delimited value
+        ("AccessLogCommon.upstream_cluster last(a) x", "is not a map"),
+        ("AccessLogCommon.filter_state_objects last x", "take an argument"),
         ("AccessLogCommon.start_time int32 x", "is not an int32"),
         ("AccessLogCommon.upstream_cluster text", "name no struct member"),
     ]:
@@ -164,3 +167,12 @@ def test_a_field_added_to_the_table_gets_its_tag_member_and_branch() -> None:
     assert f"T_AccessLogCommon_route_name = {number << 3 | 2:#04x}" in generated
     assert "    Span route_name  # AccessLogCommon.route_name" in generated
     assert "err = read_text(&p, end, &f.route_name)" in generated
+
+
+def test_last_of_a_map_takes_the_last_entry_with_its_key() -> None:
+    """last(KEY): a map's own semantics (a later entry replaces an earlier one), unlike first(KEY)."""
+    text = "@proto envoy.data.accesslog.v3.accesslog_pb2\nAccessLogCommon.filter_state_objects last(k) v\n"
+    generated = wiregen.cython(wiregen.parse(text, "t"))
+    assert "elif" not in generated.split("scan_pair")[1].split("return OK")[0]
+    assert "if not err and span_is(key, b'k', 1):\n                f.v = value" in generated
+    assert "FOUND_v" not in generated

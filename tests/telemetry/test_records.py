@@ -83,6 +83,7 @@ def test_tls_peer_san_and_filter_state_peer_feed_the_labels() -> None:
     msg = als_pb2.StreamAccessLogsMessage()
     msg.identifier.log_name = "http_envoy_accesslog"
     msg.identifier.node.id = "sidecar~10.0.0.2~cart-1.shop~shop.svc.cluster.local"
+    msg.identifier.node.metadata.update({"WORKLOAD_NAME": "cart", "LABELS": {"app": "cart"}})
     e = msg.http_logs.log_entry.add()
     e.common_properties.upstream_cluster = "inbound|8080||"
     e.request.authority = "cart:8080"
@@ -105,4 +106,5 @@ def test_tls_peer_san_and_filter_state_peer_feed_the_labels() -> None:
     assert got["destination_principal"] == "spiffe://cluster.local/ns/shop/sa/cart"
     assert got["connection_security_policy"] == "mutual_tls"
     assert got["destination_workload_namespace"] == "shop"
+    # The inbound service: the node's canonical service (its app label) in its namespace.
     assert got["destination_service"] == "cart.shop.svc.cluster.local"
