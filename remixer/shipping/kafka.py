@@ -204,16 +204,26 @@ class KafkaLink:
                 while done < len(chunk):
                     batch, done = self._next_batch(producer, chunk, done)
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
-            await asyncio.wait_for(asyncio.gather(*futures), self.settings.send_timeout_s)
+            # asyncio.wait, not wait_for(gather): a timeout leaves the batches' futures uncancelled,
+            # so what becomes of them is still known after the producer is stopped.
+            _, pending = await asyncio.wait(futures, timeout=self.settings.send_timeout_s)
+            if pending:
+                raise TimeoutError(f"{len(pending)} of {len(futures)} batches unacknowledged")
+            for future in futures:
+                future.result()  # a batch the broker refused raises its error
         except BaseException as exc:
             # Abandoned (a broker error, or close() cancelling the shipper): their late failures are
             # expected, not news. Unretrieved, each would be logged with a traceback whenever the GC
             # happens to collect it.
             for future in futures:
                 future.add_done_callback(_retrieve)
-            if isinstance(exc, KafkaError | OSError | TimeoutError):
+            if not isinstance(exc, KafkaError | OSError | TimeoutError):
+                raise
+            # Stopping the producer flushes what it holds: a broker back within that time still takes
+            # the batches. Acknowledged then, they are sent; spooled again, they would arrive twice.
+            await self.disconnect()
+            if not all(f.done() and not f.cancelled() and f.exception() is None for f in futures):
                 raise ShipFailed(f"Kafka send to {topic} failed: {exc!r}") from None
-            raise
 
     def _next_batch(self, producer: AIOKafkaProducer, records: list[Record], start: int) -> tuple[Any, int]:
         """A batch of records[start:] up to the batch size, and the index of the first record left out."""
