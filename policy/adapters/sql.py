@@ -61,6 +61,7 @@ audit = sa.Table(
 _SECTIONS: dict[str, str] = {"rule": "rules", "list": "lists", "limit": "limits", "adaptive": "adaptive"}
 _KEY = {"rule": "id", "list": "name", "limit": "name", "adaptive": "name"}
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATION_LOCK_WAIT = 120.0  # seconds a starting replica waits for another one's migrations
 
 
 def async_url(url: str) -> str:
@@ -104,14 +105,15 @@ class SqlPolicyStore:
         )
 
     @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[asyncio.Timeout]:
-        """Translate every way the store can fail into BackendUnavailable naming the store."""
+    async def _call(self, *, waits: float = 0.0) -> AsyncIterator[asyncio.Timeout]:
+        """Translate every way the store can fail into BackendUnavailable naming the store.
+        `waits`: seconds the call may also spend waiting for a lock another client holds."""
         try:
-            async with asyncio.timeout(self._deadline) as deadline:
+            async with asyncio.timeout(self._deadline + waits) as deadline:
                 yield deadline
         except TimeoutError:
             raise BackendUnavailable(
-                f"policy store {self.name} did not answer within {self._deadline:g}s"
+                f"policy store {self.name} did not answer within {self._deadline + waits:g}s"
             ) from None
         except (SQLAlchemyError, OSError) as exc:
             raise BackendUnavailable(f"policy store {self.name} unavailable: {_brief(exc)}") from exc
@@ -125,10 +127,14 @@ class SqlPolicyStore:
 
     async def migrate(self) -> None:
         """Alembic upgrade to head (version table alembic_version_policy)."""
-        async with self._call(), self._engine.begin() as conn:
+        async with self._call(waits=MIGRATION_LOCK_WAIT), self._engine.begin() as conn:
             if self._postgres:
-                # Replicas starting together must not race each other's migrations.
-                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7312024)"))
+                # Replicas starting together must not race each other's migrations: the lock is
+                # waited for beyond the statement timeout (another replica may be migrating).
+                await conn.execute(sa.text("SELECT 1"))  # opens the transaction the lock belongs to
+                driver = (await conn.get_raw_connection()).driver_connection
+                assert driver is not None
+                await driver.execute("SELECT pg_advisory_xact_lock(7312024)", timeout=MIGRATION_LOCK_WAIT)
                 if self.schema:
                     await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
             await conn.run_sync(self._upgrade)

@@ -111,3 +111,32 @@ async def test_the_store_password_never_shows_in_errors(
     assert "s3cret-pw" not in str(err.value)
     assert type(err.value).__name__ == "BackendUnavailable"
     await store.close()
+
+
+async def test_a_starting_replica_waits_for_another_ones_migration(pg_schema: str) -> None:
+    """The migration lock is waited for beyond the statement timeout: replicas start together."""
+    import asyncio
+
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from policy.adapters.sql import SqlPolicyStore
+    from tests.policy.conftest import POSTGRES_URL
+
+    holder = create_async_engine(POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://"))
+    store = SqlPolicyStore(
+        POSTGRES_URL, schema=pg_schema, connect_timeout=CONNECT_TIMEOUT, timeout=STATEMENT_TIMEOUT
+    )
+    hold = CONNECT_TIMEOUT + STATEMENT_TIMEOUT + 1.5
+    try:
+        async with holder.begin() as conn:
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7312024)"))
+            migrating = asyncio.create_task(store.migrate())
+            await asyncio.sleep(hold)  # the other replica's migration takes longer than any statement may
+            assert not migrating.done()
+        _, took = await _timed(migrating)
+        assert took < BOUND
+        assert await store.revision() == 0
+    finally:
+        await store.close()
+        await holder.dispose()
