@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from remixer.shipping.localfiles import RecordFiles
 from telemetry.app import TelemetryPart
 from telemetry.edge import decoding
 from telemetry.settings import TelemetrySettings
+from tests.telemetry import istio_proxy
 from tests.telemetry.harness import RunningTelemetry, offline_part, running_telemetry
 
 METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
@@ -309,25 +310,48 @@ def peer_header(workload: str, padding: int = 0) -> str:
     return base64.b64encode(meta.SerializeToString()).decode()
 
 
-async def test_peer_metadata_beyond_the_size_cap_is_ignored_and_counted(tmp_path: Path) -> None:
-    small, large = peer_header("cart-v1"), peer_header("cart-v2", padding=300)
-    assert len(small) <= 256 < len(large)
+def with_header_peer(workload: str, padding: int) -> tuple[accesslog_pb2.HTTPAccessLogEntry, int]:
+    """An outbound entry whose server's metadata came back in the response header; its size."""
+    e = entry()
+    e.response.response_headers[decoding.PEER_HEADER] = value = peer_header(workload, padding)
+    return e, len(value)
+
+
+def with_filter_state_peer(workload: str, padding: int) -> tuple[accesslog_pb2.HTTPAccessLogEntry, int]:
+    """An outbound entry with the upstream_peer object istio-proxy 1.28 logs (tests/telemetry/istio_proxy.py
+    cites the sources); `padding` lengthens the pod name the object carries. Its size."""
+    meta = {
+        "NAME": f"{workload}-" + "x" * padding,
+        "NAMESPACE": "shop",
+        "WORKLOAD_NAME": workload,
+        "CLUSTER_ID": "Kubernetes",
+        "LABELS": {
+            "app": workload,
+            "version": "v1",
+            "service.istio.io/canonical-name": workload,
+            "service.istio.io/canonical-revision": "v1",
+        },
+    }
+    e = entry()
+    istio_proxy.set_peer(e.common_properties, "upstream", meta, "1.28")
+    return e, len(e.common_properties.filter_state_objects["upstream_peer"].SerializeToString())
+
+
+@pytest.mark.parametrize("peered", [with_header_peer, with_filter_state_peer], ids=["header", "filter-state"])
+async def test_peer_metadata_beyond_the_size_cap_is_ignored_and_counted(
+    tmp_path: Path, peered: Callable[[str, int], tuple[accesslog_pb2.HTTPAccessLogEntry, int]]
+) -> None:
+    (small, small_size), (large, large_size) = peered("cart-v1", 0), peered("cart-v2", 200)
+    assert small_size <= 256 < large_size
     async with running_telemetry(tmp_path, TelemetrySettings(max_peer_metadata_bytes=256)) as tel:
-        entries = []
-        for value in (small, large):  # the client side reads the server's metadata off the response
-            e = entry()
-            e.response.response_headers[decoding.PEER_HEADER] = value
-            entries.append(e)
-        assert await send(tel, [http_message(entries, first=True)]) is None
+        assert await send(tel, [http_message([small, large], first=True)]) is None
         workloads = {
             s["destination_workload"]: float(s["__value__"]) for s in tel.samples("istio_requests_total")
         }
         assert workloads == {"cart-v1": 1, "unknown": 1}  # cart-v2 was never read
         assert tel.value("remixer_telemetry_label_misses_total", {"label": "destination_workload"}) == 1
     async with running_telemetry(tmp_path / "wide", TelemetrySettings(max_peer_metadata_bytes=1024)) as tel:
-        e = entry()
-        e.response.response_headers[decoding.PEER_HEADER] = large
-        assert await send(tel, [http_message([e], first=True)]) is None
+        assert await send(tel, [http_message([large], first=True)]) is None
         assert [s["destination_workload"] for s in tel.samples("istio_requests_total")] == ["cart-v2"]
 
 
