@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from remixer import envoy
 from remixer.echo import EchoServer
-from tests.realparts.envoy import EnvoyFactory
+from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory, RemixerServer
 from tests.waiting import wait_until
 
@@ -135,21 +135,13 @@ def test_envoy_end_to_end_check_and_access_log_for_the_same_request(
     listen, admin = envoy.free_port(), envoy.free_port()
     with EchoServer() as upstream:
         proxy = envoy_factory(
-            envoy.bootstrap(
-                admin_port=admin,
-                listeners=[
-                    envoy.http_listener(
-                        "ingress",
-                        listen,
-                        route_cluster="upstream",
-                        http_filters=[envoy.ext_authz_grpc_filter("remixer")],
-                        access_log=[envoy.http_grpc_access_log("remixer")],
-                    )
-                ],
-                clusters=[
-                    envoy.grpc_cluster("remixer", "127.0.0.1", server.grpc_port),
-                    envoy.http_cluster("upstream", "127.0.0.1", upstream.port),
-                ],
+            ingress(
+                admin=admin,
+                listen=listen,
+                upstream=upstream.port,
+                clusters=[envoy.grpc_cluster("remixer", "127.0.0.1", server.grpc_port)],
+                http_filters=[envoy.ext_authz_grpc_filter("remixer")],
+                access_log=[envoy.http_grpc_access_log("remixer")],
             )
         )
         request_id = "e2e-4f7d2c1a-0001"
