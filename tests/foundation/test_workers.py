@@ -20,6 +20,7 @@ from remixer.exposition import merge_workers, render
 from remixer.workers import metrics_socket, read_metrics
 from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory
+from tests.telemetry.bootstraps import http_access_log, istio_node
 
 LABEL_VALUES = st.text(alphabet='ab "\\\n{}=,é', min_size=0, max_size=6)
 
@@ -89,13 +90,17 @@ def sidecar(listen: int, admin: int, grpc_port: int, upstream: int) -> dict[str,
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
     options["common_http_protocol_options"] = {"max_requests_per_connection": 5}
+    # Shaped as istio-proxy logs a client sidecar's calls (tests/telemetry/bootstraps.py): Istio node
+    # metadata, an outbound|port||host cluster, the log name Istio gives its HTTP access logger.
     return ingress(
         admin=admin,
         listen=listen,
         upstream=upstream,
         clusters=[authz, envoy.grpc_cluster("remixer_als", "127.0.0.1", grpc_port)],
         http_filters=[envoy.ext_authz_grpc_filter("remixer", timeout="2s")],
-        access_log=[envoy.http_grpc_access_log("remixer_als", flush="0.2s")],
+        access_log=http_access_log("remixer_als", "outbound"),
+        route_cluster="outbound|8080||echo.default.svc.cluster.local",
+        node=istio_node(workload="web", namespace="shop", app="web"),
     )
 
 

@@ -43,19 +43,22 @@ def ingress(
     clusters: list[dict[str, Any]],
     http_filters: list[dict[str, Any]] | None = None,
     access_log: list[dict[str, Any]] | None = None,
+    route_cluster: str = "upstream",
+    node: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A bootstrap with one ingress listener on `listen` routing everything to the HTTP upstream on
-    `upstream` (cluster "upstream"), with remixer's `clusters` beside it."""
+    `upstream` (cluster `route_cluster`), with remixer's `clusters` beside it."""
     return envoy.bootstrap(
         admin_port=admin,
         listeners=[
             envoy.http_listener(
                 "ingress",
                 listen,
-                route_cluster="upstream",
+                route_cluster=route_cluster,
                 http_filters=http_filters or [],
                 access_log=access_log or [],
             )
         ],
-        clusters=[*clusters, envoy.http_cluster("upstream", "127.0.0.1", upstream)],
+        clusters=[*clusters, envoy.http_cluster(route_cluster, "127.0.0.1", upstream)],
+        node=node,
     )
