@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence, Sized
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from remixer.shipping.localfiles import RecordFiles
+from remixer.shipping.settings import ShippingSettings
+from remixer.shipping.spool import Spool
 
-if TYPE_CHECKING:
-    from remixer.shipping.hub import ShippingHub
+
+class WatchedStream(Protocol):
+    """What the gauges read of one stream (a hub.StreamQueue)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def queue(self) -> Sized: ...
+    @property
+    def spool(self) -> Spool | RecordFiles: ...
+
+
+class WatchedHub(Protocol):
+    """What the gauges read of the hub: a protocol, so this module need not import the hub that
+    imports it."""
+
+    @property
+    def settings(self) -> ShippingSettings: ...
+    @property
+    def streams(self) -> Sequence[WatchedStream]: ...
+    @property
+    def kafka_connected(self) -> bool: ...
 
 
 class StreamMetrics:
@@ -89,14 +111,14 @@ class ShippingMetrics:
             found = self._streams[stream] = StreamMetrics(self, stream)
         return found
 
-    def watch(self, hub: ShippingHub) -> None:
+    def watch(self, hub: WatchedHub) -> None:
         self._registry.register(_HubGauges(hub))
 
 
 class _HubGauges:
     """Queue length, spool size and age, Kafka connection: read live at scrape time."""
 
-    def __init__(self, hub: ShippingHub) -> None:
+    def __init__(self, hub: WatchedHub) -> None:
         self._hub = hub
 
     def describe(self) -> list[Metric]:
