@@ -341,7 +341,6 @@ def policy_document(capacity: float) -> dict[str, Any]:
                 ],
                 "min_rate": round(capacity * 0.1, 1),
                 "max_rate": round(capacity * 4, 1),
-                "interval": 0.5,
                 "caller": "context.caller",
                 "callers": [{"caller": "high", "priority": 0, "share": 1.0}],
             }

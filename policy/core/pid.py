@@ -183,14 +183,14 @@ def allocate(
     callers: Sequence[CallerShare],
     demand: Mapping[str, float],
     *,
-    slack: float = 1.0,
+    slack: float = 0.25,
     floor: float = 1.0,
 ) -> tuple[dict[str, float], float]:
     """Split `total` (requests per second) among known callers and the unknown rest.
 
-    Pass 1, by priority: each known caller gets its demand plus `slack` of it (a caller whose load
-    doubles within a tick is not cut at last tick's rate; what it leaves unused the controller sees as
-    lower latency and raises the total), up to its guaranteed share of the total. Pass 2, by priority: what is
+    Pass 1, by priority: each known caller gets its demand plus `slack` of it (a growing caller is
+    not cut at last tick's rate; more slack would hold back capacity lower priorities could use, as
+    a caller's unused tokens go to no one), up to its guaranteed share of the total. Pass 2, by priority: what is
     left goes to unmet demand. Unknown callers get what remains last. Every known caller keeps at
     least `floor` so a caller that went quiet can be measured again. Returns (per caller, unknown).
     """
