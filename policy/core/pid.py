@@ -190,9 +190,10 @@ def allocate(
 
     Pass 1, by priority: each known caller gets its demand plus `slack` of it (a growing caller is
     not cut at last tick's rate; more slack would hold back capacity lower priorities could use, as
-    a caller's unused tokens go to no one), up to its guaranteed share of the total. Pass 2, by priority: what is
-    left goes to unmet demand. Unknown callers get what remains last. Every known caller keeps at
-    least `floor` so a caller that went quiet can be measured again. Returns (per caller, unknown).
+    a caller's unused tokens go to no one), up to its guaranteed share of the total. Pass 2, by
+    priority: what is left goes to unmet demand. Unknown callers get what remains last. Every known
+    caller keeps at least `floor` so a caller that went quiet can be measured again. Returns (per
+    caller, unknown).
     """
     ordered = sorted(callers, key=lambda c: c.priority)
     wanted = {c.caller: demand.get(c.caller, 0.0) * (1.0 + slack) + floor for c in ordered}
