@@ -16,7 +16,8 @@ extensions: set by the operator, not by the request). Compared in the same run, 
 Printed per scenario: goodput (2xx/s over the ramp), p50/p99 of admitted requests (those the upstream
 answered) over the whole ramp and during overload (levels above 1x), each caller's success ratio during
 overload, and the time to settle after each step (from the step until every later 0.5 s bin up to the
-next step has p99 of admitted within 1.5x the setpoint and under 2% upstream 5xx). Loopback only.
+next step has p99 of admitted within 1.5x the setpoint and under 2% upstream 5xx; the level's length
+when that never happens). Loopback only; with `--trace`, remixer adaptive's timeline per second.
 
     .venv/bin/python bench/adaptive.py [--level-seconds 6]
 
