@@ -52,6 +52,27 @@ SERVICE_MS = 40.0
 QUEUE_BOUND = 40
 SETPOINT_MS = 150.0
 HOST = "capacity.bench.svc.cluster.local"
+# Envoy dressed as the capacity workload's istio-proxy (node metadata, inbound cluster name, as
+# istio-proxy 1.22-1.28 sends them): telemetry then labels its requests reporter=destination,
+# destination_service=capacity.bench.svc.cluster.local, as it would in a mesh.
+INBOUND = "inbound|8080||"
+SIDECAR_NODE = {
+    "id": "sidecar~10.0.0.1~capacity-abc.bench~bench.svc.cluster.local",
+    "cluster": "capacity.bench",
+    "metadata": {
+        "NAME": "capacity-abc",
+        "NAMESPACE": "bench",
+        "WORKLOAD_NAME": "capacity",
+        "CLUSTER_ID": "Kubernetes",
+        "MESH_ID": "cluster.local",
+        "LABELS": {
+            "app": "capacity",
+            "version": "v1",
+            "service.istio.io/canonical-name": "capacity",
+            "service.istio.io/canonical-revision": "v1",
+        },
+    },
+}
 LEVELS = (0.5, 1.0, 2.0, 3.0, 2.0, 1.0, 0.5)
 HIGH_SHARE = 0.25
 REQUEST_TIMEOUT = 5.0
@@ -279,8 +300,11 @@ def envoy_bootstrap(scenario: str, ports: dict[str, int], upstream: int, remixer
     if scenario == "envoy":
         filters = [adaptive_concurrency_filter()]
     if scenario == "remixer":
-        access_log = [envoy.http_grpc_access_log("remixer_telemetry", flush="0.1s")]
-    upstream_cluster = envoy.http_cluster("upstream", "127.0.0.1", upstream)
+        # Istio's name for an inbound listener's HTTP access logger: telemetry reads the side from it.
+        access_log = [
+            envoy.http_grpc_access_log("remixer_telemetry", log_name="remixer_http_inbound", flush="0.1s")
+        ]
+    upstream_cluster = envoy.http_cluster(INBOUND, "127.0.0.1", upstream)
     # Envoy's default circuit breakers (1024 pending) must not be the limit being measured.
     upstream_cluster["circuit_breakers"] = {
         "thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}]
@@ -289,7 +313,7 @@ def envoy_bootstrap(scenario: str, ports: dict[str, int], upstream: int, remixer
         envoy.http_listener(
             f"{caller}_in",
             ports[caller],
-            route_cluster="upstream",
+            route_cluster=INBOUND,
             http_filters=filters,
             access_log=access_log,
             stat_prefix=f"{caller}_in",
@@ -307,7 +331,7 @@ def envoy_bootstrap(scenario: str, ports: dict[str, int], upstream: int, remixer
             envoy.grpc_cluster("remixer_policy", "127.0.0.1", remixer_grpc),
             envoy.grpc_cluster("remixer_telemetry", "127.0.0.1", remixer_grpc),
         ],
-        node={"id": "bench-adaptive", "cluster": "bench"},
+        node=SIDECAR_NODE,
     )
 
 
@@ -364,7 +388,6 @@ def start_remixer(workdir: Path, capacity: float) -> tuple[ServeProcess, int]:
         },
         "policy": {"policy_files": [str(policy)], "http_enabled": False, "decision_log_sample": 0.0},
         "telemetry": {
-            "reporter_fallback": "destination",
             "export_records": False,
             "call_edges": {"enabled": False},
         },
