@@ -7,8 +7,10 @@ is the witness we trust: `/ready` for start-up, `/stats` for what the proxy itse
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import random
 import socket
 import subprocess
 import tempfile
@@ -43,11 +45,39 @@ def envoy_binary() -> Path:
     return path
 
 
+# Ports this process has handed out: the kernel may give a released port to the next bind(0) again.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind 0, read it back, release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that was free a moment ago (bound, read back, released), never the same twice in a process.
+
+    Chosen at random below the kernel's ephemeral range: connect() takes its local ports from that range,
+    so an outgoing connection (of this run or of another suite on the machine) cannot take the port
+    between this call and the server binding it; only another explicit bind can, which callers retry.
+    """
+    low = _ephemeral_range()[0]
+    candidates = range(10000, low) if low > 11000 else range(0)
+    for _ in range(200):
+        port = random.choice(candidates) if candidates else 0  # noqa: S311 (spreads picks; not a secret)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise OSError(errno.EADDRINUSE, "no free port found")
 
 
 class EnvoyProcess:

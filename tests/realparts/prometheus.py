@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,17 +20,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from remixer.envoy import free_port
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 # (metric name, labels, [(unix seconds, value), ...])
 Series = tuple[str, Mapping[str, str], Sequence[tuple[float, float]]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _escape(value: str) -> str:
@@ -96,7 +91,16 @@ class PrometheusServer:
         config_path = self.root / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.log_path = self.root / "prometheus.log"
-        self.port = free_port()
+        # The port was free when chosen; another process may bind it before Prometheus does: then again
+        # on a fresh one.
+        for _ in range(5):
+            self.port = free_port()
+            if self._run(config_path, timeout):
+                return self
+        raise RuntimeError(f"prometheus found no free port: {self.log_path.read_text()[-2000:]}")
+
+    def _run(self, config_path: Path, timeout: float) -> bool:
+        """Start on self.port and wait until ready: False when the port was taken meanwhile."""
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
@@ -115,11 +119,14 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {self.log_path.read_text()[-2000:]}")
+                log_text = self.log_path.read_text()
+                if "address already in use" in log_text:
+                    return False
+                raise RuntimeError(f"prometheus exited: {log_text[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
                     if response.status == 200:
-                        return self
+                        return True
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)

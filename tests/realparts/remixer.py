@@ -13,7 +13,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from remixer.envoy import free_port
-from remixer.serveproc import ServeProcess
+from remixer.serveproc import ServeFailed, ServeProcess
+
+PORT_NAMES = ("grpc", "http_authz", "admin")
 
 
 class RemixerServer(ServeProcess):
@@ -23,9 +25,8 @@ class RemixerServer(ServeProcess):
         )
         self.workdir = workdir
         self.config = config
-        self.grpc_port = ports["grpc"]
-        self.http_authz_port = ports["http_authz"]
-        self.admin_port = ports["admin"]
+        self.started_once = False
+        self.grpc_port, self.http_authz_port, self.admin_port = (ports[k] for k in PORT_NAMES)
 
     @property
     def grpc_target(self) -> str:
@@ -39,8 +40,44 @@ class RemixerServer(ServeProcess):
         return (self.data_dir / "admin-token").read_text().strip()
 
     def start(self, *extra_args: str, wait: bool = True, timeout: float = 30.0) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.config))
-        super().start(*extra_args, wait=wait, timeout=timeout)
+        # The ports were free when chosen, but another process on the machine may bind one before remixer
+        # does: a first start that finds a port taken starts again on fresh ones (a restart keeps its
+        # ports, which peers already point at).
+        for attempt in range(5):
+            self.config_path.write_text(yaml.safe_dump(self.config))
+            try:
+                super().start(*extra_args, wait=wait, timeout=timeout)
+                self.started_once = True
+                return
+            except ServeFailed:
+                if (
+                    self.started_once
+                    or attempt == 4
+                    or not self.on_own_ports()
+                    or "already in use" not in self.log_tail()
+                ):
+                    raise
+            self.log_path.rename(self.log_path.with_suffix(f".port-taken-{attempt}.log"))
+            self.use_ports(fresh_ports())
+
+    def addresses(self) -> tuple[str, str, str]:
+        return (
+            self.config["server"]["grpc_address"],
+            self.config["server"]["admin_address"],
+            self.config["policy"]["http_address"],
+        )
+
+    def on_own_ports(self) -> bool:
+        """True unless the test set an address itself (e.g. one it holds on purpose)."""
+        own = (self.grpc_port, self.admin_port, self.http_authz_port)
+        return self.addresses() == tuple(f"127.0.0.1:{port}" for port in own)
+
+    def use_ports(self, ports: dict[str, int]) -> None:
+        self.grpc_port, self.http_authz_port, self.admin_port = (ports[k] for k in PORT_NAMES)
+        self.admin_url = f"http://127.0.0.1:{ports['admin']}"
+        self.config["server"]["grpc_address"] = f"127.0.0.1:{ports['grpc']}"
+        self.config["server"]["admin_address"] = f"127.0.0.1:{ports['admin']}"
+        self.config["policy"]["http_address"] = f"127.0.0.1:{ports['http_authz']}"
 
     def metrics(self) -> str:
         return httpx.get(self.admin_url + "/metrics", timeout=5).text
@@ -58,8 +95,12 @@ class RemixerServer(ServeProcess):
 RemixerFactory = Callable[..., RemixerServer]
 
 
+def fresh_ports() -> dict[str, int]:
+    return {name: free_port() for name in PORT_NAMES}
+
+
 def remixer_config(workdir: Path, **sections: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
-    ports = {"grpc": free_port(), "http_authz": free_port(), "admin": free_port()}
+    ports = fresh_ports()
     config: dict[str, Any] = {
         "server": {
             "grpc_address": f"127.0.0.1:{ports['grpc']}",
