@@ -136,21 +136,38 @@ async def policy_factory(tmp_path: Path) -> AsyncIterator[PolicyFactory]:
         await run.server.stop(0.5)
 
 
+@pytest.fixture(scope="session")
+def pg_schemas() -> Iterator[list[str]]:
+    """The schemas pg_schema handed out, dropped when the run ends."""
+    names: list[str] = []
+    yield names
+    if names:
+        asyncio.run(_drop_schemas(names))
+
+
 @pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A PostgreSQL schema of our own; dropped afterwards."""
+def pg_schema(pg_schemas: list[str]) -> str:
+    """A PostgreSQL schema of our own, dropped at the end of the run, not at the test's teardown: a policy
+    part the test started (policy_factory, often torn down after this fixture) may still hold a session
+    idle in a transaction on it, which a DROP from this thread would wait on forever while the part's
+    event loop waits for the teardown."""
     name = f"policy_test_{uuid.uuid4().hex[:10]}"
-    yield name
-    asyncio.run(_drop_schema(name))
+    pg_schemas.append(name)
+    return name
 
 
-async def _drop_schema(name: str) -> None:
+async def _drop_schemas(names: Sequence[str]) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://"))
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-    await engine.dispose()
+    try:
+        for name in names:
+            async with engine.begin() as conn:
+                # Every part has stopped by now: a lock still held is a leaked session, an error, not a hang.
+                await conn.execute(sa.text("SET LOCAL lock_timeout = '30s'"))
+                await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture
