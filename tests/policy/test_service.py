@@ -16,6 +16,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry
 
+from policy.core import documents, rules
 from policy.edge import grpc_authz
 from policy.service import PolicyService
 from policy.structs import CheckInput, PolicyError
@@ -382,12 +383,22 @@ async def test_a_broken_policy_file_can_make_the_replica_not_ready(
     await eventually(lambda: run.part.readiness().ready, what="ready again")
 
 
+def _timed_compile(data: dict[str, object]) -> float:
+    started = time.perf_counter()
+    rules.compile_snapshot(documents.parse_document(data), revision=1)
+    return time.perf_counter() - started
+
+
 async def test_compiling_a_large_policy_does_not_stall_checks(policy_factory: PolicyFactory) -> None:
     """A write of a 100k-entry address list is compiled twice (validation in the write, then the
-    reload), ~1 s of CPU each on this machine: in a thread, so Checks on the event loop go on."""
+    reload), ~0.5 s of CPU each on this machine: in a thread, so Checks on the event loop go on."""
     run = await policy_factory(policy=LIMITED)
     service = run.part.service
     entries = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(100_000)]
+    # One compile of that policy, timed here in the same run (the faster of two: load only adds): a loop
+    # that waited for a compile would stall at least this long, however loaded the machine is.
+    big = {**LIMITED, "lists": [{"name": "big", "kind": "ip", "entries": entries}]}
+    compile_s = min(_timed_compile(big) for _ in range(2))
     gaps: list[float] = []
     writing = True
 
@@ -408,5 +419,8 @@ async def test_compiling_a_large_policy_does_not_stall_checks(policy_factory: Po
     await checking
     assert written.status_code == 200, written.text
     assert run.part.service.snapshot.document.lists[0].name == "big"
-    assert took > 0.3  # the compiles did take time...
-    assert max(gaps) < min(0.25, took / 2), (max(gaps), took)  # ...and the loop kept answering
+    import sys
+
+    print("GAPS", round(max(gaps), 3), round(compile_s, 3), round(took, 3), file=sys.stderr)
+    assert took > compile_s  # the write did compile...
+    assert max(gaps) < compile_s / 2, (max(gaps), compile_s, took)  # ...and the loop kept answering
