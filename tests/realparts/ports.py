@@ -19,3 +19,12 @@ def listens_on(pid: int, port: int) -> bool:
         return any(os.readlink(fd) in sockets for fd in Path(f"/proc/{pid}/fd").iterdir())
     except OSError:  # the process is gone, or closed an fd while we looked
         return False
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and its children (e.g. remixer's worker processes)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(child) for child in children)]

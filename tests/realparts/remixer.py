@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from remixer.envoy import free_port
 from remixer.serveproc import ServeFailed, ServeProcess
+from tests.realparts.ports import family, listens_on
 
 PORT_NAMES = ("grpc", "http_authz", "admin")
 
@@ -59,6 +61,15 @@ class RemixerServer(ServeProcess):
                     raise
             self.log_path.rename(self.log_path.with_suffix(f".port-taken-{attempt}.log"))
             self.use_ports(fresh_ports())
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        super().wait_ready(timeout)
+        # /readyz answered: from this remixer, or from whoever bound the admin port first?
+        deadline = time.monotonic() + timeout
+        while not (self.proc and any(listens_on(pid, self.admin_port) for pid in family(self.proc.pid))):
+            if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+                raise ServeFailed(f"remixer serve does not hold its admin port:\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def addresses(self) -> tuple[str, str, str]:
         return (
