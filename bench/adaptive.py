@@ -44,8 +44,8 @@ from typing import Any
 import httpx
 import yaml
 
-from remixer import envoy
-from remixer.serveproc import ServeProcess
+from remixer.kit import envoy
+from remixer.kit.serveproc import ServeProcess
 
 WORKERS = 4
 SERVICE_MS = 40.0

@@ -43,7 +43,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import any_pb2, struct_pb2
 
-from remixer.shipping.settings import KafkaTopics
+from remixer.kit.shipping.settings import KafkaTopics
 
 METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 ENTRIES_PER_MESSAGE = 60

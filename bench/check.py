@@ -229,7 +229,7 @@ async def serve_remixer(port_file: Path, policy_file: Path, cache_size: int, ext
 
     from policy.app import build_part
     from policy.settings import PolicySettings
-    from remixer.parts import PartContext
+    from remixer.kit.parts import PartContext
     from remixer.serve import settle_heap
 
     class DiscardSink:

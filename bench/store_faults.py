@@ -39,7 +39,7 @@ import sqlalchemy as sa  # noqa: E402
 import yaml  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
-from remixer.envoy import free_port  # noqa: E402
+from remixer.kit.envoy import free_port  # noqa: E402
 from tests.realparts.tcpproxy import TcpProxy  # noqa: E402
 
 TOKEN = "bench-admin-token"

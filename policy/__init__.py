@@ -1,5 +1,5 @@
 """policy: the Envoy ext_authz Check service (rules, lists, quotas, decision cache, decision logs).
 
 Layers: core/ decides (pure), edge/ speaks gRPC/HTTP/admin, adapters/ does I/O, service.py runs it,
-app.py composes it into a `remixer.parts.Part`.
+app.py composes it into a `remixer.kit.parts.Part`.
 """

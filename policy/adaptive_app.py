@@ -26,7 +26,7 @@ from policy.adapters.sql import SqlPolicyStore
 from policy.adaptive import AdaptiveController, SignalSource
 from policy.app import PolicyPart
 from policy.settings import AdaptiveSettings
-from remixer.parts import PartContext, Readiness
+from remixer.kit.parts import PartContext, Readiness
 
 __all__ = ["AdaptivePart", "RuleStateOut", "build_part"]
 

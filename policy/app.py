@@ -1,4 +1,4 @@
-"""Composition root: settings -> adapters -> PolicyService -> edges, as a `remixer.parts.Part`."""
+"""Composition root: settings -> adapters -> PolicyService -> edges, as a `remixer.kit.parts.Part`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from policy.edge import admin_api, http_authz
 from policy.edge.grpc_authz import AuthorizationHandler
 from policy.service import DecisionLog, PolicyService
 from policy.settings import PolicySettings
-from remixer.parts import Part, PartContext, Readiness
+from remixer.kit.parts import Part, PartContext, Readiness
 
 __all__ = ["PolicyPart", "build_part", "database_url"]
 

@@ -27,7 +27,7 @@ from policy.core import attributes, documents, matching, quotas, rules
 from policy.core.caching import DecisionCache
 from policy.settings import PolicySettings
 from policy.structs import CheckInput, Decision, PolicyError, QuotaVerdict
-from remixer.parts import Readiness, RecordSink
+from remixer.kit.parts import Readiness, RecordSink
 
 __all__ = ["DecisionLog", "PolicyService", "RecordFields", "record_fields"]
 
@@ -344,7 +344,7 @@ class PolicyService:
     async def start(self) -> None:
         if not rules.COMPILED_EVALUATOR:
             log.warning(
-                "remixer/native/evaluator was not built (no C compiler at install): rules are evaluated "
+                "remixer/kit/native/evaluator was not built (no C compiler at install): rules are evaluated "
                 "in Python; the decisions are the same, each uncached Check costs more CPU"
             )
         await self.store.migrate()

@@ -1,9 +1,9 @@
 """Regenerate what is generated from .proto files: remixer's own Python modules, and the wire readers the
-compiled scanners include (remixer/native/wiregen.py: a table of the fields read -> Cython).
+compiled scanners include (remixer/kit/native/wiregen.py: a table of the fields read -> Cython).
 
 Run from anywhere: `python protos/regenerate.py [OUT_DIR]` (default: the repository root), i.e.
 grpc_tools.protoc -I protos --python_out=OUT --pyi_out=OUT protos/remixer/v1/*.proto, then
-python -m remixer.native.wiregen TABLE OUT for each of WIRE_TABLES. tests/telemetry/test_protos.py checks
+python -m remixer.kit.native.wiregen TABLE OUT for each of WIRE_TABLES. tests/telemetry/test_protos.py checks
 that the committed files are what this writes.
 """
 
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 # (table, generated Cython include), relative to the repository root
 WIRE_TABLES = [
-    ("remixer/native/als_fields.txt", "remixer/native/_als_fields.pxi"),
-    ("remixer/native/check_fields.txt", "remixer/native/_check_fields.pxi"),
+    ("remixer/kit/native/als_fields.txt", "remixer/kit/native/_als_fields.pxi"),
+    ("remixer/kit/native/check_fields.txt", "remixer/kit/native/_check_fields.pxi"),
 ]
 
 
@@ -37,7 +37,7 @@ def regenerate_protos(out_dir: Path = ROOT) -> None:
 
 def regenerate_wire_readers(out_dir: Path = ROOT) -> None:
     sys.path.insert(0, str(ROOT))  # run as a script: remixer is importable from the checkout
-    from remixer.native import wiregen
+    from remixer.kit.native import wiregen
 
     for table, generated in WIRE_TABLES:
         (out_dir / generated).parent.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,7 @@ def print_records(paths: Sequence[Path]) -> int:
     """`remixer records PATH...`: every record as one JSON object a line."""
     from google.protobuf import json_format
 
-    from remixer.shipping.localfiles import SUFFIXES, delimited
+    from remixer.kit.shipping.localfiles import SUFFIXES, delimited
     from remixer.v1 import access_record_pb2
 
     files: list[Path] = []

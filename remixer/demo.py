@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import yaml
 
-from remixer import envoy
-from remixer.echo import EchoServer
-from remixer.serveproc import ServeProcess
+from remixer.kit import envoy
+from remixer.kit.echo import EchoServer
+from remixer.kit.serveproc import ServeProcess
 from remixer.settings import Settings
 
 # The metric the telemetry part increments for every access-log entry it decodes.

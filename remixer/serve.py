@@ -32,10 +32,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from remixer import admin, logs, workers
-from remixer.parts import Part, PartContext, Readiness
+from remixer.kit import admin, logs, workers
+from remixer.kit.parts import Part, PartContext, Readiness
+from remixer.kit.shipping import build_record_sinks, quiet_abandoned_sends
 from remixer.settings import ServerSettings, Settings, parse_address
-from remixer.shipping import build_record_sinks, quiet_abandoned_sends
 
 log = logging.getLogger("remixer.serve")
 

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from controller.settings import ControllerSettings
 from policy.settings import AdaptiveSettings, PolicySettings
-from remixer.shipping.settings import ShippingSettings
+from remixer.kit.shipping.settings import ShippingSettings
 from telemetry.settings import TelemetrySettings
 
 PartName = Literal["policy", "telemetry", "admin", "adaptive"]

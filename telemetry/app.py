@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from remixer.parts import Part, PartContext, Readiness
+from remixer.kit.parts import Part, PartContext, Readiness
 from telemetry.adapters import edges as edge_sql
 from telemetry.adapters import migrating, records
 from telemetry.adapters.prometheus import IstioCollector, TelemetryStats

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from remixer.parts import RecordSink
+from remixer.kit.parts import RecordSink
 from telemetry.adapters.prometheus import TelemetryStats
 from telemetry.core.aggregates import Aggregates
 from telemetry.edge.decoding import BatchResult

@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from controller.core.edges import CallEdgeRow
 from controller.errors import SourceUnavailable, UsageError
 from controller.structs import StoredDependency, WorkloadInfo, WorkloadRef
-from remixer.calledges import call_edges
-from remixer.migrating import upgrade as alembic_upgrade
+from remixer.kit.calledges import call_edges
+from remixer.kit.migrating import upgrade as alembic_upgrade
 
 VERSION_TABLE = "alembic_version_controller"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -217,7 +217,7 @@ class DependencyStore:
 
 
 class CallEdgeReader:
-    """Reads telemetry's call-edge table (remixer.calledges); an absent table means no such input."""
+    """Reads telemetry's call-edge table (remixer.kit.calledges); an absent table means no such input."""
 
     def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
         self.engine = engine

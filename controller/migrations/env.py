@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from controller.adapters.sql import VERSION_TABLE, metadata
-from remixer.migrating import run_env
+from remixer.kit.migrating import run_env
 
 run_env(metadata, VERSION_TABLE)

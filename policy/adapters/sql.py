@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from policy.adapters.base import AuditEntry, BackendUnavailable, ItemKind, StoredPolicy, Validator
 from policy.structs import ItemOwnedByFile, PolicyError
-from remixer.migrating import upgrade as alembic_upgrade
+from remixer.kit.migrating import upgrade as alembic_upgrade
 
 __all__ = ["SqlPolicyStore", "async_url", "metadata"]
 

@@ -47,7 +47,7 @@ class CompiledLimit:
 
 @dataclass(frozen=True, slots=True)
 class LeafPlan:
-    """One matcher of a rule, as data: what the compiled evaluator (remixer/native/evaluator.pyx) runs.
+    """One matcher of a rule, as data: what the compiled evaluator (remixer/kit/native/evaluator.pyx) runs.
     `op` names a test it does itself (present, exact, prefix, suffix, in; regex: the literals a match
     needs, then `test`; network: dotted-quad IPv4 against the CIDR groups, other text through `test`);
     "test" calls `test`, the same function the Python predicate calls."""

@@ -85,7 +85,7 @@ def _scan(
 def evaluate(snapshot: Snapshot, req: CheckInput, *, explain: bool = False) -> Evaluation:
     if explain:
         return _evaluate_traced(snapshot, req)
-    if snapshot.program is not None:  # the same evaluation in C (remixer/native/evaluator.pyx)
+    if snapshot.program is not None:  # the same evaluation in C (remixer/kit/native/evaluator.pyx)
         return _compiled(snapshot, req)
     # The Check hot path: same order and outcome as _evaluate_traced, without the trace bookkeeping;
     # a decision with no dry-run matches and no quota reuses the rule's prebuilt Evaluation.

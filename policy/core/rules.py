@@ -30,7 +30,7 @@ from policy.core.indexing import CompiledLimit, CompiledRule, GroupPlan, LeafPla
 from policy.structs import CheckInput, Decision, PolicyError
 
 try:
-    from remixer.native.evaluator import Program, configure
+    from remixer.kit.native.evaluator import Program, configure
 except ImportError:  # built without a C compiler: matching.evaluate runs the Python predicates
     Program = None  # type: ignore[assignment,misc]
 else:
@@ -70,7 +70,7 @@ class Snapshot:
     document: PolicyDocument
     rule_count: int = field(default=0)
     jwt_header: str = "x-jwt-payload"  # where request.jwt.* claims come from (lower case)
-    # The same rules compiled for the C evaluator (remixer.native.evaluator); None when it is not built.
+    # The same rules compiled for the C evaluator (remixer.kit.native.evaluator); None when it is not built.
     program: Any = None
 
     def cache_key(self, req: CheckInput) -> tuple[attributes.AttributeValue, ...]:

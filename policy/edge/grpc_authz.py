@@ -1,7 +1,7 @@
 """envoy.service.auth.v3.Authorization/Check on grpc.aio: CheckRequest -> CheckInput -> CheckResponse.
 
 The handler is registered by hand (not through the generated servicer) so that (a) it receives the
-request's bytes: a decision-cache hit is keyed straight off the wire (remixer/native/check_keys.pyx) and
+request's bytes: a decision-cache hit is keyed straight off the wire (remixer/kit/native/check_keys.pyx) and
 never builds a upb message; (b) a request that does not decode still gets the policy's decision instead of
 a gRPC error; (c) responses for the prebuilt decisions of a snapshot are serialised once and sent as
 bytes.
@@ -27,7 +27,7 @@ from policy.service import PolicyService, RecordFields, record_fields
 from policy.structs import CheckInput, Decision
 
 try:
-    from remixer.native.check_keys import KeyReader, log_fields, read_input
+    from remixer.kit.native.check_keys import KeyReader, log_fields, read_input
 except ImportError:  # built without a C compiler: every Check goes through upb (same decisions)
     KeyReader = log_fields = read_input = None  # type: ignore[assignment,misc]
 
@@ -139,7 +139,7 @@ class AuthorizationHandler:
     def register(self, server: Any) -> list[str]:
         if KeyReader is None:
             log.warning(
-                "remixer/native/check_keys was not built (no C compiler at install): every Check is read "
+                "remixer/kit/native/check_keys was not built (no C compiler at install): every Check is read "
                 "through upb and cache hits cost more CPU; the decisions are the same"
             )
         handlers = {

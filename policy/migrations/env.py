@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from policy.adapters.sql import metadata
-from remixer.migrating import run_env
+from remixer.kit.migrating import run_env
 
 run_env(metadata, "alembic_version_policy", transaction_per_migration=False)

@@ -1,4 +1,4 @@
-"""The call-edge table (remixer.calledges) written with batched upserts; SQLite or PostgreSQL."""
+"""The call-edge table (remixer.kit.calledges) written with batched upserts; SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from remixer.calledges import call_edges
+from remixer.kit.calledges import call_edges
 from telemetry.pipeline import EdgeCounts
 from telemetry.structs import CallEdgeKey
 

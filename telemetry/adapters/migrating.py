@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from remixer.migrating import upgrade as alembic_upgrade
+from remixer.kit.migrating import upgrade as alembic_upgrade
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from remixer.exposition import TextFamily, label_body
+from remixer.kit.exposition import TextFamily, label_body
 from telemetry.core.aggregates import Aggregates, cumulative
 from telemetry.structs import ENVOY_BUCKETS
 
@@ -38,7 +38,7 @@ class IstioCollector:
     """istio_requests_total, istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes,
     istio_tcp_{sent,received}_bytes_total, istio_tcp_connections_{opened,closed}_total.
 
-    The families write their own exposition text (remixer.exposition): each label set's escaped label
+    The families write their own exposition text (remixer.kit.exposition): each label set's escaped label
     string is kept between scrapes, so a scrape formats numbers only."""
 
     def __init__(

@@ -56,8 +56,8 @@ class TcpSeries:
 class HttpTally:
     """One kind's HTTP entries within one batch, added to its series once at the end of the batch.
 
-    Byte sums stay exact ints until then; the compiled scanner (remixer/native/als_scanner.pyx) keeps the same
-    tallies in C and applies them in the same order, so both readers leave bit-identical series.
+    Byte sums stay exact ints until then; the compiled scanner (remixer/kit/native/als_scanner.pyx) keeps
+    the same tallies in C and applies them in the same order, so both readers leave bit-identical series.
     """
 
     __slots__ = (

@@ -1,6 +1,6 @@
 """Envoy access-log messages -> plain facts for the core. The hot path: read few fields, cache the rest.
 
-Two readers with the same results. The compiled one (CompiledStreamReader, remixer/native/als_scanner)
+Two readers with the same results. The compiled one (CompiledStreamReader, remixer/kit/native/als_scanner)
 scans the wire bytes of each StreamAccessLogsMessage in C: one pass over the fields of
 remixer.v1.alsview (a projection of Envoy's message with the same field numbers), rejecting what upb
 would reject, then per entry the memo key (a tuple of the label-deciding fields), one dict lookup for
@@ -39,7 +39,7 @@ from telemetry.structs import (
 )
 
 try:
-    from remixer.native import als_scanner
+    from remixer.kit.native import als_scanner
 except ImportError as exc:  # not built (no compiler where it was installed): the Python reader
     als_scanner = None  # type: ignore[assignment]
     SCANNER_MISSING = str(exc)

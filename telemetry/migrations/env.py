@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from remixer.calledges import metadata
-from remixer.migrating import run_env
+from remixer.kit.calledges import metadata
+from remixer.kit.migrating import run_env
 
 run_env(metadata, "alembic_version_telemetry")

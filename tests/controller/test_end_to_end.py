@@ -14,12 +14,12 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controller.settings import ControllerSettings
-from remixer import envoy
-from remixer.echo import EchoServer
-from remixer.envoy import free_port
-from remixer.parts import PartContext
-from remixer.shipping import build_record_sinks
-from remixer.shipping.settings import ShippingSettings
+from remixer.kit import envoy
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import free_port
+from remixer.kit.parts import PartContext
+from remixer.kit.shipping import build_record_sinks
+from remixer.kit.shipping.settings import ShippingSettings
 from telemetry.app import build_part
 from telemetry.settings import TelemetrySettings
 from tests.controller.conftest import hosts, read_dir_sidecars

@@ -17,11 +17,11 @@ from controller.adapters.metrics import ControllerMetrics
 from controller.app import compose
 from controller.reconciling import loop
 from controller.settings import ControllerSettings
-from remixer.echo import EchoServer
-from remixer.envoy import free_port
-from remixer.parts import PartContext
-from remixer.shipping import build_record_sinks
-from remixer.shipping.settings import ShippingSettings
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import free_port
+from remixer.kit.parts import PartContext
+from remixer.kit.shipping import build_record_sinks
+from remixer.kit.shipping.settings import ShippingSettings
 from telemetry.app import build_part
 from telemetry.settings import TelemetrySettings
 from tests.controller.test_end_to_end import SERVICE, _client_sidecar, _get, _query, _until

@@ -27,8 +27,8 @@ from controller.app import compose
 from controller.errors import SourceUnavailable
 from controller.reconciling import loop
 from controller.settings import ControllerSettings
-from remixer.calledges import call_edges
-from remixer.calledges import metadata as call_edges_metadata
+from remixer.kit.calledges import call_edges
+from remixer.kit.calledges import metadata as call_edges_metadata
 from tests.controller.conftest import hosts, read_dir_sidecars
 from tests.controller.helpers import run_at, run_cli
 from tests.controller.meshdata import call, fqdn

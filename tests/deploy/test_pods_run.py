@@ -18,7 +18,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from remixer.envoy import free_port
+from remixer.kit.envoy import free_port
 
 from .paths import SECRET_STAND_INS, kustomize_build
 

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from remixer.envoy import EnvoyProcess, free_port
+from remixer.kit.envoy import EnvoyProcess, free_port
 from tests.realparts.kafka import TansuBroker
 from tests.realparts.prometheus import PrometheusServer
 from tests.realparts.remixer import RemixerServer, remixer_config

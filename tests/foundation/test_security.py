@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from remixer.admin import ensure_admin_token, token_guard
+from remixer.kit.admin import ensure_admin_token, token_guard
 from tests.realparts.remixer import RemixerFactory
 
 

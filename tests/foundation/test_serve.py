@@ -16,8 +16,8 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from remixer import envoy
-from remixer.echo import EchoServer
+from remixer.kit import envoy
+from remixer.kit.echo import EchoServer
 from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory, RemixerServer
 from tests.waiting import wait_until

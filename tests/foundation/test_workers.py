@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from remixer import envoy
-from remixer.echo import EchoServer
-from remixer.envoy import EnvoyProcess
-from remixer.exposition import merge_workers, render
-from remixer.workers import metrics_socket, read_metrics
+from remixer.kit import envoy
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import EnvoyProcess
+from remixer.kit.exposition import merge_workers, render
+from remixer.kit.workers import metrics_socket, read_metrics
 from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory
 from tests.telemetry.bootstraps import http_access_log, istio_node

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from policy.app import PolicyPart
 from policy.settings import PolicySettings
-from remixer.admin import build_admin_app, token_guard
-from remixer.parts import PartContext, Record
+from remixer.kit.admin import build_admin_app, token_guard
+from remixer.kit.parts import PartContext, Record
 from tests.waiting import eventually as eventually  # the policy tests import it from here
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

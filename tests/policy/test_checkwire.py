@@ -1,4 +1,4 @@
-"""The compiled CheckRequest reader (remixer/native/check_keys.pyx) against upb.
+"""The compiled CheckRequest reader (remixer/kit/native/check_keys.pyx) against upb.
 
 read_input must give exactly what check_input reads from the upb message, or None (then the handler
 takes the upb path); a cache key must be None whenever upb refuses the bytes, and equal keys must mean
@@ -20,7 +20,7 @@ from policy.core import attributes
 from policy.edge import grpc_authz
 from policy.service import record_fields
 from policy.structs import CheckInput
-from remixer.native.check_keys import KeyReader, read_input  # built by `pip install -e .` (make test)
+from remixer.kit.native.check_keys import KeyReader, read_input  # built by `pip install -e .` (make test)
 
 JWT = "x-jwt-payload"
 # Every attribute family the policy vocabulary has, with names the generated requests use.

@@ -8,8 +8,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from policy.structs import CheckInput
-from remixer.shipping import build_record_sinks
-from remixer.shipping.settings import KafkaSettings, ShippingSettings
+from remixer.kit.shipping import build_record_sinks
+from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
 from tests.policy.conftest import PolicyFactory
 from tests.realparts.kafka import TansuBroker, consume
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from remixer.echo import EchoServer
-from remixer.envoy import (
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import (
     bootstrap,
     ext_authz_grpc_filter,
     ext_authz_http_filter,

@@ -1,4 +1,4 @@
-"""The compiled evaluator (remixer/native/evaluator.pyx) against the Python one, and the regex prefilter
+"""The compiled evaluator (remixer/kit/native/evaluator.pyx) against the Python one, and the regex prefilter
 against RE2.
 
 Generated policies (every matcher kind, all/any/not, dry-run rules, quotas, priorities) and generated
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from policy.core import attributes, documents, indexing, matching, rules
 from policy.structs import CheckInput, PolicyError
-from remixer.native.evaluator import Program  # built by `pip install -e .` (make test)
+from remixer.kit.native.evaluator import Program  # built by `pip install -e .` (make test)
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -121,7 +121,7 @@ async def test_redis_sliding_window_admits_again_after_the_window(redis_prefix: 
 
 
 async def test_redis_unreachable_raises_backend_unavailable() -> None:
-    from remixer.envoy import free_port
+    from remixer.kit.envoy import free_port
 
     backend = RedisQuotas(f"redis://127.0.0.1:{free_port()}/0", prefix="x:", timeout=0.2)
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from remixer.echo import EchoServer
-from remixer.envoy import bootstrap, ext_authz_http_filter, free_port, http_cluster, http_listener
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import bootstrap, ext_authz_http_filter, free_port, http_cluster, http_listener
 from tests.policy.test_envoy_e2e import POLICY
 from tests.realparts.envoy import EnvoyFactory
 from tests.realparts.remixer import RemixerFactory

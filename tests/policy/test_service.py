@@ -20,9 +20,9 @@ from policy.core import documents, rules
 from policy.edge import grpc_authz
 from policy.service import PolicyService
 from policy.structs import CheckInput, PolicyError
-from remixer.envoy import free_port
-from remixer.shipping import build_record_sinks
-from remixer.shipping.settings import KafkaSettings, ShippingSettings
+from remixer.kit.envoy import free_port
+from remixer.kit.shipping import build_record_sinks
+from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
 from tests.policy.conftest import PolicyFactory, eventually, write_policy
 
 LIMITED = {

@@ -101,7 +101,7 @@ async def test_the_store_password_never_shows_in_errors(
     policy_factory: PolicyFactory, pg_schema: str
 ) -> None:
     """A store refusing connections: the message names it, without the password in its URL."""
-    from remixer.envoy import free_port
+    from remixer.kit.envoy import free_port
 
     port = free_port()
     run = await policy_factory(policy=POLICY, store_connect_timeout=CONNECT_TIMEOUT)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from remixer import envoy
-from remixer.echo import EchoServer
-from remixer.envoy import EnvoyProcess
+from remixer.kit import envoy
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import EnvoyProcess
 
 EnvoyFactory = Callable[..., EnvoyProcess]
 

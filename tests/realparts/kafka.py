@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from remixer.envoy import free_port
+from remixer.kit.envoy import free_port
 from tests.realparts.ports import listens_on
 
 

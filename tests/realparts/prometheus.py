@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remixer.envoy import free_port
+from remixer.kit.envoy import free_port
 from tests.realparts.ports import listens_on
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

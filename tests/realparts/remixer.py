@@ -13,8 +13,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from remixer.envoy import free_port
-from remixer.serveproc import ServeFailed, ServeProcess
+from remixer.kit.envoy import free_port
+from remixer.kit.serveproc import ServeFailed, ServeProcess
 from tests.realparts.ports import family, listens_on
 
 PORT_NAMES = ("grpc", "http_authz", "admin")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from remixer import envoy
+from remixer.kit import envoy
 
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 PEER_HEADER = "x-envoy-peer-metadata"

@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from remixer.parts import PartContext
-from remixer.shipping import ShippingHub, build_record_sinks
-from remixer.shipping.settings import ShippingSettings
+from remixer.kit.parts import PartContext
+from remixer.kit.shipping import ShippingHub, build_record_sinks
+from remixer.kit.shipping.settings import ShippingSettings
 from telemetry.app import TelemetryPart
 from telemetry.settings import CallEdgeSettings, TelemetrySettings
 from tests.waiting import eventually

@@ -11,7 +11,7 @@ import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
-from remixer.shipping.settings import KafkaSettings, ShippingSettings
+from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
 from tests.realparts.kafka import TansuBroker, consume
 from tests.telemetry.harness import running_telemetry
 

@@ -21,7 +21,7 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remixer.shipping.localfiles import RecordFiles
+from remixer.kit.shipping.localfiles import RecordFiles
 from telemetry.app import TelemetryPart
 from telemetry.edge import decoding
 from telemetry.settings import TelemetrySettings

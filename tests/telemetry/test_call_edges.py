@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from remixer.calledges import call_edges
+from remixer.kit.calledges import call_edges
 from telemetry.settings import CallEdgeSettings, TelemetrySettings
 from tests.telemetry.harness import RunningTelemetry, running_telemetry
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from google.protobuf import struct_pb2
 
-from remixer.echo import EchoServer
-from remixer.envoy import free_port
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import free_port
 from telemetry.structs import LABEL_NAMES, TCP_LABEL_NAMES
 from tests.realparts.envoy import EnvoyFactory
 from tests.telemetry.bootstraps import istio_node, sidecar_bootstrap

@@ -1,4 +1,4 @@
-"""/metrics: the Istio families write their own text (remixer.exposition); Prometheus' parser must read
+"""/metrics: the Istio families write their own text (remixer.kit.exposition); Prometheus' parser must read
 from it exactly what prometheus_client's own writer gives for the same registry."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from remixer.exposition import render
+from remixer.kit.exposition import render
 from telemetry.adapters.prometheus import IstioCollector
 from telemetry.core.aggregates import Aggregates, HttpTally, TcpTally
 from telemetry.structs import LABEL_NAMES, TCP_LABEL_NAMES

@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 
-from remixer import envoy
-from remixer.echo import EchoServer
+from remixer.kit import envoy
+from remixer.kit.echo import EchoServer
 from telemetry.adapters.records import decode_json
 from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory, RemixerServer

@@ -7,9 +7,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from remixer.echo import EchoServer
-from remixer.envoy import free_port
-from remixer.shipping.settings import KafkaSettings, ShippingSettings
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import free_port
+from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
 from telemetry.adapters.records import decode_json
 from tests.realparts.envoy import EnvoyFactory
 from tests.realparts.kafka import TansuBroker, consume

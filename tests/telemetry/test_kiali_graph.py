@@ -15,7 +15,7 @@ from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf import struct_pb2
 from prometheus_client import start_http_server
 
-from remixer.envoy import free_port
+from remixer.kit.envoy import free_port
 from tests.realparts.prometheus import PrometheusFactory
 from tests.telemetry.harness import RunningTelemetry, running_telemetry
 

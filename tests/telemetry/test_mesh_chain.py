@@ -30,9 +30,9 @@ import pytest
 from google.protobuf import struct_pb2
 from prometheus_client import start_http_server
 
-from remixer import envoy
-from remixer.echo import EchoServer
-from remixer.envoy import free_port
+from remixer.kit import envoy
+from remixer.kit.echo import EchoServer
+from remixer.kit.envoy import free_port
 from tests.realparts.envoy import EnvoyFactory
 from tests.realparts.prometheus import PrometheusFactory
 from tests.telemetry.bootstraps import http_access_log, istio_node, tcp_access_log, tcp_proxy_listener

@@ -11,7 +11,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from remixer.native import wiregen
+from remixer.kit.native import wiregen
 from remixer.v1 import access_record_pb2, als_view_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,9 +69,9 @@ def test_record_schema_names_are_the_json_keys() -> None:
     assert {"destination_service", "request_id", "response_code", "start_time_ms", "sent_bytes"} <= names
 
 
-# ---- the compiled scanner's field table (remixer/native/als_fields.txt) --------------------------
+# ---- the compiled scanner's field table (remixer/kit/native/als_fields.txt) --------------------------
 
-ALS_TABLE = ROOT / "remixer" / "native" / "als_fields.txt"
+ALS_TABLE = ROOT / "remixer" / "kit" / "native" / "als_fields.txt"
 _VIEW_TYPES = {
     "text": FieldDescriptor.TYPE_STRING,
     "raw": FieldDescriptor.TYPE_BYTES,

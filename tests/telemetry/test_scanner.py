@@ -1,4 +1,5 @@
-"""The compiled ALS scanner (remixer/native/als_scanner.pyx) against its reference, the Python StreamReader.
+"""The compiled ALS scanner (remixer/kit/native/als_scanner.pyx) against its reference, the Python
+StreamReader.
 
 Same input, two readers with their own telemetry parts: the batches (kinds and counts, records byte for
 byte, entries), the memo keys and the running series must come out identical. And the scanner must
@@ -29,7 +30,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remixer.native import als_scanner
+from remixer.kit.native import als_scanner
 from remixer.v1 import als_view_pb2
 from telemetry.app import TelemetryPart
 from telemetry.edge import decoding

@@ -14,8 +14,8 @@ import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
-from remixer.envoy import free_port
-from remixer.shipping.spool import Spool
+from remixer.kit.envoy import free_port
+from remixer.kit.shipping.spool import Spool
 
 METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 

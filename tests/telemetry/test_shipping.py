@@ -1,4 +1,5 @@
-"""remixer.shipping against a real Kafka (Tansu): spool when off or down, drain in order, count every drop.
+"""remixer.kit.shipping against a real Kafka (Tansu): spool when off or down, drain in order, count every
+drop.
 And the compiled batch builder against aiokafka's own (the same bytes)."""
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from remixer.native import kafka_batch
-from remixer.shipping import build_record_sinks, quiet_abandoned_sends
-from remixer.shipping.kafka import ClientLogQuieter, _BuiltBatch
-from remixer.shipping.localfiles import RecordFiles, delimited
-from remixer.shipping.settings import KafkaSettings, ShippingSettings
-from remixer.shipping.spool import Spool
+from remixer.kit.native import kafka_batch
+from remixer.kit.shipping import build_record_sinks, quiet_abandoned_sends
+from remixer.kit.shipping.kafka import ClientLogQuieter, _BuiltBatch
+from remixer.kit.shipping.localfiles import RecordFiles, delimited
+from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
+from remixer.kit.shipping.spool import Spool
 from remixer.v1 import access_record_pb2
 from tests.realparts.kafka import TansuBroker, consume
 from tests.waiting import eventually
@@ -171,7 +172,7 @@ async def test_a_broker_back_after_an_outage_gets_the_spool_in_order_then_new_re
     registry = CollectorRegistry()
     hub = build_record_sinks(kafka_on(kafka_broker), data_dir=tmp_path / "hub", registry=registry)
     sink = hub.sink("access-logs")
-    caplog.set_level(logging.INFO, logger="remixer.shipping")
+    caplog.set_level(logging.INFO, logger="remixer.kit.shipping")
 
     def counted(name: str) -> float:
         return value(registry, f"remixer_shipping_records_{name}_total", stream="access-logs")
@@ -206,7 +207,7 @@ async def test_a_broker_back_after_an_outage_gets_the_spool_in_order_then_new_re
         said = [
             r.getMessage()
             for r in caplog.records
-            if r.name == "remixer.shipping" and "Kafka" in r.getMessage()
+            if r.name == "remixer.kit.shipping" and "Kafka" in r.getMessage()
         ]
         assert any(m.startswith("Kafka unavailable") for m in said)
         assert said[-1].startswith("Kafka reachable again")
@@ -273,7 +274,7 @@ async def test_a_stream_added_after_connecting_gets_its_topic(
         await hub.close()
 
 
-# ---- record batches built whole (remixer/native/kafka_batch.pyx) -------------------------------------
+# ---- record batches built whole (remixer/kit/native/kafka_batch.pyx) -------------------------------------
 
 
 def _aiokafka_batches(
@@ -422,7 +423,7 @@ async def test_an_outage_counts_a_send_error_per_stream_and_logs_one_line(
     )
     await hub.close()
     outage_lines = [
-        r for r in caplog.records if r.name == "remixer.shipping" and "unavailable" in r.getMessage()
+        r for r in caplog.records if r.name == "remixer.kit.shipping" and "unavailable" in r.getMessage()
     ]
     assert len(outage_lines) == 1, [r.getMessage() for r in outage_lines]
 
@@ -435,7 +436,7 @@ def test_the_client_log_quieter_lets_one_line_a_minute_through() -> None:
     assert passed.count(True) == 1
     assert quieter.take_suppressed() == 299
     assert quieter.take_suppressed() == 0
-    own = logging.getLogger("remixer.shipping").makeRecord(
-        "remixer.shipping", logging.WARNING, __file__, 1, "Kafka unavailable", (), None
+    own = logging.getLogger("remixer.kit.shipping").makeRecord(
+        "remixer.kit.shipping", logging.WARNING, __file__, 1, "Kafka unavailable", (), None
     )
     assert quieter.filter(own)

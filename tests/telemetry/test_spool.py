@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remixer.shipping.spool import Spool
+from remixer.kit.shipping.spool import Spool
 
 
 def records(n: int, start: int = 0, size: int = 10) -> list[tuple[bytes | None, bytes]]:

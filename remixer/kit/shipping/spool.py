@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from remixer.parts import Record
+from remixer.kit.parts import Record
 
 _FRAME = struct.Struct(">iI")
 _SUFFIX = ".seg"

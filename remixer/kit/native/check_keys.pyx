@@ -17,7 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memcmp
 
-from remixer.native.wire cimport OK, Span, read_span, read_tag, read_text, read_varint
+from remixer.kit.native.wire cimport OK, Span, read_span, read_tag, read_text, read_varint
 
 
 cdef extern from "Python.h":

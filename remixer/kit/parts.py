@@ -17,7 +17,7 @@ Record = tuple[bytes | None, bytes]
 
 
 class RecordSink(Protocol):
-    """One stream of records (one Kafka topic). Implemented by `remixer.shipping`."""
+    """One stream of records (one Kafka topic). Implemented by `remixer.kit.shipping`."""
 
     def offer(self, records: Sequence[Record]) -> int:
         """Queue without waiting; returns how many were accepted (the rest are counted as dropped)."""

@@ -9,9 +9,9 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from remixer.shipping.localfiles import RecordFiles
-from remixer.shipping.settings import ShippingSettings
-from remixer.shipping.spool import Spool
+from remixer.kit.shipping.localfiles import RecordFiles
+from remixer.kit.shipping.settings import ShippingSettings
+from remixer.kit.shipping.spool import Spool
 
 
 class WatchedStream(Protocol):

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from remixer.shipping.hub import ShippingHub, StreamQueue
-from remixer.shipping.kafka import quiet_abandoned_sends
-from remixer.shipping.metrics import ShippingMetrics
-from remixer.shipping.settings import KafkaSettings, ShippingSettings
+from remixer.kit.shipping.hub import ShippingHub, StreamQueue
+from remixer.kit.shipping.kafka import quiet_abandoned_sends
+from remixer.kit.shipping.metrics import ShippingMetrics
+from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
 
 
 def build_record_sinks(

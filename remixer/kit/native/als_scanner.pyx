@@ -9,7 +9,7 @@ no per-entry attribute reads), and per entry Python only sees the memo key. TCP 
 here: they are booked per connection (stream_id deltas) by the Python reader, and are few.
 
 The per-field readers are not written here: als_fields.txt lists the fields read (one line each) and
-remixer/native/wiregen.py generates _als_fields.pxi from it and Envoy's descriptors (tags, the WireFields
+remixer/kit/native/wiregen.py generates _als_fields.pxi from it and Envoy's descriptors (tags, the WireFields
 struct, a scan_<Message> per message). This module keeps the top level (the log_entries oneof, the
 entry list), the shared helpers those readers call, and what is done with the fields.
 
@@ -31,7 +31,7 @@ from libc.math cimport llround
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from remixer.native.wire cimport (
+from remixer.kit.native.wire cimport (
     E_DEPTH,
     E_FIELD_ZERO,
     E_GROUP,

@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
 
-from remixer.parts import Record
-from remixer.shipping.kafka import ClientLogQuieter, KafkaLink, ShipFailed, quiet_client_logs
-from remixer.shipping.localfiles import RecordFiles
-from remixer.shipping.metrics import ShippingMetrics
-from remixer.shipping.settings import ShippingSettings
-from remixer.shipping.spool import Spool
+from remixer.kit.parts import Record
+from remixer.kit.shipping.kafka import ClientLogQuieter, KafkaLink, ShipFailed, quiet_client_logs
+from remixer.kit.shipping.localfiles import RecordFiles
+from remixer.kit.shipping.metrics import ShippingMetrics
+from remixer.kit.shipping.settings import ShippingSettings
+from remixer.kit.shipping.spool import Spool
 
-log = logging.getLogger("remixer.shipping")
+log = logging.getLogger("remixer.kit.shipping")
 
 KNOWN_STREAMS = {"access-logs": "access_logs", "decisions": "decisions"}
 _VALUE = itemgetter(1)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from remixer.parts import Record
+from remixer.kit.parts import Record
 
 SUFFIXES = (".jsonl", ".binpb")
 _CHECK_EVERY_S = 60.0

@@ -29,10 +29,10 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
-from remixer.exposition import render
-from remixer.parts import Readiness
+from remixer.kit.exposition import render
+from remixer.kit.parts import Readiness
 
-log = logging.getLogger("remixer.admin")
+log = logging.getLogger("remixer.kit.admin")
 
 DOCS_ASSETS = "/docs-assets"
 

@@ -2,7 +2,7 @@
 
 Each worker keeps its own registry (its own traffic's Istio metrics, checks, shipping). Workers 1..N-1
 answer a connection on their Unix socket DATA_DIR/workers/metrics-<i>.sock with their exposition;
-worker 0's /metrics reads them all and merges (remixer.exposition.merge_workers). A worker that
+worker 0's /metrics reads them all and merges (remixer.kit.exposition.merge_workers). A worker that
 does not answer in time is left out, logged and counted in remixer_workers_unanswered_total.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from remixer.exposition import merge_workers, render
+from remixer.kit.exposition import merge_workers, render
 
-log = logging.getLogger("remixer.workers")
+log = logging.getLogger("remixer.kit.workers")
 
 FETCH_TIMEOUT_S = 5.0
 

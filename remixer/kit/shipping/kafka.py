@@ -1,6 +1,6 @@
 """The Kafka side of shipping: one aiokafka producer, batches handed over with send_batch().
 
-Uncompressed batches are built whole by the compiled remixer.native.kafka_batch module (the bytes
+Uncompressed batches are built whole by the compiled remixer.kit.native.kafka_batch module (the bytes
 aiokafka's own builder writes, in one pass); with compression, or without the extension, aiokafka's
 builder takes them record by record. Every aiokafka / broker failure becomes `ShipFailed`; the caller
 spools and reconnects later.
@@ -23,15 +23,15 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
-from remixer.parts import Record
-from remixer.shipping.settings import KafkaSettings
+from remixer.kit.parts import Record
+from remixer.kit.shipping.settings import KafkaSettings
 
 try:
-    from remixer.native import kafka_batch
+    from remixer.kit.native import kafka_batch
 except ImportError:  # not built: aiokafka's builder, record by record
     kafka_batch = None  # type: ignore[assignment]
 
-log = logging.getLogger("remixer.shipping")
+log = logging.getLogger("remixer.kit.shipping")
 
 
 class ClientLogQuieter(logging.Filter):
@@ -256,7 +256,7 @@ class _BuiltBatch:
     sender sets when it takes the batch. Not a subclass: it implements what aiokafka's accumulator and
     sender call on a batch (tests/telemetry/test_shipping.py runs it through aiokafka's MessageBatch).
     aiokafka has no public way to hand over batch bytes; its public append path measured 18-22% fewer
-    entries per CPU-second in bench/als.py (remixer/native/README.md), hence this and the version pin."""
+    entries per CPU-second in bench/als.py (remixer/kit/native/README.md), hence this and the version pin."""
 
     def __init__(self, buffer: bytearray, count: int) -> None:
         self._buffer = buffer

@@ -1,4 +1,4 @@
-# Types of the compiled Kafka batch builder (kafka_batch.pyx); remixer/shipping/kafka.py is its only user.
+# Types of the compiled Kafka batch builder (kafka_batch.pyx); remixer/kit/shipping/kafka.py is its only user.
 def build(
     records: list[tuple[bytes | None, bytes]], start: int, batch_size: int, timestamp: int
 ) -> tuple[bytearray, int]: ...
