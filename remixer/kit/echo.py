@@ -39,7 +39,13 @@ class EchoServer:
         self._server = ThreadingHTTPServer((host, port), _EchoHandler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="echo-upstream", daemon=True)
+        # shutdown() returns at the loop's next poll: 0.5 s by default, paid at every stop.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="echo-upstream",
+            daemon=True,
+        )
 
     def __enter__(self) -> EchoServer:
         self._thread.start()

@@ -166,7 +166,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tcp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _EchoTcpHandler)
     tcp.daemon_threads = True
     for server in (app, tcp):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     kafka = TansuBroker(workdir)
     # An adaptive limit in dry run over the inbound traffic (telemetry labels its destination_service

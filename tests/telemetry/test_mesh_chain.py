@@ -75,7 +75,9 @@ class _Authz(BaseHTTPRequestHandler):
 @pytest.fixture
 def authz() -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Authz)
-    thread = Thread(target=server.serve_forever, daemon=True)
+    thread = Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )  # quick shutdown()
     thread.start()
     yield server.server_address[1]
     server.shutdown()
