@@ -188,24 +188,26 @@ def allocate(
 ) -> tuple[dict[str, float], float]:
     """Split `total` (requests per second) among known callers and the unknown rest.
 
-    Pass 1, by priority: each known caller gets its demand plus `slack` of it (a growing caller is
-    not cut at last tick's rate; more slack would hold back capacity lower priorities could use, as
-    a caller's unused tokens go to no one), up to its guaranteed share of the total. Pass 2, by
-    priority: what is left goes to unmet demand. Unknown callers get what remains last. Every known
-    caller keeps at least `floor` so a caller that went quiet can be measured again. Returns (per
-    caller, unknown).
+    Pass 1, by priority: each known caller may take up to its guaranteed share of the total (out of
+    what higher priorities leave), and is expected to use its demand of the last tick; lower
+    priorities get what it is expected to leave. Holding back the unused rest of a share would waste
+    it (a caller's unused tokens go to no one); the price is that a priority caller that grows within
+    a tick is admitted in full while the others still hold last tick's rest, so the callers' sum may
+    exceed `total` by that growth until the next tick. Pass 2, by priority: what is left goes to
+    demand beyond a share (plus `slack` of it, so a growing caller is not cut at last tick's rate).
+    Unknown callers get what remains last. Every known caller keeps at least `floor` so a caller that
+    went quiet can be measured again. Returns (per caller, unknown).
     """
     ordered = sorted(callers, key=lambda c: c.priority)
-    wanted = {c.caller: demand.get(c.caller, 0.0) * (1.0 + slack) + floor for c in ordered}
     given: dict[str, float] = {}
-    left = total
+    left = total  # the total less what the callers served so far are expected to use
     for c in ordered:
-        take = min(wanted[c.caller], c.share * total, max(left, 0.0))
-        given[c.caller] = take
-        left -= take
+        given[c.caller] = min(c.share * total, max(left, 0.0))
+        left -= min(demand.get(c.caller, 0.0), given[c.caller])
     for c in ordered:
-        more = min(wanted[c.caller] - given[c.caller], max(left, 0.0))
-        if more > 0:
+        wanted = demand.get(c.caller, 0.0)
+        if wanted > given[c.caller] and left > 0:
+            more = min(wanted * (1.0 + slack) - given[c.caller], left)
+            left -= min(wanted - given[c.caller], more)
             given[c.caller] += more
-            left -= more
     return {name: max(floor, value) for name, value in given.items()}, max(0.0, left)

@@ -191,7 +191,7 @@ async def test_priority_caller_keeps_its_demand_while_unknown_callers_are_shed(
         await _admitted(running, "spiffe://cluster.local/ns/x/sa/bulk", 100)
         await loop.tick(2000 if loop.controller.last["checkout"].limit > 40 else 20)
     state = loop.controller.last["checkout"]
-    assert state.callers[WEB] >= 10  # its demand (with slack) comes first
+    assert state.callers[WEB] >= 10  # its demand comes first
     assert state.unknown <= state.limit - 10
     assert running.part.service.adaptive.counts("checkout")[""][1] > 0  # the bulk caller was shed
 
@@ -199,8 +199,8 @@ async def test_priority_caller_keeps_its_demand_while_unknown_callers_are_shed(
 async def test_a_priority_callers_unused_reserve_does_not_pull_a_healthy_limit_down(
     running: RunningPolicy,
 ) -> None:
-    # Web is granted twice its demand; what it leaves unused is not admitted by anyone. The headroom
-    # ceiling reads the offered rate, so a healthy destination keeps its limit at max_rate.
+    # Web may take its whole share at any moment, more than it uses. The headroom ceiling reads the
+    # offered rate, not what was granted, so a healthy destination keeps its limit at max_rate.
     loop = Loop(running)
     await loop.tick(20)
     for _ in range(15):
