@@ -8,10 +8,12 @@ equal values for every attribute the key was built for.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +22,8 @@ from policy.core import attributes
 from policy.edge import grpc_authz
 from policy.service import record_fields
 from policy.structs import CheckInput
-from remixer.kit.native.check_keys import KeyReader, read_input  # built by `pip install -e .` (make test)
+from remixer.kit.native import wiregen
+from remixer.kit.native.check_keys import KeyReader, log_fields, read_input  # built by `pip install -e .`
 
 JWT = "x-jwt-payload"
 # Every attribute family the policy vocabulary has, with names the generated requests use.
@@ -222,3 +225,98 @@ def test_too_many_map_entries_for_a_key_make_the_reader_unusable() -> None:
     many = [f"request.headers.h{i}" for i in range(100)]
     assert not KeyReader(many, jwt_header=JWT).usable
     assert KeyReader(many, jwt_header=JWT).key(_with(lambda m: None)) is None
+
+
+# ---- the edges of a reader that refuses what its table does not list ---------------------------------
+
+CHECK_TABLE = Path(wiregen.__file__).with_name("check_fields.txt")
+
+
+def _walked() -> list[tuple[tuple[int, ...], Descriptor]]:
+    """Every message the reader walks (map entries and the must-be-empty metadata included), with the
+    field numbers that lead to it from CheckRequest: taken from its table and the descriptors."""
+    lines = wiregen.load(CHECK_TABLE).lines
+    out: list[tuple[tuple[int, ...], Descriptor]] = []
+
+    def walk(message: Descriptor, path: tuple[int, ...]) -> None:
+        out.append((path, message))
+        for line in lines:
+            if line.message is message and line.reader == "message":
+                walk(line.field.message_type, (*path, line.field.number))
+            elif line.message is message and line.reader in ("entries", "empty"):
+                out.append(((*path, line.field.number), line.field.message_type))
+
+    walk(external_auth_pb2.CheckRequest.DESCRIPTOR, ())
+    return out
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def _nest(path: tuple[int, ...], payload: bytes) -> bytes:
+    """`payload` as the content of the message at `path` (a CheckRequest that merges into another)."""
+    for number in reversed(path):
+        payload = _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return payload
+
+
+def _other_wire_type(field: FieldDescriptor) -> bytes:
+    """The field with a wire type it is not declared with: upb takes it for an unknown field."""
+    if wiregen.wire_type(field) == 2:
+        return _varint(field.number << 3) + b"\x01"
+    return _varint(field.number << 3 | 2) + b"\x00"
+
+
+WALKED = _walked()
+
+
+def test_the_walk_covers_every_message_of_the_table() -> None:
+    walked = {message.name for _, message in WALKED}
+    assert {line.message.name for line in wiregen.load(CHECK_TABLE).lines} <= walked
+    assert {"HeadersEntry", "LabelsEntry", "ContextExtensionsEntry", "Metadata"} <= walked
+
+
+@pytest.mark.parametrize(("path", "message"), WALKED, ids=[f"{m.name}@{p}" for p, m in WALKED])
+def test_a_field_the_table_does_not_list_is_refused_in_every_message(
+    path: tuple[int, ...], message: Descriptor
+) -> None:
+    base = _with(lambda m: None)
+    plain = base + _nest(path, b"")  # the same place, nothing unknown in it: read
+    expected = _upb(plain)
+    values = read_input(plain)
+    assert expected is not None
+    assert values is not None
+    assert _fields(CheckInput(*values)) == _fields(expected)
+    assert 127 not in message.fields_by_number
+    for extra in (b"\xf8\x07\x01", _other_wire_type(message.fields[0])):  # field 127; a known one
+        data = base + _nest(path, extra)
+        assert _upb(data) is not None, "upb keeps an unknown field and reads the rest"
+        assert read_input(data) is None
+        assert log_fields(data) is None
+        assert KeyReader(ATTRIBUTES, jwt_header=JWT).key(data) is None
+
+
+def test_every_truncation_is_refused_or_read_as_upb_reads_it() -> None:
+    msg = _envoy_request()
+    msg.attributes.source.labels["app"] = "a"
+    msg.attributes.context_extensions["tenant"] = "t"
+    msg.attributes.request.time.seconds = 1_700_000_000
+    data = msg.SerializeToString()
+    reader = KeyReader(ATTRIBUTES, jwt_header=JWT)
+    read = 0
+    for cut in range(len(data)):
+        damaged = data[:cut]
+        expected, values = _upb(damaged), read_input(damaged)
+        if expected is None:
+            assert values is None
+            assert log_fields(damaged) is None
+            assert reader.key(damaged) is None
+        elif values is not None:
+            read += 1
+            assert _fields(CheckInput(*values)) == _fields(expected)
+    assert read >= 1  # a cut between top-level fields is a whole, smaller request

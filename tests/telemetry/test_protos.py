@@ -151,7 +151,13 @@ def test_a_table_line_the_descriptor_contradicts_is_refused() -> None:
         ("AccessLogCommon.upstream_cluster last(a) x", "is not a map"),
         ("AccessLogCommon.filter_state_objects last x", "take an argument"),
         ("AccessLogCommon.start_time int32 x", "is not an int32"),
-        ("AccessLogCommon.upstream_cluster text", "name no struct member"),
+        ("AccessLogCommon.upstream_cluster text", "text lines name a struct member"),
+        ("AccessLogCommon.start_time empty x", "name no struct member"),
+        ("AccessLogCommon.upstream_cluster empty", "is not a message"),
+        ("AccessLogCommon.access_log_type raw x", ""),  # a varint: its bytes
+        ("AccessLogCommon.start_time raw x", ""),
+        ("AccessLogCommon.filter_state_objects entries m", ""),
+        ("AccessLogCommon.upstream_cluster entries m", "is not a map"),
     ]:
         if problem:
             with pytest.raises(wiregen.TableError, match=problem):
@@ -176,3 +182,24 @@ def test_last_of_a_map_takes_the_last_entry_with_its_key() -> None:
     assert "elif" not in generated.split("scan_pair")[1].split("return OK")[0]
     assert "if not err and span_is(key, b'k', 1):\n                f.v = value" in generated
     assert "FOUND_v" not in generated
+
+
+def test_a_refusing_table_refuses_what_it_does_not_list_and_reads_one_message_in_two_places() -> None:
+    """@unknown refuse (the CheckRequest reader's mode): an unlisted field refuses the message; a prefix
+    on a message line gives that message a reader of its own filling its own members."""
+    text = (
+        "@proto envoy.service.auth.v3.attribute_context_pb2\n@unknown refuse\n"
+        "AttributeContext.source message source_\nAttributeContext.destination message destination_\n"
+        "Peer.service text service\nPeer.principal text\n"
+    )
+    generated = wiregen.cython(wiregen.parse(text, "t"))
+    assert "skip_field" not in generated
+    assert generated.count("            err = E_UNKNOWN") == 3  # AttributeContext, and Peer per prefix
+    assert "err = scan_source_Peer(span, depth - 1, f)" in generated
+    assert "cdef int scan_destination_Peer(" in generated
+    assert "    Span destination_service  # Peer.service" in generated
+    assert "err = read_text(&p, end, &span)" in generated  # principal: UTF-8 checked, dropped
+    skipping = text.replace("@unknown refuse", "@unknown skip").replace("Peer.principal text\n", "")
+    assert "E_UNKNOWN" not in wiregen.cython(wiregen.parse(skipping, "t"))
+    with pytest.raises(wiregen.TableError, match="text lines name a struct member"):
+        wiregen.parse(skipping + "Peer.principal text\n", "t")  # a skipping table drops nothing it reads

@@ -41,3 +41,447 @@ cdef enum:  # tags (field number << 3 | wire type), from the descriptors
     T_TLSSession_sni = 0x0a  # field 1, wire type 2
     T_MAP_KEY = 0x0a  # map<K, V> entries
     T_MAP_VALUE = 0x12
+
+cdef enum:  # the maps whose entries go to on_entry(f, MAP_*, key, value)
+    MAP_context = 0
+    MAP_source_labels = 1
+    MAP_destination_labels = 2
+    MAP_headers = 3
+    N_MAPS = 4
+
+cdef struct CheckFields:
+    Span source_service  # Peer.service
+    Span source_principal  # Peer.principal
+    Span destination_service  # Peer.service
+    Span destination_principal  # Peer.principal
+    Span source_address  # SocketAddress.address
+    Span source_port  # SocketAddress.port_value
+    Span destination_address  # SocketAddress.address
+    Span destination_port  # SocketAddress.port_value
+    Span http_id  # HttpRequest.id
+    Span method  # HttpRequest.method
+    Span path  # HttpRequest.path
+    Span host  # HttpRequest.host
+    Span scheme  # HttpRequest.scheme
+
+
+cdef int scan_CheckRequest(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.service.auth.v3.CheckRequest"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_CheckRequest_attributes:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_AttributeContext(span, depth - 1, f)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_AttributeContext(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.service.auth.v3.AttributeContext"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef Span key
+    cdef Span value
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_AttributeContext_source:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_source_Peer(span, depth - 1, f)
+        elif tag == T_AttributeContext_destination:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_destination_Peer(span, depth - 1, f)
+        elif tag == T_AttributeContext_request:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_Request(span, depth - 1, f)
+        elif tag == T_AttributeContext_context_extensions:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_pair(span, depth - 1, True, &key, &value)
+            if not err:
+                err = on_entry(f, MAP_context, key, value)
+        elif tag == T_AttributeContext_metadata_context:
+            err = read_span(&p, end, &span)
+            if not err and span.len:
+                err = E_UNKNOWN
+        elif tag == T_AttributeContext_route_metadata_context:
+            err = read_span(&p, end, &span)
+            if not err and span.len:
+                err = E_UNKNOWN
+        elif tag == T_AttributeContext_tls_session:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_TLSSession(span, depth - 1, f)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_source_Peer(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.service.auth.v3.AttributeContext.Peer"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef Span key
+    cdef Span value
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_Peer_address:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_source_Address(span, depth - 1, f)
+        elif tag == T_Peer_service:
+            err = read_text(&p, end, &f.source_service)
+        elif tag == T_Peer_labels:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_pair(span, depth - 1, True, &key, &value)
+            if not err:
+                err = on_entry(f, MAP_source_labels, key, value)
+        elif tag == T_Peer_principal:
+            err = read_text(&p, end, &f.source_principal)
+        elif tag == T_Peer_certificate:
+            err = read_text(&p, end, &span)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_destination_Peer(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.service.auth.v3.AttributeContext.Peer"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef Span key
+    cdef Span value
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_Peer_address:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_destination_Address(span, depth - 1, f)
+        elif tag == T_Peer_service:
+            err = read_text(&p, end, &f.destination_service)
+        elif tag == T_Peer_labels:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_pair(span, depth - 1, True, &key, &value)
+            if not err:
+                err = on_entry(f, MAP_destination_labels, key, value)
+        elif tag == T_Peer_principal:
+            err = read_text(&p, end, &f.destination_principal)
+        elif tag == T_Peer_certificate:
+            err = read_text(&p, end, &span)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_source_Address(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.config.core.v3.Address"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_Address_socket_address:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_source_SocketAddress(span, depth - 1, f)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_destination_Address(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.config.core.v3.Address"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_Address_socket_address:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_destination_SocketAddress(span, depth - 1, f)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_source_SocketAddress(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.config.core.v3.SocketAddress"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t number = 0
+    cdef const uint8_t* start
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_SocketAddress_protocol:
+            err = read_varint(&p, end, &number)
+        elif tag == T_SocketAddress_address:
+            err = read_text(&p, end, &f.source_address)
+        elif tag == T_SocketAddress_port_value:
+            start = p
+            err = read_varint(&p, end, &number)
+            f.source_port.ptr = start
+            f.source_port.len = p - start
+        elif tag == T_SocketAddress_resolver_name:
+            err = read_text(&p, end, &span)
+        elif tag == T_SocketAddress_ipv4_compat:
+            err = read_varint(&p, end, &number)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_destination_SocketAddress(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.config.core.v3.SocketAddress"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t number = 0
+    cdef const uint8_t* start
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_SocketAddress_protocol:
+            err = read_varint(&p, end, &number)
+        elif tag == T_SocketAddress_address:
+            err = read_text(&p, end, &f.destination_address)
+        elif tag == T_SocketAddress_port_value:
+            start = p
+            err = read_varint(&p, end, &number)
+            f.destination_port.ptr = start
+            f.destination_port.len = p - start
+        elif tag == T_SocketAddress_resolver_name:
+            err = read_text(&p, end, &span)
+        elif tag == T_SocketAddress_ipv4_compat:
+            err = read_varint(&p, end, &number)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_Request(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.service.auth.v3.AttributeContext.Request"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_Request_time:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_Timestamp(span, depth - 1, f)
+        elif tag == T_Request_http:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_HttpRequest(span, depth - 1, f)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_Timestamp(Span msg, int depth, CheckFields* f) noexcept:
+    """google.protobuf.Timestamp"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t number = 0
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_Timestamp_seconds:
+            err = read_varint(&p, end, &number)
+        elif tag == T_Timestamp_nanos:
+            err = read_varint(&p, end, &number)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_HttpRequest(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.service.auth.v3.AttributeContext.HttpRequest"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t number = 0
+    cdef Span span
+    cdef Span key
+    cdef Span value
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_HttpRequest_id:
+            err = read_text(&p, end, &f.http_id)
+        elif tag == T_HttpRequest_method:
+            err = read_text(&p, end, &f.method)
+        elif tag == T_HttpRequest_headers:
+            err = read_span(&p, end, &span)
+            if not err:
+                err = scan_pair(span, depth - 1, True, &key, &value)
+            if not err:
+                err = on_entry(f, MAP_headers, key, value)
+        elif tag == T_HttpRequest_path:
+            err = read_text(&p, end, &f.path)
+        elif tag == T_HttpRequest_host:
+            err = read_text(&p, end, &f.host)
+        elif tag == T_HttpRequest_scheme:
+            err = read_text(&p, end, &f.scheme)
+        elif tag == T_HttpRequest_query:
+            err = read_text(&p, end, &span)
+        elif tag == T_HttpRequest_fragment:
+            err = read_text(&p, end, &span)
+        elif tag == T_HttpRequest_size:
+            err = read_varint(&p, end, &number)
+        elif tag == T_HttpRequest_protocol:
+            err = read_text(&p, end, &span)
+        elif tag == T_HttpRequest_body:
+            err = read_text(&p, end, &span)
+        elif tag == T_HttpRequest_raw_body:
+            err = read_span(&p, end, &span)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_TLSSession(Span msg, int depth, CheckFields* f) noexcept:
+    """envoy.service.auth.v3.AttributeContext.TLSSession"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef Span span
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_TLSSession_sni:
+            err = read_text(&p, end, &span)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_pair(Span msg, int depth, bint text_value, Span* key, Span* value) noexcept:
+    """A map entry: key and value (a string, or bytes unless text_value), the last of each wins."""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    key.ptr = NULL
+    key.len = 0
+    value.ptr = NULL
+    value.len = 0
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_MAP_KEY:
+            err = read_text(&p, end, key)
+        elif tag == T_MAP_VALUE:
+            err = read_text(&p, end, value) if text_value else read_span(&p, end, value)
+        else:
+            err = E_UNKNOWN
+        if err:
+            return err
+    return OK

@@ -172,33 +172,6 @@ cdef int scan_duration(Span msg, int depth, Duration* out) noexcept:
     return OK
 
 
-cdef int scan_pair(Span msg, int depth, bint text_value, Span* key, Span* value) noexcept:
-    """StringPair (both strings) or AnyPair (bytes value): key and value, the last of each wins."""
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef int err
-    if depth < 0:
-        return E_DEPTH
-    key.ptr = NULL
-    key.len = 0
-    value.ptr = NULL
-    value.len = 0
-    while p < end:
-        err = read_tag(&p, end, &tag)
-        if err:
-            return err
-        if tag == T_MAP_KEY:
-            err = read_text(&p, end, key)
-        elif tag == T_MAP_VALUE:
-            err = read_text(&p, end, value) if text_value else read_span(&p, end, value)
-        else:
-            err = skip_field(&p, end, tag, depth)
-        if err:
-            return err
-    return OK
-
-
 cdef inline bint span_is(Span s, const char* text, Py_ssize_t n) noexcept:
     return s.len == n and memcmp_(s.ptr, text, n)
 

@@ -15,9 +15,19 @@ before. tests/policy/test_checkwire.py holds the keys to the attribute values up
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcmp, memcpy, memset
 
-from remixer.kit.native.wire cimport OK, Span, read_span, read_tag, read_text, read_varint
+from remixer.kit.native.wire cimport (
+    E_DEPTH,
+    E_MEMORY,
+    E_UNKNOWN,
+    OK,
+    Span,
+    read_span,
+    read_tag,
+    read_text,
+    read_varint,
+)
 
 
 cdef extern from "Python.h":
@@ -25,7 +35,12 @@ cdef extern from "Python.h":
     str PyUnicode_DecodeUTF8(const char* s, Py_ssize_t n, const char* errors)
 
 
-cdef enum:  # the fixed fields a key can hold
+# The fields read (check_fields.txt), from Envoy's descriptors: their tags, the CheckFields struct, the
+# MAP_* numbers of the maps whose entries on_entry gets, and a scan_<Message> per message, each refusing
+# any field the table does not list.
+include "_check_fields.pxi"
+
+cdef enum:  # the fixed fields a key can hold, in the order a key packs them
     S_ADDRESS = 0
     S_SERVICE
     S_PRINCIPAL
@@ -39,20 +54,25 @@ cdef enum:  # the fixed fields a key can hold
     SCHEME
     N_FIELDS
 
-cdef enum:  # the maps a key can read entries of
-    HEADERS = 0
-    S_LABELS
-    D_LABELS
-    CONTEXT
-    N_MAPS
-
 cdef enum:
     MAX_NAMES = 64
     MAX_ENTRIES = 256  # map entries read_input takes (more: the upb path)
-    REFUSED = 1  # not a shape this reader vouches for: take the upb path
+    DEPTH_LIMIT = 100  # upb's; the table's nesting is far below it
 
-# The tags of the fields read (check_fields.txt), from Envoy's descriptors.
-include "_check_fields.pxi"
+# Where each fixed field sits in CheckFields (the members check_fields.txt names).
+cdef CheckFields _LAYOUT
+cdef Py_ssize_t AT[N_FIELDS]
+AT[S_ADDRESS] = <char*>&_LAYOUT.source_address - <char*>&_LAYOUT
+AT[S_SERVICE] = <char*>&_LAYOUT.source_service - <char*>&_LAYOUT
+AT[S_PRINCIPAL] = <char*>&_LAYOUT.source_principal - <char*>&_LAYOUT
+AT[D_ADDRESS] = <char*>&_LAYOUT.destination_address - <char*>&_LAYOUT
+AT[D_PORT] = <char*>&_LAYOUT.destination_port - <char*>&_LAYOUT
+AT[D_SERVICE] = <char*>&_LAYOUT.destination_service - <char*>&_LAYOUT
+AT[HTTP_ID] = <char*>&_LAYOUT.http_id - <char*>&_LAYOUT
+AT[METHOD] = <char*>&_LAYOUT.method - <char*>&_LAYOUT
+AT[PATH] = <char*>&_LAYOUT.path - <char*>&_LAYOUT
+AT[HOST] = <char*>&_LAYOUT.host - <char*>&_LAYOUT
+AT[SCHEME] = <char*>&_LAYOUT.scheme - <char*>&_LAYOUT
 
 # Attribute -> the fixed fields and map entries its value is computed from (policy.core.attributes).
 _FIELDS = {
@@ -73,29 +93,28 @@ _FIELDS = {
     "request.scheme": (SCHEME,),
 }
 _ENTRIES = {  # attribute -> map entries it reads, besides its fixed fields
-    "source.principal": ((HEADERS, "x-forwarded-client-cert"),),
-    "source.trust_domain": ((HEADERS, "x-forwarded-client-cert"),),
-    "source.namespace": ((HEADERS, "x-forwarded-client-cert"),),
-    "source.service_account": ((HEADERS, "x-forwarded-client-cert"),),
-    "request.id": ((HEADERS, "x-request-id"),),
+    "source.principal": ((MAP_headers, "x-forwarded-client-cert"),),
+    "source.trust_domain": ((MAP_headers, "x-forwarded-client-cert"),),
+    "source.namespace": ((MAP_headers, "x-forwarded-client-cert"),),
+    "source.service_account": ((MAP_headers, "x-forwarded-client-cert"),),
+    "request.id": ((MAP_headers, "x-request-id"),),
 }
 _FAMILIES = {  # attribute prefix -> the map its suffix names an entry of
-    "request.headers.": HEADERS,
-    "source.labels.": S_LABELS,
-    "destination.labels.": D_LABELS,
-    "context.": CONTEXT,
+    "request.headers.": MAP_headers,
+    "source.labels.": MAP_source_labels,
+    "destination.labels.": MAP_destination_labels,
+    "context.": MAP_context,
 }
 
 
 cdef struct Name:
     const uint8_t* ptr
     Py_ssize_t len
-    int map  # HEADERS, S_LABELS, ...
+    int map  # MAP_headers, MAP_source_labels, ...
 
 
 cdef struct Found:
-    Span fields[N_FIELDS]
-    bint has_field[N_FIELDS]
+    CheckFields wire  # first: on_entry, handed &found.wire, finds the rest behind it
     # Keys: the wanted map entries (names) and the values found for them.
     const Name* names
     int n_names
@@ -140,7 +159,7 @@ cdef class KeyReader:
                 fields = (PATH,)
             elif name.startswith("request.jwt."):
                 fields = ()
-                entries.append((HEADERS, jwt_header))
+                entries.append((MAP_headers, jwt_header))
             elif fields is None:
                 for prefix, family in _FAMILIES.items():
                     if name.startswith(prefix):
@@ -179,14 +198,14 @@ cdef class KeyReader:
         cdef int i
         for i in range(N_FIELDS):
             if self.wanted[i]:
-                size += 5 + found.fields[i].len if found.has_field[i] else 1
+                size += 5 + field(found, i).len if field(found, i).ptr else 1
         for i in range(self.n_names):
             size += 5 + found.entries[i].len if found.has_entry[i] else 1
         cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
         cdef char* w = PyBytes_AS_STRING(out)
         for i in range(N_FIELDS):
             if self.wanted[i]:
-                w = put_source(w, found.has_field[i], found.fields[i])
+                w = put_source(w, field(found, i).ptr != NULL, field(found, i)[0])
         for i in range(self.n_names):
             w = put_source(w, found.has_entry[i], found.entries[i])
         return out
@@ -205,23 +224,23 @@ def read_input(bytes data):
     for i in range(found.n_all):
         target = maps[found.all_maps[i]]
         target[_text(found.all_keys[i])] = _text(found.all_values[i])
-    cdef dict headers = maps[HEADERS]
+    cdef dict headers = maps[MAP_headers]
     return (
-        _field(&found, METHOD),
-        _field(&found, PATH),
-        _field(&found, HOST),
-        _field(&found, SCHEME),
-        headers.get("x-request-id") or _field(&found, HTTP_ID),
+        _text(found.wire.method),
+        _text(found.wire.path),
+        _text(found.wire.host),
+        _text(found.wire.scheme),
+        headers.get("x-request-id") or _text(found.wire.http_id),
         headers,
-        _field(&found, S_ADDRESS),
-        _field(&found, S_PRINCIPAL),
-        _field(&found, S_SERVICE),
-        maps[S_LABELS],
-        _field(&found, D_ADDRESS),
+        _text(found.wire.source_address),
+        _text(found.wire.source_principal),
+        _text(found.wire.source_service),
+        maps[MAP_source_labels],
+        _text(found.wire.destination_address),
         _port(&found),
-        _field(&found, D_SERVICE),
-        maps[D_LABELS],
-        maps[CONTEXT],
+        _text(found.wire.destination_service),
+        maps[MAP_destination_labels],
+        maps[MAP_context],
     )
 
 
@@ -240,314 +259,65 @@ def log_fields(bytes data):
         return None
     cdef str request_id = _text(found.entries[0]) if found.has_entry[0] else ""
     return (
-        request_id or _field(&found, HTTP_ID),
-        _field(&found, S_ADDRESS),
-        _field(&found, S_PRINCIPAL),
+        request_id or _text(found.wire.http_id),
+        _text(found.wire.source_address),
+        _text(found.wire.source_principal),
         _text(found.entries[1]) if found.has_entry[1] else None,
-        _field(&found, S_SERVICE),
-        _field(&found, HOST),
-        _field(&found, D_SERVICE),
+        _text(found.wire.source_service),
+        _text(found.wire.host),
+        _text(found.wire.destination_service),
         _port(&found),
-        _field(&found, METHOD),
-        _field(&found, PATH),
+        _text(found.wire.method),
+        _text(found.wire.path),
     )
 
 
 cdef uint32_t _port(Found* found) noexcept:
     cdef uint64_t port = 0
-    cdef const uint8_t* p
-    if found.has_field[D_PORT]:
-        p = found.fields[D_PORT].ptr
-        read_varint(&p, p + found.fields[D_PORT].len, &port)
+    cdef const uint8_t* p = found.wire.destination_port.ptr
+    if p != NULL:
+        read_varint(&p, p + found.wire.destination_port.len, &port)
     return <uint32_t>port  # uint32: upb keeps the low 32 bits
 
 
 cdef inline str _text(Span s):
-    return PyUnicode_DecodeUTF8(<const char*>s.ptr, s.len, NULL)  # already validated
+    """A string field's value, already UTF-8 checked; "" when absent."""
+    if s.len == 0:
+        return ""
+    return PyUnicode_DecodeUTF8(<const char*>s.ptr, s.len, NULL)
 
 
-cdef inline str _field(Found* found, int field):
-    return _text(found.fields[field]) if found.has_field[field] else ""
+cdef inline Span* field(Found* found, int i) noexcept:
+    return <Span*>(<char*>&found.wire + AT[i])
 
 
 cdef int scan(bytes data, KeyReader reader, bint collect, Found* found) noexcept:
-    """Walk a CheckRequest into `found`: the reader's map entries, or every entry when `collect`."""
+    """Read a CheckRequest into `found`: the reader's map entries, or every entry when `collect`."""
     cdef int i
     cdef Span whole
+    memset(&found.wire, 0, sizeof(CheckFields))
     found.names = reader.names
     found.n_names = reader.n_names
     for i in range(N_MAPS):
         found.any_map[i] = reader.any_map[i]
     found.collect = collect
     found.n_all = 0
-    for i in range(N_FIELDS):
-        found.has_field[i] = False
     for i in range(found.n_names):
         found.has_entry[i] = False
     whole.ptr = <const uint8_t*>PyBytes_AS_STRING(data)
     whole.len = PyBytes_GET_SIZE(data)
-    return scan_check_request(whole, found)
+    return scan_CheckRequest(whole, DEPTH_LIMIT, &found.wire)
 
 
-cdef inline char* put_source(char* w, bint present, Span value) noexcept:
-    cdef uint32_t n = <uint32_t>value.len
-    if not present:
-        w[0] = 0
-        return w + 1
-    w[0] = 1
-    memcpy(w + 1, &n, 4)
-    if n:
-        memcpy(w + 5, value.ptr, n)
-    return w + 5 + n
-
-
-# ---- the walk: one function per message, each refusing what it does not know --------------------
-
-
-cdef inline int text(const uint8_t** p, const uint8_t* end, Found* found, int field) noexcept:
-    cdef Span value
-    if read_text(p, end, &value):
-        return REFUSED
-    if field >= 0:
-        found.fields[field] = value
-        found.has_field[field] = True
-    return OK
-
-
-cdef inline int varint(const uint8_t** p, const uint8_t* end, Found* found, int field) noexcept:
-    cdef const uint8_t* start = p[0]
-    cdef uint64_t ignored
-    if read_varint(p, end, &ignored):
-        return REFUSED
-    if field >= 0:
-        found.fields[field].ptr = start
-        found.fields[field].len = p[0] - start
-        found.has_field[field] = True
-    return OK
-
-
-cdef inline int message(const uint8_t** p, const uint8_t* end, Span* out) noexcept:
-    return REFUSED if read_span(p, end, out) else OK
-
-
-cdef int scan_check_request(Span msg, Found* found) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span sub
-    while p < end:
-        if read_tag(&p, end, &tag) or tag != T_CheckRequest_attributes:
-            return REFUSED
-        if message(&p, end, &sub) or scan_attributes(sub, found):
-            return REFUSED
-    return OK
-
-
-cdef int scan_attributes(Span msg, Found* found) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span sub
-    cdef int err
-    while p < end:
-        if read_tag(&p, end, &tag) or tag & 7 != 2:
-            return REFUSED
-        if message(&p, end, &sub):
-            return REFUSED
-        if tag == T_AttributeContext_source:
-            err = scan_peer(sub, found, S_ADDRESS, S_SERVICE, S_PRINCIPAL, S_LABELS)
-        elif tag == T_AttributeContext_destination:
-            err = scan_peer(sub, found, D_ADDRESS, D_SERVICE, -1, D_LABELS)
-        elif tag == T_AttributeContext_request:
-            err = scan_request(sub, found)
-        elif tag == T_AttributeContext_context_extensions:
-            err = scan_entry(sub, found, CONTEXT)
-        elif tag == T_AttributeContext_metadata_context or tag == T_AttributeContext_route_metadata_context:
-            err = REFUSED if sub.len else OK  # Envoy sends them empty unless configured to fill them
-        elif tag == T_AttributeContext_tls_session:
-            err = scan_tls_session(sub)
-        else:
-            return REFUSED
-        if err:
-            return REFUSED
-    return OK
-
-
-cdef int scan_peer(
-    Span msg, Found* found, int address, int service, int principal, int labels
-) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span sub
-    cdef int err
-    while p < end:
-        if read_tag(&p, end, &tag):
-            return REFUSED
-        if tag == T_Peer_address:
-            err = message(&p, end, &sub) or scan_address(sub, found, address)
-        elif tag == T_Peer_service:
-            err = text(&p, end, found, service)
-        elif tag == T_Peer_labels:
-            err = message(&p, end, &sub) or scan_entry(sub, found, labels)
-        elif tag == T_Peer_principal:
-            err = text(&p, end, found, principal)
-        elif tag == T_Peer_certificate:
-            err = text(&p, end, found, -1)
-        else:
-            return REFUSED
-        if err:
-            return REFUSED
-    return OK
-
-
-cdef int scan_address(Span msg, Found* found, int address) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span sub
-    while p < end:
-        # socket_address only: pipe and envoy_internal_address share its oneof.
-        if read_tag(&p, end, &tag) or tag != T_Address_socket_address:
-            return REFUSED
-        if message(&p, end, &sub) or scan_socket_address(sub, found, address):
-            return REFUSED
-    return OK
-
-
-cdef int scan_socket_address(Span msg, Found* found, int address) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef int err
-    # Destination port: the field after the address in the enum. named_port (4) shares the port's
-    # oneof and is refused.
-    cdef int port = D_PORT if address == D_ADDRESS else -1
-    while p < end:
-        if read_tag(&p, end, &tag):
-            return REFUSED
-        if tag == T_SocketAddress_protocol or tag == T_SocketAddress_ipv4_compat:
-            err = varint(&p, end, found, -1)
-        elif tag == T_SocketAddress_address:
-            err = text(&p, end, found, address)
-        elif tag == T_SocketAddress_port_value:
-            err = varint(&p, end, found, port)
-        elif tag == T_SocketAddress_resolver_name:
-            err = text(&p, end, found, -1)
-        else:
-            return REFUSED
-        if err:
-            return REFUSED
-    return OK
-
-
-cdef int scan_request(Span msg, Found* found) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span sub
-    while p < end:
-        if read_tag(&p, end, &tag) or message(&p, end, &sub):
-            return REFUSED
-        if tag == T_Request_time:
-            if scan_timestamp(sub):
-                return REFUSED
-        elif tag == T_Request_http:
-            if scan_http(sub, found):
-                return REFUSED
-        else:
-            return REFUSED
-    return OK
-
-
-cdef int scan_timestamp(Span msg) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef uint64_t ignored
-    while p < end:
-        if read_tag(&p, end, &tag) or (tag != T_Timestamp_seconds and tag != T_Timestamp_nanos):
-            return REFUSED
-        if read_varint(&p, end, &ignored):
-            return REFUSED
-    return OK
-
-
-cdef int scan_http(Span msg, Found* found) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span sub
-    cdef int err
-    while p < end:
-        if read_tag(&p, end, &tag):
-            return REFUSED
-        if tag == T_HttpRequest_id:
-            err = text(&p, end, found, HTTP_ID)
-        elif tag == T_HttpRequest_method:
-            err = text(&p, end, found, METHOD)
-        elif tag == T_HttpRequest_headers:
-            err = message(&p, end, &sub) or scan_entry(sub, found, HEADERS)
-        elif tag == T_HttpRequest_path:
-            err = text(&p, end, found, PATH)
-        elif tag == T_HttpRequest_host:
-            err = text(&p, end, found, HOST)
-        elif tag == T_HttpRequest_scheme:
-            err = text(&p, end, found, SCHEME)
-        elif (
-            tag == T_HttpRequest_query
-            or tag == T_HttpRequest_fragment
-            or tag == T_HttpRequest_protocol
-            or tag == T_HttpRequest_body
-        ):
-            err = text(&p, end, found, -1)
-        elif tag == T_HttpRequest_size:
-            err = varint(&p, end, found, -1)
-        elif tag == T_HttpRequest_raw_body:  # bytes, not checked
-            err = message(&p, end, &sub)
-        else:  # header_map (encode_raw_headers) among others
-            return REFUSED
-        if err:
-            return REFUSED
-    return OK
-
-
-cdef int scan_tls_session(Span msg) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span ignored
-    while p < end:
-        if read_tag(&p, end, &tag) or tag != T_TLSSession_sni or read_text(&p, end, &ignored):
-            return REFUSED
-    return OK
-
-
-cdef int scan_entry(Span msg, Found* found, int map) noexcept:
-    """One map<string, string> entry; the last entry with a wanted key sets its value."""
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef Span key
-    cdef Span value
+cdef inline int on_entry(CheckFields* wire, int map, Span key, Span value) noexcept:
+    """One map entry, in wire order: kept when collecting, else the last entry with a wanted key sets
+    that key's value (a map's semantics)."""
+    cdef Found* found = <Found*>wire  # wire is found.wire, its first member
     cdef const Name* name
     cdef int i
-    key.ptr = value.ptr = NULL
-    key.len = value.len = 0
-    while p < end:
-        if read_tag(&p, end, &tag):
-            return REFUSED
-        if tag == T_MAP_KEY:
-            if read_text(&p, end, &key):
-                return REFUSED
-        elif tag == T_MAP_VALUE:
-            if read_text(&p, end, &value):
-                return REFUSED
-        else:
-            return REFUSED
     if found.collect:
         if found.n_all == MAX_ENTRIES:
-            return REFUSED
+            return E_MEMORY  # more than read_input takes: the upb path
         found.all_keys[found.n_all] = key
         found.all_values[found.n_all] = value
         found.all_maps[found.n_all] = map
@@ -561,3 +331,15 @@ cdef int scan_entry(Span msg, Found* found, int map) noexcept:
                 found.entries[i] = value
                 found.has_entry[i] = True
     return OK
+
+
+cdef inline char* put_source(char* w, bint present, Span value) noexcept:
+    cdef uint32_t n = <uint32_t>value.len
+    if not present:
+        w[0] = 0
+        return w + 1
+    w[0] = 1
+    memcpy(w + 1, &n, 4)
+    if n:
+        memcpy(w + 5, value.ptr, n)
+    return w + 5 + n

@@ -19,6 +19,7 @@ cdef enum:  # why a message is refused (0: it is not)
     E_DEPTH
     E_UTF8
     E_MEMORY
+    E_UNKNOWN  # a field the reader does not know, from a reader that refuses them
 
 
 cdef struct Span:

@@ -4,6 +4,7 @@ A table is a text file, one line per field read (`#` starts a comment):
 
     @proto envoy.data.accesslog.v3.accesslog_pb2      # where the table's message names are looked up
     @struct WireFields                                 # the C struct the generated readers fill
+    @unknown skip                                      # or refuse: what a field the table does not list does
     AccessLogCommon.upstream_cluster     text          cluster
     HTTPAccessLogEntry.request           message
 
@@ -11,9 +12,12 @@ A table is a text file, one line per field read (`#` starts a comment):
 own name); its number, wire type, and the type of the message it leads to come from the descriptors,
 never from the table. The second column says how the field is read, the third into which struct member:
 
-    message        descend: the field's message type gets its own reader (its lines say what it reads)
+    message        descend: the field's message type gets its own reader (its lines say what it reads);
+                   a third column is a prefix for the members filled below it, which then get readers
+                   of their own (one message read in two places, into two sets of members)
     text           a string, UTF-8 checked (as upb checks string fields)          -> Span
-    raw            a length-delimited field kept as bytes, unchecked                  -> Span
+    raw            the field as it is on the wire, unchecked: a length-delimited field's content or a
+                   varint's bytes                                                      -> Span
     uint64         a uint64 varint                                                     -> uint64_t
     int32          an int32 or enum varint (its low 32 bits)                           -> int32_t
     time           a google.protobuf.Duration or Timestamp                             -> Duration
@@ -21,15 +25,22 @@ never from the table. The second column says how the field is read, the third in
     last(KEY)      of a map<string, ...>, the value of the last entry keyed KEY (a map's
                    own semantics: a later entry replaces an earlier one); "" when none -> Span
     seen           of a map<string, ...>: whether it has an entry (each entry checked) -> bint
+    entries        of a map<string, ...>: each entry handed to on_entry(f, MAP_<member>, key, value)
+                   in wire order (the third column names the map, not a member)
+    empty          a message field accepted only when empty (a filled one is refused)
     tag            no reader: only the tag constant, for hand-written code
 
-Output (a Cython include): `T_<Message>_<field>` tag constants, the struct, and one
-`scan_<Message>(Span msg, int depth, WireFields* f)` per message with lines. The generated readers use
-the helpers of remixer/kit/native/wire.pxd plus these, which the including module defines:
-skip_field(cursor, end,
-tag, depth), scan_duration(span, depth, Duration*), scan_pair(span, depth, text_value, Span* key,
-Span* value), span_is(span, text, length). A known field on the wire with another wire type is skipped
-as unknown, as upb does.
+Unknown fields (and a listed field with another wire type, which upb treats as unknown): `@unknown
+skip` (the default) skips them, as upb does; `@unknown refuse` refuses the message (E_UNKNOWN), for a
+reader that must not answer for what it has not read. In a refusing table a line may leave out the
+member: the field is read and checked (text: UTF-8) and its value dropped.
+
+Output (a Cython include): `T_<Message>_<field>` tag constants, the `MAP_*` map numbers, the struct, one
+`scan_<prefix><Message>(Span msg, int depth, WireFields* f)` per message (and prefix) with lines, and
+`scan_pair`, the map entries' reader. The generated readers use the helpers of remixer/kit/native/wire.pxd
+plus these, which the including module defines: skip_field(cursor, end, tag, depth) (skipping tables),
+scan_duration(span, depth, Duration*) (time), span_is(span, text, length) (first, last),
+on_entry(f, map, key, value) (entries).
 
     python -m remixer.kit.native.wiregen TABLE OUT     (protos/regenerate.py runs it for every table)
 """
@@ -67,7 +78,8 @@ _MEMBER_TYPES = {
     "last": "Span",
     "seen": "bint",
 }
-_MAP_READERS = ("first", "last", "seen")
+_MAP_READERS = ("first", "last", "seen", "entries")
+_DROPPABLE = ("text", "raw", "uint64", "int32")  # may name no member in a refusing table
 _READER = re.compile(r"(?P<name>[a-z0-9]+)(?:\((?P<argument>[^()]+)\))?$")
 
 
@@ -111,7 +123,7 @@ def _entry(field: FieldDescriptor, name: str) -> FieldDescriptor:
     return _message(field).fields_by_name[name]
 
 
-def _check(line: Line) -> None:
+def _check(line: Line, refuse: bool) -> None:
     """Refuse a reader the field's declared type cannot feed."""
     field, reader = line.field, line.reader
     repeated = field.is_repeated
@@ -127,12 +139,12 @@ def _check(line: Line) -> None:
         pass
     elif repeated:
         problem = "is repeated"
-    elif reader == "message" and field.message_type is None:
+    elif reader in ("message", "empty") and field.message_type is None:
         problem = "is not a message"
     elif reader == "text" and field.type != FieldDescriptor.TYPE_STRING:
         problem = "is not a string"
-    elif reader == "raw" and wire_type(field) != _LEN:
-        problem = "is not length-delimited"
+    elif reader == "raw" and wire_type(field) not in (_LEN, _VARINT):
+        problem = "is neither length-delimited nor a varint"
     elif reader == "uint64" and field.type != FieldDescriptor.TYPE_UINT64:
         problem = "is not a uint64"
     elif reader == "int32" and field.type not in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_ENUM):
@@ -143,8 +155,11 @@ def _check(line: Line) -> None:
         raise TableError(f"{line.message.name}.{field.name} {problem}: it cannot be read as {reader}")
     if (reader in ("first", "last")) != bool(line.argument):
         raise TableError(f"{line.message.name}.{field.name}: only first(KEY) and last(KEY) take an argument")
-    if (reader in ("message", "tag")) == bool(line.into):
-        raise TableError(f"{line.message.name}.{field.name}: {reader} lines name no struct member, others do")
+    if reader in ("tag", "empty") and line.into:
+        raise TableError(f"{line.message.name}.{field.name}: {reader} lines name no struct member")
+    if not line.into and reader not in ("message", "tag", "empty") and not (refuse and reader in _DROPPABLE):
+        dropping = " (here only text, raw, uint64 and int32 lines may drop the value)" if refuse else ""
+        raise TableError(f"{line.message.name}.{field.name}: {reader} lines name a struct member{dropping}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,7 @@ class Table:
     source: str  # the table's path, for the generated header
     modules: tuple[str, ...]
     struct: str
+    refuse: bool  # @unknown refuse: a field not listed refuses the message
     lines: tuple[Line, ...]
 
 
@@ -172,6 +188,7 @@ def _messages(files: list[FileDescriptor]) -> dict[str, Descriptor]:
 def parse(text: str, source: str) -> Table:
     modules: list[str] = []
     struct = "WireFields"
+    unknown = "skip"
     rows: list[tuple[int, list[str]]] = []
     for number, raw in enumerate(text.splitlines(), 1):
         words = raw.split("#", 1)[0].split()
@@ -181,6 +198,10 @@ def parse(text: str, source: str) -> Table:
             modules.extend(words[1:])
         elif words[0] == "@struct":
             struct = words[1]
+        elif words[0] == "@unknown":
+            if words[1:] not in (["skip"], ["refuse"]):
+                raise TableError(f"{source}:{number}: @unknown takes skip or refuse")
+            unknown = words[1]
         else:
             rows.append((number, words))
     messages = _messages([importlib.import_module(m).DESCRIPTOR for m in modules])
@@ -197,17 +218,17 @@ def parse(text: str, source: str) -> Table:
         field = message.fields_by_name.get(field_name)
         if field is None:
             raise TableError(f"{where}: {message.full_name} has no field {field_name}")
-        if match is None or match["name"] not in (*_MEMBER_TYPES, "message", "tag"):
+        if match is None or match["name"] not in (*_MEMBER_TYPES, "entries", "empty", "message", "tag"):
             raise TableError(f"{where}: unknown reader {words[1]!r}")
         line = Line(
             message, field, match["name"], match["argument"] or "", words[2] if len(words) > 2 else ""
         )
         try:
-            _check(line)
+            _check(line, unknown == "refuse")
         except TableError as exc:
             raise TableError(f"{where}: {exc}") from None
         lines.append(line)
-    return Table(source, tuple(modules), struct, tuple(lines))
+    return Table(source, tuple(modules), struct, unknown == "refuse", tuple(lines))
 
 
 def load(path: Path) -> Table:
@@ -217,26 +238,74 @@ def load(path: Path) -> Table:
 # ---- Cython ---------------------------------------------------------------------------------------
 
 
-def _members(table: Table) -> dict[str, tuple[str, str]]:
+@dataclass(frozen=True)
+class Reader:
+    """One generated scan_ function: a message's lines, filling the members under one prefix."""
+
+    message: Descriptor
+    prefix: str
+    lines: tuple[Line, ...]
+
+    @property
+    def name(self) -> str:
+        return f"scan_{self.prefix}{self.message.name}"
+
+
+def _readers(table: Table) -> list[Reader]:
+    """A reader per message with lines and per prefix it is reached under, in the table's order."""
+    reading = [line for line in table.lines if line.reader != "tag"]
+    messages = list(dict.fromkeys(line.message for line in reading))
+    for line in reading:
+        if line.reader == "message" and line.field.message_type not in messages:
+            where = f"{line.message.name}.{line.field.name}"
+            raise TableError(f"{where}: no line reads {_message(line.field).name}")
+    prefixes: dict[Descriptor, list[str]] = {message: [] for message in messages}
+
+    def reach(message: Descriptor, prefix: str, path: tuple[Descriptor, ...]) -> None:
+        if prefix in prefixes[message]:
+            return
+        prefixes[message].append(prefix)
+        for line in reading:
+            if line.message is message and line.reader == "message":
+                if line.into and _message(line.field) in (*path, message):
+                    raise TableError(f"{message.name}.{line.field.name}: a prefix inside a recursion")
+                reach(_message(line.field), prefix + line.into, (*path, message))
+
+    targets = {line.field.message_type for line in reading if line.reader == "message"}
+    roots = [message for message in messages if message not in targets]
+    for message in roots + messages:  # then what only a recursion reaches
+        if message in roots or not prefixes[message]:
+            reach(message, "", ())
+    return [
+        Reader(message, prefix, tuple(line for line in reading if line.message is message))
+        for message in messages
+        for prefix in prefixes[message]
+    ]
+
+
+def _members(readers: list[Reader]) -> dict[str, tuple[str, str]]:
     """Struct member -> (C type, the field it holds)."""
     members: dict[str, tuple[str, str]] = {}
-    for line in table.lines:
-        if not line.into:
-            continue
-        kind = _MEMBER_TYPES[line.reader]
-        held = f"{line.message.name}.{line.field.name}" + (f"[{line.argument}]" if line.argument else "")
-        known = members.get(line.into)
-        if known is not None and known[0] != kind:
-            raise TableError(f"member {line.into} is both {known[0]} and {kind}")
-        members[line.into] = (kind, f"{known[1]}, {held}" if known else held)
+    for reader in readers:
+        for line in reader.lines:
+            if not line.into or line.reader in ("message", "entries"):
+                continue
+            name, kind = reader.prefix + line.into, _MEMBER_TYPES[line.reader]
+            held = f"{line.message.name}.{line.field.name}" + (f"[{line.argument}]" if line.argument else "")
+            known = members.get(name)
+            if known is not None and known[0] != kind:
+                raise TableError(f"member {name} is both {known[0]} and {kind}")
+            members[name] = (kind, f"{known[1]}, {held}" if known else held)
     return members
 
 
-def _found_bits(table: Table) -> dict[str, int]:
-    return {line.into: 1 << i for i, line in enumerate(x for x in table.lines if x.reader == "first")}
+def _named(readers: list[Reader], reader: str) -> list[str]:
+    """The members (or maps) the lines of one reader kind fill, in order, each once."""
+    named = (r.prefix + line.into for r in readers for line in r.lines if line.reader == reader)
+    return list(dict.fromkeys(named))
 
 
-def _constants(table: Table) -> list[str]:
+def _constants(table: Table, readers: list[Reader]) -> list[str]:
     out = ["cdef enum:  # tags (field number << 3 | wire type), from the descriptors"]
     seen: set[str] = set()
     for line in table.lines:
@@ -272,40 +341,57 @@ def _constants(table: Table) -> list[str]:
     if times:
         out.append(f"    T_TIME_SECONDS = {1 << 3 | _VARINT:#04x}  # Duration / Timestamp")
         out.append(f"    T_TIME_NANOS = {2 << 3 | _VARINT:#04x}")
-    bits = _found_bits(table)
-    if bits:
+    firsts = _named(readers, "first")
+    if firsts:
         out.append("")
         out.append(
             "cdef enum:  # found-bits of the first(KEY) members: a later entry with the key is ignored"
         )
-        out.extend(f"    FOUND_{name} = {bit}" for name, bit in bits.items())
+        out.extend(f"    FOUND_{name} = {1 << i}" for i, name in enumerate(firsts))
+    entries = _named(readers, "entries")
+    if entries:
+        out.append("")
+        out.append("cdef enum:  # the maps whose entries go to on_entry(f, MAP_*, key, value)")
+        out.extend(f"    MAP_{name} = {i}" for i, name in enumerate(entries))
+        out.append(f"    N_MAPS = {len(entries)}")
     return out
 
 
-def _struct(table: Table) -> list[str]:
-    if not _members(table):  # a table of tags only
+def _struct(table: Table, readers: list[Reader]) -> list[str]:
+    members = _members(readers)
+    if not members:  # a table of tags only
         return []
     out = ["", f"cdef struct {table.struct}:"]
-    for name, (kind, held) in _members(table).items():
+    for name, (kind, held) in members.items():
         out.append(f"    {kind} {name}  # {held}")
-    if _found_bits(table):
+    if _named(readers, "first"):
         out.append("    uint32_t found  # FOUND_* bits")
     return out
 
 
-def _branch(line: Line, lines: list[Line]) -> list[str]:
+def _branch(line: Line, lines: list[Line], prefix: str) -> list[str]:
     """The body that reads one field (all lines of that field, for map fields read into several members)."""
-    into = f"f.{line.into}"
+    into = f"f.{prefix}{line.into}"
     if line.reader == "message":
         return [
             "err = read_span(&p, end, &span)",
             "if not err:",
-            f"    err = scan_{_message(line.field).name}(span, depth - 1, f)",
+            f"    err = scan_{prefix}{line.into}{_message(line.field).name}(span, depth - 1, f)",
         ]
-    if line.reader == "text":
-        return [f"err = read_text(&p, end, &{into})"]
-    if line.reader == "raw":
-        return [f"err = read_span(&p, end, &{into})"]
+    if line.reader == "empty":
+        return ["err = read_span(&p, end, &span)", "if not err and span.len:", "    err = E_UNKNOWN"]
+    if line.reader in ("text", "raw") and wire_type(line.field) == _LEN:
+        read = "read_text" if line.reader == "text" else "read_span"
+        return [f"err = {read}(&p, end, &{into if line.into else 'span'})"]
+    if line.reader in _DROPPABLE and not line.into:  # a varint, checked and dropped
+        return ["err = read_varint(&p, end, &number)"]
+    if line.reader == "raw":  # a varint's own bytes
+        return [
+            "start = p",
+            "err = read_varint(&p, end, &number)",
+            f"{into}.ptr = start",
+            f"{into}.len = p - start",
+        ]
     if line.reader == "uint64":
         return [f"err = read_varint(&p, end, &{into})"]
     if line.reader == "int32":
@@ -327,86 +413,109 @@ def _branch(line: Line, lines: list[Line]) -> list[str]:
         f"    err = scan_pair(span, depth - 1, {text_value}, &key, &value)",
     ]
     keyed = [x for x in lines if x.reader in ("first", "last")]
-    out.extend(f"if not err:\n    f.{x.into} = True" for x in lines if x.reader == "seen")
+    out.extend(f"if not err:\n    f.{prefix}{x.into} = True" for x in lines if x.reader == "seen")
+    out.extend(
+        f"if not err:\n    err = on_entry(f, MAP_{prefix}{x.into}, key, value)"
+        for x in lines
+        if x.reader == "entries"
+    )
     for i, x in enumerate(keyed):
         key = x.argument.encode()
         first = x.reader == "first"
         out.append(
             ("if" if i == 0 else "elif")
             + " not err"
-            + (f" and not f.found & FOUND_{x.into}" if first else "")
+            + (f" and not f.found & FOUND_{prefix}{x.into}" if first else "")
             + f" and span_is(key, {key!r}, {len(key)}):"
         )
         if first:
-            out.append(f"    f.found |= FOUND_{x.into}")
-        out.append(f"    f.{x.into} = value")
+            out.append(f"    f.found |= FOUND_{prefix}{x.into}")
+        out.append(f"    f.{prefix}{x.into} = value")
     return out
 
 
-def _reader(table: Table, message: Descriptor) -> list[str]:
-    mine = [line for line in table.lines if line.message is message and line.reader != "tag"]
-    fields: dict[int, list[Line]] = {}
-    for line in mine:
-        fields.setdefault(line.field.number, []).append(line)
-    for lines in fields.values():
-        if len(lines) > 1 and not all(x.reader in _MAP_READERS for x in lines):
-            raise TableError(f"{message.name}.{lines[0].field.name}: read twice (only map readers combine)")
-    readers = {line.reader for line in mine}
-    out = [
-        f"cdef int scan_{message.name}(Span msg, int depth, {table.struct}* f) noexcept:",
-        f'    """{message.full_name}"""',
+# The locals a reader declares, when its branches use them.
+_LOCALS = (
+    ("number", "cdef uint64_t number = 0"),
+    ("start", "cdef const uint8_t* start"),
+    ("span", "cdef Span span"),
+    ("key", "cdef Span key"),
+    ("value", "cdef Span value"),
+)
+
+
+def _function(table: Table, head: str, doc: str, setup: list[str], branches: list[str]) -> list[str]:
+    """A reader: the loop over a message's fields, `branches` (an if/elif chain) reading the known ones."""
+    unknown = "err = E_UNKNOWN" if table.refuse else "err = skip_field(&p, end, tag, depth)"
+    return [
+        f"cdef int {head} noexcept:",
+        f'    """{doc}"""',
         "    cdef const uint8_t* p = msg.ptr",
         "    cdef const uint8_t* end = msg.ptr + msg.len",
         "    cdef uint32_t tag",
-    ]
-    if "int32" in readers:
-        out.append("    cdef uint64_t number = 0")
-    if readers & {"message", "time", *_MAP_READERS}:
-        out.append("    cdef Span span")
-    if readers & set(_MAP_READERS):
-        out += ["    cdef Span key", "    cdef Span value"]
-    out += [
-        "    cdef int err",
-        "    if depth < 0:",
-        "        return E_DEPTH",
+        *setup,
         "    while p < end:",
         "        err = read_tag(&p, end, &tag)",
         "        if err:",
         "            return err",
-    ]
-    for i, lines in enumerate(fields.values()):
-        out.append(f"        {'if' if i == 0 else 'elif'} tag == {lines[0].tag_name}:")
-        body = "\n".join(_branch(lines[0], lines)).splitlines()
-        out.extend(f"            {x}" for x in body)
-    out += [
+        *branches,
         "        else:",
-        "            err = skip_field(&p, end, tag, depth)",
+        f"            {unknown}",
         "        if err:",
         "            return err",
         "    return OK",
     ]
-    return out
+
+
+_DEPTH = ["    cdef int err", "    if depth < 0:", "        return E_DEPTH"]
+
+
+def _reader(table: Table, reader: Reader) -> list[str]:
+    fields: dict[int, list[Line]] = {}
+    for line in reader.lines:
+        fields.setdefault(line.field.number, []).append(line)
+    branches: list[str] = []
+    for i, lines in enumerate(fields.values()):
+        if len(lines) > 1 and not all(x.reader in _MAP_READERS for x in lines):
+            where = f"{reader.message.name}.{lines[0].field.name}"
+            raise TableError(f"{where}: read twice (only map readers combine)")
+        branches.append(f"        {'if' if i == 0 else 'elif'} tag == {lines[0].tag_name}:")
+        body = "\n".join(_branch(lines[0], lines, reader.prefix)).splitlines()
+        branches.extend(f"            {x}" for x in body)
+    used = "\n".join(branches)
+    declared = [f"    {declared}" for name, declared in _LOCALS if re.search(rf"\b{name}\b", used)]
+    head = f"{reader.name}(Span msg, int depth, {table.struct}* f)"
+    return _function(table, head, reader.message.full_name, declared + _DEPTH, branches)
+
+
+def _pair_reader(table: Table) -> list[str]:
+    return _function(
+        table,
+        "scan_pair(Span msg, int depth, bint text_value, Span* key, Span* value)",
+        "A map entry: key and value (a string, or bytes unless text_value), the last of each wins.",
+        [*_DEPTH, "    key.ptr = NULL", "    key.len = 0", "    value.ptr = NULL", "    value.len = 0"],
+        [
+            "        if tag == T_MAP_KEY:",
+            "            err = read_text(&p, end, key)",
+            "        elif tag == T_MAP_VALUE:",
+            "            err = read_text(&p, end, value) if text_value else read_span(&p, end, value)",
+        ],
+    )
 
 
 def cython(table: Table) -> str:
-    readers: list[Descriptor] = []
-    for line in table.lines:
-        if line.reader != "tag" and line.message not in readers:
-            readers.append(line.message)
-    for line in table.lines:
-        if line.reader == "message" and line.field.message_type not in readers:
-            raise TableError(
-                f"{line.message.name}.{line.field.name}: no line reads {_message(line.field).name}"
-            )
+    readers = _readers(table)
     header = [
         f"# Generated by remixer/kit/native/wiregen.py from {table.source} and the descriptors of",
         f"# {', '.join(table.modules)}.",
         "# Do not edit: change the table, then run `make protos` (tests check this file is fresh).",
         "",
     ]
-    parts = [header, _constants(table), _struct(table)]
-    for message in readers:
-        parts += [["", ""], _reader(table, message)]
+    parts = [header, _constants(table, readers), _struct(table, readers)]
+    for reader in readers:
+        parts += [["", ""], _reader(table, reader)]
+    if any(line.reader in _MAP_READERS for line in table.lines):
+        parts += [["", ""], _pair_reader(table)]
     return "\n".join(line for part in parts for line in part) + "\n"
 
 
