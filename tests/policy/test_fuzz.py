@@ -234,12 +234,9 @@ def test_evaluator_and_servicer_on_generated_requests(
         assert response.denied_response.status.code == expected.status
 
 
+# Requests Envoy could send are the 10,000 above, each answer checked against the evaluator.
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
-@given(
-    data=st.one_of(
-        st.binary(max_size=300), st.builds(lambda m: m.SerializeToString(), st.builds(_request, check_inputs))
-    )
-)
+@given(data=st.binary(max_size=300))
 def test_servicer_survives_arbitrary_bytes(
     data: bytes, servicer: tuple[grpc_authz.AuthorizationHandler, asyncio.AbstractEventLoop]
 ) -> None:
