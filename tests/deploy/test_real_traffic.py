@@ -18,6 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -154,7 +155,7 @@ def _wait_for(stack: Stack, expr: str, timeout: float = 30.0) -> None:
         stack.query_time = time.time()
         if stack.query(expr).get("data", {}).get("result"):
             return
-        time.sleep(0.5)
+        time.sleep(0.1)  # a query is cheap; Prometheus scrapes every second
     raise AssertionError(f"Prometheus never returned data for {expr}")
 
 
@@ -208,8 +209,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     controller: subprocess.Popen[bytes] | None = None
     try:
         kafka.start()
-        remixer.start()
-        prometheus.start()
+        # Side by side: Prometheus scrapes remixer whenever it is up. Envoy last: its clusters' first
+        # health checks must find remixer serving.
+        with ThreadPoolExecutor() as starting:
+            for started in [starting.submit(remixer.start), starting.submit(prometheus.start)]:
+                started.result()
         envoy.start()
         stack = Stack(
             workdir,
