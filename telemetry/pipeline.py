@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -15,16 +14,9 @@ from remixer.kit.parts import RecordSink
 from telemetry.adapters.prometheus import TelemetryStats
 from telemetry.core.aggregates import Aggregates
 from telemetry.edge.decoding import BatchResult
-from telemetry.structs import CallEdgeKey
+from telemetry.structs import CallEdgeKey, EdgeCounts
 
 log = logging.getLogger("telemetry.pipeline")
-
-
-@dataclass(slots=True)
-class EdgeCounts:
-    count: int
-    first_seen: datetime
-    last_seen: datetime
 
 
 class CallEdgeStore(Protocol):

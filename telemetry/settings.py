@@ -98,7 +98,10 @@ class TelemetrySettings(BaseModel):
         description="Record value encoding: JSON (easy ingestion) or remixer.v1.AccessRecord protobuf.",
     )
     record_max_field_bytes: int = Field(
-        8192, ge=64, description="Longer string fields (paths, headers) are truncated in records."
+        8192,
+        ge=64,
+        description="Longer string values (paths, user agents, request ids) are cut to this many characters "
+        "in records.",
     )
     max_entries_per_message: int = Field(
         20_000,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NamedTuple
 
 # The Istio standard label set, in the order Istio's stats filter pushes its tags (reference/mixer.md §4.2).
@@ -114,6 +115,15 @@ class CallEdgeKey(NamedTuple):
     destination_service: str
     destination_port: int
     protocol: str
+
+
+@dataclass(slots=True)
+class EdgeCounts:
+    """One call edge's calls since the last flush to the call-edge store."""
+
+    count: int
+    first_seen: datetime
+    last_seen: datetime
 
 
 @dataclass(frozen=True, slots=True)

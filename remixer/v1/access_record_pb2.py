@@ -22,15 +22,76 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eremixer/v1/access_record.proto\x12\nremixer.v1\"\xa5\x05\n\x0c\x41\x63\x63\x65ssRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08log_name\x18\x02 \x01(\t\x12\x10\n\x08reporter\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x17\n\x0fsource_workload\x18\n \x01(\t\x12!\n\x19source_workload_namespace\x18\x0b \x01(\t\x12\x18\n\x10source_principal\x18\x0c \x01(\t\x12\x1c\n\x14\x64\x65stination_workload\x18\r \x01(\t\x12&\n\x1e\x64\x65stination_workload_namespace\x18\x0e \x01(\t\x12\x1d\n\x15\x64\x65stination_principal\x18\x0f \x01(\t\x12\x1b\n\x13\x64\x65stination_service\x18\x10 \x01(\t\x12\x18\n\x10request_protocol\x18\x11 \x01(\t\x12\"\n\x1a\x63onnection_security_policy\x18\x12 \x01(\t\x12\x15\n\rstart_time_ms\x18\x14 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x15 \x01(\x01\x12\x18\n\x10upstream_cluster\x18\x16 \x01(\t\x12\x16\n\x0eresponse_flags\x18\x17 \x01(\t\x12\x12\n\nrequest_id\x18\x1e \x01(\t\x12\x0e\n\x06method\x18\x1f \x01(\t\x12\x11\n\tauthority\x18  \x01(\t\x12\x0c\n\x04path\x18! \x01(\t\x12\x12\n\nuser_agent\x18\" \x01(\t\x12\x15\n\rresponse_code\x18# \x01(\r\x12\x13\n\x0bgrpc_status\x18$ \x01(\t\x12\x15\n\rrequest_bytes\x18% \x01(\x04\x12\x16\n\x0eresponse_bytes\x18& \x01(\x04\x12\x12\n\nsent_bytes\x18( \x01(\x04\x12\x16\n\x0ereceived_bytes\x18) \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eremixer/v1/access_record.proto\x12\nremixer.v1\x1a google/protobuf/descriptor.proto\"\xf9\x06\n\x0c\x41\x63\x63\x65ssRecord\x12\x15\n\x07node_id\x18\x01 \x01(\tB\x04\xe8\xe0\x18\x01\x12\x16\n\x08log_name\x18\x02 \x01(\tB\x04\xe8\xe0\x18\x01\x12\x16\n\x08reporter\x18\x03 \x01(\tB\x04\xe8\xe0\x18\x01\x12\x12\n\x04kind\x18\x04 \x01(\tB\x04\xe8\xe0\x18\x01\x12\x1d\n\x0fsource_workload\x18\n \x01(\tB\x04\xe8\xe0\x18\x01\x12\'\n\x19source_workload_namespace\x18\x0b \x01(\tB\x04\xe8\xe0\x18\x01\x12\x1e\n\x10source_principal\x18\x0c \x01(\tB\x04\xe8\xe0\x18\x01\x12\"\n\x14\x64\x65stination_workload\x18\r \x01(\tB\x04\xe8\xe0\x18\x01\x12,\n\x1e\x64\x65stination_workload_namespace\x18\x0e \x01(\tB\x04\xe8\xe0\x18\x01\x12#\n\x15\x64\x65stination_principal\x18\x0f \x01(\tB\x04\xe8\xe0\x18\x01\x12!\n\x13\x64\x65stination_service\x18\x10 \x01(\tB\x04\xe8\xe0\x18\x01\x12\x1e\n\x10request_protocol\x18\x11 \x01(\tB\x04\xe8\xe0\x18\x01\x12(\n\x1a\x63onnection_security_policy\x18\x12 \x01(\tB\x04\xe8\xe0\x18\x01\x12\x1b\n\rstart_time_ms\x18\x14 \x01(\x03\x42\x04\xe8\xe0\x18\x02\x12\x19\n\x0b\x64uration_ms\x18\x15 \x01(\x01\x42\x04\xe8\xe0\x18\x02\x12\x1e\n\x10upstream_cluster\x18\x16 \x01(\tB\x04\xe8\xe0\x18\x01\x12\x1c\n\x0eresponse_flags\x18\x17 \x01(\tB\x04\xe8\xe0\x18\x01\x12\x1c\n\nrequest_id\x18\x1e \x01(\tB\x08\xe8\xe0\x18\x02\xf0\xe0\x18\x01\x12\x18\n\x06method\x18\x1f \x01(\tB\x08\xe8\xe0\x18\x02\xf0\xe0\x18\x01\x12\x1b\n\tauthority\x18  \x01(\tB\x08\xe8\xe0\x18\x01\xf0\xe0\x18\x01\x12\x16\n\x04path\x18! \x01(\tB\x08\xe8\xe0\x18\x02\xf0\xe0\x18\x01\x12\x1c\n\nuser_agent\x18\" \x01(\tB\x08\xe8\xe0\x18\x02\xf0\xe0\x18\x01\x12\x1f\n\rresponse_code\x18# \x01(\rB\x08\xe8\xe0\x18\x01\xf0\xe0\x18\x01\x12\x1d\n\x0bgrpc_status\x18$ \x01(\tB\x08\xe8\xe0\x18\x01\xf0\xe0\x18\x01\x12\x1f\n\rrequest_bytes\x18% \x01(\x04\x42\x08\xe8\xe0\x18\x02\xf0\xe0\x18\x01\x12 \n\x0eresponse_bytes\x18& \x01(\x04\x42\x08\xe8\xe0\x18\x02\xf0\xe0\x18\x01\x12\x1c\n\nsent_bytes\x18( \x01(\x04\x42\x08\xe8\xe0\x18\x02\xf0\xe0\x18\x02\x12 \n\x0ereceived_bytes\x18) \x01(\x04\x42\x08\xe8\xe0\x18\x02\xf0\xe0\x18\x02*>\n\nRecordPart\x12\x1b\n\x17RECORD_PART_UNSPECIFIED\x10\x00\x12\x08\n\x04KIND\x10\x01\x12\t\n\x05\x45NTRY\x10\x02*%\n\x07\x43\x61rried\x12\x07\n\x03\x41LL\x10\x00\x12\x08\n\x04HTTP\x10\x01\x12\x07\n\x03TCP\x10\x02:E\n\x04part\x12\x1d.google.protobuf.FieldOptions\x18\x8d\x8c\x03 \x01(\x0e\x32\x16.remixer.v1.RecordPart:E\n\x07\x63\x61rried\x12\x1d.google.protobuf.FieldOptions\x18\x8e\x8c\x03 \x01(\x0e\x32\x13.remixer.v1.Carriedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'remixer.v1.access_record_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCESSRECORD']._serialized_start=47
-  _globals['_ACCESSRECORD']._serialized_end=724
+  _globals['_ACCESSRECORD'].fields_by_name['node_id']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['node_id']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['log_name']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['log_name']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['reporter']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['reporter']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['kind']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['kind']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['source_workload']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['source_workload']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['source_workload_namespace']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['source_workload_namespace']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['source_principal']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['source_principal']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['destination_workload']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['destination_workload']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['destination_workload_namespace']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['destination_workload_namespace']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['destination_principal']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['destination_principal']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['destination_service']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['destination_service']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['request_protocol']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['request_protocol']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['connection_security_policy']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['connection_security_policy']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['start_time_ms']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['start_time_ms']._serialized_options = b'\350\340\030\002'
+  _globals['_ACCESSRECORD'].fields_by_name['duration_ms']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['duration_ms']._serialized_options = b'\350\340\030\002'
+  _globals['_ACCESSRECORD'].fields_by_name['upstream_cluster']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['upstream_cluster']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['response_flags']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['response_flags']._serialized_options = b'\350\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['request_id']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['request_id']._serialized_options = b'\350\340\030\002\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['method']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['method']._serialized_options = b'\350\340\030\002\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['authority']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['authority']._serialized_options = b'\350\340\030\001\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['path']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['path']._serialized_options = b'\350\340\030\002\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['user_agent']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['user_agent']._serialized_options = b'\350\340\030\002\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['response_code']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['response_code']._serialized_options = b'\350\340\030\001\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['grpc_status']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['grpc_status']._serialized_options = b'\350\340\030\001\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['request_bytes']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['request_bytes']._serialized_options = b'\350\340\030\002\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['response_bytes']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['response_bytes']._serialized_options = b'\350\340\030\002\360\340\030\001'
+  _globals['_ACCESSRECORD'].fields_by_name['sent_bytes']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['sent_bytes']._serialized_options = b'\350\340\030\002\360\340\030\002'
+  _globals['_ACCESSRECORD'].fields_by_name['received_bytes']._loaded_options = None
+  _globals['_ACCESSRECORD'].fields_by_name['received_bytes']._serialized_options = b'\350\340\030\002\360\340\030\002'
+  _globals['_RECORDPART']._serialized_start=972
+  _globals['_RECORDPART']._serialized_end=1034
+  _globals['_CARRIED']._serialized_start=1036
+  _globals['_CARRIED']._serialized_end=1073
+  _globals['_ACCESSRECORD']._serialized_start=81
+  _globals['_ACCESSRECORD']._serialized_end=970
 # @@protoc_insertion_point(module_scope)

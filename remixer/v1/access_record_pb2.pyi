@@ -1,8 +1,32 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecordPart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECORD_PART_UNSPECIFIED: _ClassVar[RecordPart]
+    KIND: _ClassVar[RecordPart]
+    ENTRY: _ClassVar[RecordPart]
+
+class Carried(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALL: _ClassVar[Carried]
+    HTTP: _ClassVar[Carried]
+    TCP: _ClassVar[Carried]
+RECORD_PART_UNSPECIFIED: RecordPart
+KIND: RecordPart
+ENTRY: RecordPart
+ALL: Carried
+HTTP: Carried
+TCP: Carried
+PART_FIELD_NUMBER: _ClassVar[int]
+part: _descriptor.FieldDescriptor
+CARRIED_FIELD_NUMBER: _ClassVar[int]
+carried: _descriptor.FieldDescriptor
 
 class AccessRecord(_message.Message):
     __slots__ = ("node_id", "log_name", "reporter", "kind", "source_workload", "source_workload_namespace", "source_principal", "destination_workload", "destination_workload_namespace", "destination_principal", "destination_service", "request_protocol", "connection_security_policy", "start_time_ms", "duration_ms", "upstream_cluster", "response_flags", "request_id", "method", "authority", "path", "user_agent", "response_code", "grpc_status", "request_bytes", "response_bytes", "sent_bytes", "received_bytes")

@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from remixer.kit.calledges import call_edges
-from telemetry.pipeline import EdgeCounts
-from telemetry.structs import CallEdgeKey
+from telemetry.structs import CallEdgeKey, EdgeCounts
 
 _KEY_COLUMNS = ["source_namespace", "source_workload", "destination_service", "destination_port", "protocol"]
 

@@ -1,4 +1,8 @@
-"""The StreamAccessLogs servicer: bytes off the wire -> BatchResult -> the pipeline, one message at a time.
+"""The StreamAccessLogs servicer: bytes off the wire -> BatchResult -> the consumer, one message at a time.
+
+Both ends are wired in by the runtime: each stream's reader comes from a ReaderSetup (decoding.py), and
+each batch goes to a BatchConsumer (the pipeline, which hands metrics, records and call edges to the
+adapters).
 
 Registered with raw-bytes handlers so a garbage message is answered with INVALID_ARGUMENT (and counted)
 instead of a generic deserialization failure, and so the reader scans the bytes itself (decoding.py):
@@ -10,14 +14,13 @@ growing memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2
 
 from telemetry.edge import decoding
-from telemetry.structs import StreamIdentity
 
 SERVICE_NAME = "envoy.service.accesslog.v3.AccessLogService"
 log = logging.getLogger("telemetry.als")
@@ -33,15 +36,12 @@ class BatchConsumer(Protocol):
     def stream_closed(self) -> None: ...
 
 
-ReaderFactory = Callable[[StreamIdentity], decoding.StreamReader]
-
-
 class AccessLogServicer:
     def __init__(
-        self, *, consumer: BatchConsumer, new_reader: ReaderFactory, max_entries: int = 1 << 62
+        self, *, consumer: BatchConsumer, readers: decoding.ReaderSetup, max_entries: int = 1 << 62
     ) -> None:
         self._consumer = consumer
-        self._new_reader = new_reader
+        self._readers = readers
         self._max_entries = max_entries
         self._handing_over = False
 
@@ -114,7 +114,7 @@ class AccessLogServicer:
         except decoding.MalformedMessage as exc:
             consumer.malformed("undecodable")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return self._new_reader(identity)
+        return self._readers.open(identity)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         handler = grpc.method_handlers_generic_handler(

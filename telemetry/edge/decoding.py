@@ -1,15 +1,22 @@
 """Envoy access-log messages -> plain facts for the core. The hot path: read few fields, cache the rest.
 
+A reader hands what it reads to the core: each new kind's facts to the KindBook (labels, series, record
+head), each entry's numbers to the core's tallies and its own fields to the core's record encoder; the
+servicer (als.py) hands the batch (BatchResult) to the consumer the runtime wired in (the pipeline, which
+feeds the adapters). The runtime builds one ReaderSetup of core objects; nothing here calls back into
+the runtime or into an adapter.
+
 Two readers with the same results. The compiled one (CompiledStreamReader, remixer/kit/native/als_scanner)
 scans the wire bytes of each StreamAccessLogsMessage in C: one pass over the fields of
 remixer.v1.alsview (a projection of Envoy's message with the same field numbers), rejecting what upb
 would reject, then per entry the memo key (a tuple of the label-deciding fields), one dict lookup for
-its kind, tallies kept in C and the JSON record built in one bytes object. Python runs only on a memo
-miss (KindMemo derives the labels) and once per batch and kind (tallies added to the running series).
+its kind, tallies kept in C and the JSON record built in one bytes object (by a writer generated from
+the record schema the core's encoder follows). Python runs only on a memo miss (KindMemo has the
+KindBook build the kind) and once per batch and kind (tallies added to the running series).
 
 The Python one (StreamReader) parses the view with upb and does the same per entry in Python. It is the
 reference the compiled reader is tested against (tests/telemetry/test_scanner.py), and the fallback
-when the extension is not built (`new_reader` picks; telemetry logs which at startup).
+when the extension is not built (`ReaderSetup.open` picks; telemetry logs which at startup).
 
 Submessages telemetry only caches on (response flags, TLS properties, the response code wrapper, peer
 metadata) stay raw bytes in the key, decoded once per distinct value (wire.py).
@@ -17,7 +24,7 @@ metadata) stay raw bytes in the key, decoded once per distinct value (wire.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,17 +33,12 @@ from google.protobuf.message import DecodeError
 
 from remixer.v1 import als_view_pb2
 from telemetry.core import labels as core_labels
-from telemetry.core.aggregates import HttpSeries, HttpTally, TcpSeries, TcpTally
+from telemetry.core.aggregates import HttpTally, TcpTally
+from telemetry.core.kinds import EntryKind, KindBook
+from telemetry.core.paths import PathTemplates
+from telemetry.core.records import RecordEncoder
 from telemetry.edge import wire
-from telemetry.structs import (
-    ENVOY_BUCKETS,
-    UNKNOWN,
-    Derived,
-    EntryFacts,
-    Labels,
-    StreamIdentity,
-    WorkloadIdentity,
-)
+from telemetry.structs import ENVOY_BUCKETS, UNKNOWN, EntryFacts, StreamIdentity, WorkloadIdentity
 
 try:
     from remixer.kit.native import als_scanner
@@ -153,20 +155,6 @@ def own_principal(identity: StreamIdentity, trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/ns/{namespace}/sa/{identity.service_account}"
 
 
-@dataclass(slots=True, eq=False)
-class EntryKind:
-    """What all entries with the same label-deciding fields share; computed once per stream and kind."""
-
-    derived: Derived
-    labels: Labels  # after the settings' drops / rewrites
-    tcp_labels: Labels
-    record_prefix: Any  # the record encoder's cached identity part
-    flags: str = "-"
-    response_code: int = 0
-    http: HttpSeries | None = None  # the running totals these entries add to (cap already applied)
-    tcp: TcpSeries | None = None
-
-
 @dataclass(slots=True)
 class BatchResult:
     """One StreamAccessLogsMessage: entry counts per kind (for edges and misses), and its records."""
@@ -177,26 +165,41 @@ class BatchResult:
     kind: str = "http"
 
 
-KindBuilder = Callable[[StreamIdentity, Derived, EntryFacts], EntryKind]
-RecordEncoder = Callable[[Any, dict[str, Any]], bytes]
+@dataclass(frozen=True, slots=True)
+class ReaderSetup:
+    """What every stream's reader shares, wired once by the runtime: where kinds come from (the core's
+    KindBook), the peer-metadata cache, the core's record encoder (None: records off) and request path
+    templates (None: no request_path label)."""
+
+    kinds: KindBook
+    peers: wire.PeerCache
+    records: RecordEncoder | None
+    paths: PathTemplates | None = None
+    trust_domain: str = ""
+
+    def open(self, identity: StreamIdentity) -> StreamReader:
+        """A new stream's reader: the compiled one when the extension is built, else the Python one."""
+        identity = dataclasses.replace(identity, principal=own_principal(identity, self.trust_domain))
+        if als_scanner is not None:
+            return CompiledStreamReader(identity, self)
+        return StreamReader(identity, self)
 
 
 class KindMemo:
-    """One stream's entry kinds by memo key. A miss derives the labels and builds the kind (series slot,
-    record prefix); both readers share this, the compiled one calling back into it on a miss.
+    """One stream's entry kinds by memo key. A miss turns the key into facts and has the KindBook build
+    the kind; both readers share this, the compiled one calling back into it on a miss.
 
     A key holds every fact the labels depend on, the peer objects' raw bytes included, so entries from
     different callers never share a kind; which of them counts (and which side reports) is decided here."""
 
-    def __init__(self, identity: StreamIdentity, *, peers: wire.PeerCache, build_kind: KindBuilder) -> None:
+    def __init__(self, identity: StreamIdentity, *, peers: wire.PeerCache, book: KindBook) -> None:
         self.identity = identity
         self.kinds: dict[tuple[Any, ...], EntryKind] = {}
         self._peers = peers
-        self._build_kind = build_kind
+        self._book = book
 
     def _new_kind(self, key: tuple[Any, ...], facts: EntryFacts) -> EntryKind:
-        derived = core_labels.derive(self.identity, facts)
-        kind = self._build_kind(self.identity, derived, facts)
+        kind = self._book.kind(self.identity, facts)
         if len(self.kinds) >= MAX_MEMO:
             self.kinds.clear()  # cleared in place: the compiled reader holds this very dict
         self.kinds[key] = kind
@@ -321,24 +324,11 @@ MAX_OPEN_CONNECTIONS = 65_536
 class StreamReader:
     """Per ALS stream, in Python: the reference the compiled reader must match, and its fallback."""
 
-    def __init__(
-        self,
-        identity: StreamIdentity,
-        *,
-        peers: wire.PeerCache,
-        build_kind: KindBuilder,
-        encode: RecordEncoder | None,
-        max_field: int,
-        path_label: Callable[[str], str] | None = None,
-        json_records: bool = False,
-    ) -> None:
+    def __init__(self, identity: StreamIdentity, setup: ReaderSetup) -> None:
         self.identity = identity
-        self._kinds = KindMemo(identity, peers=peers, build_kind=build_kind)
-        self._encode = encode
-        self._max_field = max_field
-        self._path_label = path_label
-        # encode is JsonRecords.encode: only the compiled reader uses this (it writes the JSON itself).
-        self._json_records = json_records
+        self._kinds = KindMemo(identity, peers=setup.peers, book=setup.kinds)
+        self._records = setup.records
+        self._path_label = setup.paths.template if setup.paths else None
         # Open TCP connections of this stream by stream_id: the bytes already booked. One connection's logs
         # all come over one stream (Envoy's gRPC logger is per worker, a connection stays on its worker).
         self._connections: dict[bytes, tuple[int, int]] = {}
@@ -355,10 +345,11 @@ class StreamReader:
             return self._read_tcp(message.tcp_logs.log_entry)
         return BatchResult()
 
-    def _encoded(self, prefix: Any, fields: dict[str, Any], index: int) -> bytes:
-        assert self._encode is not None
+    def _encoded(self, kind: EntryKind, protocol: str, fields: dict[str, Any], index: int) -> bytes:
+        assert self._records is not None
+        assert kind.record_head is not None
         try:
-            return self._encode(prefix, fields)
+            return self._records.encode(kind.record_head, protocol, fields)
         except (TypeError, ValueError) as exc:  # e.g. a byte count past 2**64, which no record holds
             raise MalformedMessage(f"entry {index} cannot be encoded as a record: {exc}") from None
 
@@ -369,8 +360,7 @@ class StreamReader:
         tallies: dict[EntryKind, HttpTally] = {}
         memo = self._kinds.kinds
         new_kind = self._kinds.http
-        encode = self._encode
-        max_field = self._max_field
+        records_on = self._records is not None
         path_label = self._path_label
         counted_types = HTTP_COUNTED_TYPES
         for index, entry in enumerate(entries):
@@ -419,21 +409,20 @@ class StreamReader:
                 if tally is None:
                     tally = tallies[kind] = HttpTally()
                 tally.observe(duration_ms, request_bytes, response_bytes)
-            if encode is not None:
+            if records_on:
                 start = common.start_time
-                req_path = request.path
                 method = request.request_method
                 fields = {
                     "start_time_ms": start.seconds * 1000 + start.nanos // 1_000_000,
                     "duration_ms": duration_ms,
                     "request_id": request.request_id,
                     "method": METHODS[method] if 0 <= method < len(METHODS) else "",
-                    "path": req_path if len(req_path) <= max_field else req_path[:max_field],
-                    "user_agent": request.user_agent[:max_field],
+                    "path": request.path,
+                    "user_agent": request.user_agent,
                     "request_bytes": request_bytes,
                     "response_bytes": response_bytes,
                 }
-                records.append((kind.derived.record_key, self._encoded(kind.record_prefix, fields, index)))
+                records.append((kind.derived.record_key, self._encoded(kind, "http", fields, index)))
         # Once per batch and kind, in first-seen order (as the compiled reader does).
         for kind in counts:
             tally = tallies.get(kind)
@@ -473,7 +462,7 @@ class StreamReader:
         counts = result.counts
         tallies: dict[EntryKind, TcpTally] = {}
         memo = self._kinds.kinds
-        encode = self._encode
+        records_on = self._records is not None
         for index, entry in enumerate(entries):
             common = entry.common_properties
             props = entry.connection_properties
@@ -500,7 +489,7 @@ class StreamReader:
                     if tally is None:
                         tally = tallies[kind] = TcpTally()
                     tally.observe(*booked)
-            if encode is not None:
+            if records_on:
                 start = common.start_time
                 duration = common.duration
                 fields = {
@@ -509,9 +498,7 @@ class StreamReader:
                     "sent_bytes": sent,
                     "received_bytes": received,
                 }
-                result.records.append(
-                    (kind.derived.record_key, self._encoded(kind.record_prefix, fields, index))
-                )
+                result.records.append((kind.derived.record_key, self._encoded(kind, "tcp", fields, index)))
         for kind in counts:
             tally = tallies.get(kind)
             if tally is not None and kind.tcp is not None:
@@ -526,8 +513,8 @@ class CompiledStreamReader(StreamReader):
     `read(message)` stays the Python path (for callers holding a parsed message); `read_bytes` scans.
     """
 
-    def __init__(self, identity: StreamIdentity, **options: Any) -> None:
-        super().__init__(identity, **options)
+    def __init__(self, identity: StreamIdentity, setup: ReaderSetup) -> None:
+        super().__init__(identity, setup)
         if als_scanner is None:
             raise RuntimeError(f"the compiled ALS scanner is not available: {SCANNER_MISSING}")
         kinds = self._kinds
@@ -535,9 +522,7 @@ class CompiledStreamReader(StreamReader):
         self._scanner = als_scanner.Scanner(
             memo=kinds.kinds,
             http_kind=kinds.http,
-            encode=self._encode,
-            json_records=self._json_records,
-            max_field=self._max_field,
+            records=self._records,
             path_label=self._path_label,
             methods=METHODS,
             buckets=ENVOY_BUCKETS,
@@ -552,10 +537,3 @@ class CompiledStreamReader(StreamReader):
             # they are few beside HTTP entries.
             return super().read_bytes(data)
         return BatchResult(counts=counts, records=records, entries=entries, kind=kind)
-
-
-def new_reader(identity: StreamIdentity, **options: Any) -> StreamReader:
-    """The compiled reader when the extension is built, else the Python one (same results)."""
-    if als_scanner is not None:
-        return CompiledStreamReader(identity, **options)
-    return StreamReader(identity, **options)

@@ -142,7 +142,8 @@ async def test_odd_but_valid_input_is_counted_with_unknown_labels(tmp_path: Path
 @dataclass
 class Readers:
     """Both ALS readers on the same stream, each with its own part (own memo and running series): the
-    Python one (upb parses, the reference) and the compiled scanner the server uses (_scan.pyx)."""
+    Python one (upb parses, the reference) and the compiled scanner the server uses
+    (remixer/kit/native/als_scanner.pyx)."""
 
     python: decoding.StreamReader
     compiled: decoding.CompiledStreamReader
@@ -155,8 +156,8 @@ def _part() -> TelemetryPart:
 @pytest.fixture(scope="module")
 def reader() -> Readers:
     identity = decoding.stream_identity(identifier().identifier.SerializeToString())
-    python = decoding.StreamReader(identity, **_part()._reader_options())
-    compiled = decoding.CompiledStreamReader(identity, **_part()._reader_options())
+    python = decoding.StreamReader(identity, _part().readers)
+    compiled = decoding.CompiledStreamReader(identity, _part().readers)
     return Readers(python, compiled)
 
 

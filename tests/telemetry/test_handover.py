@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 
 from remixer.kit import envoy
 from remixer.kit.echo import EchoServer
-from telemetry.adapters.records import decode_json
 from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory, RemixerServer
 from tests.telemetry.harness import running_telemetry
@@ -55,7 +55,7 @@ def kept_request_ids(server: RemixerServer) -> set[str]:
     if not directory.is_dir():
         return set()
     lines = [line for path in sorted(directory.glob("*.jsonl")) for line in path.read_bytes().splitlines()]
-    return {str(decode_json(line)["request_id"]) for line in lines if line.endswith(b"}")}
+    return {str(orjson.loads(line)["request_id"]) for line in lines if line.endswith(b"}")}
 
 
 class Load:

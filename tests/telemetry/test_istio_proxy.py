@@ -42,9 +42,9 @@ _part = offline_part
 def _reader(
     part: TelemetryPart, first: als_pb2.StreamAccessLogsMessage, compiled: bool
 ) -> decoding.StreamReader:
-    reader = part._new_reader(decoding.stream_identity(first.identifier.SerializeToString()))
+    reader = part.readers.open(decoding.stream_identity(first.identifier.SerializeToString()))
     if not compiled:  # the Python reference, with the identity the part gave the compiled one
-        reader = decoding.StreamReader(reader.identity, **part._reader_options())
+        reader = decoding.StreamReader(reader.identity, part.readers)
     assert isinstance(reader, decoding.CompiledStreamReader) == compiled
     return reader
 

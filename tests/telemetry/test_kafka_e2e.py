@@ -7,10 +7,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import orjson
+
 from remixer.kit.echo import EchoServer
 from remixer.kit.envoy import free_port
 from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
-from telemetry.adapters.records import decode_json
 from tests.realparts.envoy import EnvoyFactory
 from tests.realparts.kafka import TansuBroker, consume
 from tests.telemetry.bootstraps import istio_node, sidecar_bootstrap
@@ -38,10 +39,10 @@ async def _send(port: int, ids: list[str]) -> None:
 
 async def _consume_ids(broker: TansuBroker, want: set[str], within: float) -> set[str]:
     def done(records: list[tuple[bytes | None, bytes]]) -> bool:
-        return want <= {decode_json(v)["request_id"] for _, v in records}
+        return want <= {orjson.loads(v)["request_id"] for _, v in records}
 
     records = await consume(broker.bootstrap, TOPIC, until=done, within=within)
-    return {decode_json(v)["request_id"] for _, v in records}
+    return {orjson.loads(v)["request_id"] for _, v in records}
 
 
 async def test_every_request_id_reaches_kafka_across_a_broker_outage(

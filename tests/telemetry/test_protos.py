@@ -106,6 +106,37 @@ def test_wire_tables_generate_the_committed_readers() -> None:
         )
 
 
+def test_the_record_writer_is_generated_from_the_record_schema() -> None:
+    regenerate = regenerate_module()
+    assert regenerate.record_writer() == (ROOT / regenerate.RECORD_WRITER).read_text(), (
+        f"run `make protos`: {regenerate.RECORD_WRITER} is stale"
+    )
+
+
+def test_every_record_field_says_which_part_of_a_record_it_is() -> None:
+    """A field without its (part) option would be left out of every encoder."""
+    unplaced = [
+        f.name
+        for f in access_record_pb2.AccessRecord.DESCRIPTOR.fields
+        if f.GetOptions().Extensions[access_record_pb2.part] == access_record_pb2.RECORD_PART_UNSPECIFIED
+    ]
+    assert not unplaced
+
+
+def test_the_json_writer_refuses_a_field_it_cannot_write() -> None:
+    message = accesslog_pb2.AccessLogCommon.DESCRIPTOR
+    fields = (message.fields_by_name["upstream_cluster"], message.fields_by_name["start_time"])
+    with pytest.raises(wiregen.TableError, match=r"no JSON writer for .*AccessLogCommon\.start_time"):
+        wiregen.json_writer(fields, "R", "t")
+    generated = wiregen.json_writer(fields[:1], "R", "t")
+    number = message.fields_by_name["upstream_cluster"].number
+    assert (
+        f"    Span upstream_cluster  # envoy.data.accesslog.v3.AccessLogCommon.upstream_cluster = {number}"
+        in (generated)
+    )
+    assert "put_escaped(w, r.upstream_cluster.ptr, truncated(r.upstream_cluster, max_chars))" in generated
+
+
 def test_the_scanner_reads_what_the_view_declares_and_nothing_else() -> None:
     """upb parity by construction: each field the scanner reads is declared in the view with the same
     checks (string = UTF-8 checked, bytes = not, a message parsed), and the view declares no field the

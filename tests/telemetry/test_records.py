@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
 from remixer.v1 import access_record_pb2
+from telemetry.core import records
 from telemetry.edge import decoding
 from telemetry.settings import CallEdgeSettings, TelemetrySettings
 from tests.telemetry.harness import offline_part
@@ -34,7 +36,7 @@ def read_records(encoding: str) -> list[tuple[bytes | None, bytes]]:
     http.response.response_code.value = 504
     http.response.response_body_bytes = 24
     first.http_logs.log_entry.append(http)
-    reader = part._new_reader(decoding.stream_identity(first.identifier.SerializeToString()))
+    reader = part.readers.open(decoding.stream_identity(first.identifier.SerializeToString()))
     result = reader.read(decoding.parse_message(first.SerializeToString()))
     tcp = als_pb2.StreamAccessLogsMessage()
     entry = tcp.tcp_logs.log_entry.add()
@@ -67,6 +69,30 @@ def test_json_records_follow_the_schema() -> None:
     assert "request_id" not in tcp
 
 
+def test_json_records_write_the_kind_fields_then_the_entry_fields_in_schema_order() -> None:
+    fields = access_record_pb2.AccessRecord.DESCRIPTOR.fields_by_name
+    for _, value in read_records("json"):
+        keys = list(json.loads(value))
+        parts = [fields[k].GetOptions().Extensions[access_record_pb2.part] for k in keys]
+        assert parts == sorted(parts)  # KIND (1) fields, then ENTRY (2) fields
+        numbers = [fields[k].number for k in keys]
+        head = parts.count(access_record_pb2.KIND)
+        assert numbers[:head] == sorted(numbers[:head])
+        assert numbers[head:] == sorted(numbers[head:])
+
+
+def test_long_strings_are_cut_in_every_field_and_numbers_past_their_type_refuse_the_record() -> None:
+    encoder = records.RecordEncoder("json", 64)
+    entry = {"start_time_ms": 1, "duration_ms": 0.5, "request_id": "r" * 100, "method": "GET",
+             "path": "é" * 70, "user_agent": "", "request_bytes": 0, "response_bytes": 2**64 - 1}  # fmt: skip
+    record = json.loads(encoder.encode(b"{", "http", entry))
+    assert (record["request_id"], record["path"]) == ("r" * 64, "é" * 64)
+    for name, value in (("start_time_ms", 2**63), ("start_time_ms", -(2**63) - 1), ("request_bytes", -1)):
+        for encoding in ("json", "protobuf"):
+            with pytest.raises(ValueError, match=name):
+                records.RecordEncoder(encoding, 64).encode(b"", "http", {**entry, name: value})  # type: ignore[arg-type]
+
+
 def test_protobuf_records_decode_to_the_same_values() -> None:
     (_, http_value), (_, tcp_value) = read_records("protobuf")
     http = access_record_pb2.AccessRecord.FromString(http_value)
@@ -96,10 +122,10 @@ def test_tls_peer_san_and_filter_state_peer_feed_the_labels() -> None:
     packed = any_pb2.Any()
     packed.Pack(peer)
     e.common_properties.filter_state_objects["downstream_peer"].CopyFrom(packed)
-    reader = part._new_reader(decoding.stream_identity(msg.identifier.SerializeToString()))
+    reader = part.readers.open(decoding.stream_identity(msg.identifier.SerializeToString()))
     reader.read(decoding.parse_message(msg.SerializeToString()))
     (labels,) = list(part.aggregates.http)
-    got = dict(zip(part._http_policy.names, labels, strict=True))
+    got = dict(zip(part.kinds.http_policy.names, labels, strict=True))
     assert got["reporter"] == "destination"
     assert got["source_workload"] == "web"
     assert got["source_principal"] == "spiffe://cluster.local/ns/shop/sa/web"

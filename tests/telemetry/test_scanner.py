@@ -75,7 +75,9 @@ class Pair:
 
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "json": {},
+    # The least record_max_field_bytes: the compiled JSON writer cuts long strings (random_text) as the
+    # Python encoder does.
+    "json": {"record_max_field_bytes": 64},
     "protobuf+destination+paths": {
         "record_encoding": "protobuf",
         "trust_domain": "example.org",
@@ -91,8 +93,8 @@ def make_pair(name: str) -> Pair:
     settings = TelemetrySettings(call_edges=CallEdgeSettings(enabled=False), **CONFIGS[name])
     python_part, compiled_part = _part(settings), _part(settings)
     identity = _identity()
-    python = decoding.StreamReader(identity, **python_part._reader_options())
-    compiled = decoding.CompiledStreamReader(identity, **compiled_part._reader_options())
+    python = decoding.StreamReader(identity, python_part.readers)
+    compiled = decoding.CompiledStreamReader(identity, compiled_part.readers)
     return Pair(name, python_part, compiled_part, python, compiled)
 
 
@@ -102,7 +104,7 @@ def pairs() -> list[Pair]:
 
 
 def _kind_view(kind: decoding.EntryKind) -> tuple[Any, ...]:
-    return (kind.derived, kind.labels, kind.tcp_labels, kind.record_prefix, kind.flags, kind.response_code)
+    return (kind.derived, kind.labels, kind.tcp_labels, kind.record_head, kind.flags, kind.response_code)
 
 
 def _series(part: TelemetryPart) -> tuple[Any, ...]:
@@ -554,13 +556,13 @@ def test_durations_are_written_as_orjson_writes_floats() -> None:
 def test_the_servicer_reads_with_the_compiled_scanner() -> None:
     part = make_pair("json").compiled_part
     assert decoding.COMPILED
-    assert isinstance(part._new_reader(_identity()), decoding.CompiledStreamReader)
+    assert isinstance(part.readers.open(_identity()), decoding.CompiledStreamReader)
 
 
 def test_without_the_extension_the_python_reader_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decoding, "als_scanner", None)
     part = _part(TelemetrySettings(call_edges=CallEdgeSettings(enabled=False)))
-    assert type(part._new_reader(_identity())) is decoding.StreamReader
+    assert type(part.readers.open(_identity())) is decoding.StreamReader
 
 
 # ---- batches and streams past the scanner's small buffers ----------------------------------------

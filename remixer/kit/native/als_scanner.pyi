@@ -1,8 +1,15 @@
 # Types of the compiled scanner (als_scanner.pyx); decoding.CompiledStreamReader (telemetry) is its only user.
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 KindCallback = Callable[[tuple[Any, ...]], Any]
+
+class RecordEncoder(Protocol):
+    """telemetry.core.records.RecordEncoder: JSON is written here, protobuf through encode."""
+
+    json: bool
+    max_field: int
+    def encode(self, head: bytes, protocol: str, entry: dict[str, Any]) -> bytes: ...
 
 class Scanner:
     def __init__(
@@ -10,9 +17,7 @@ class Scanner:
         *,
         memo: dict[tuple[Any, ...], Any],
         http_kind: KindCallback,
-        encode: Callable[[Any, dict[str, Any]], bytes] | None,
-        json_records: bool,
-        max_field: int,
+        records: RecordEncoder | None,
         path_label: Callable[[str], str] | None,
         methods: Sequence[str],
         buckets: Sequence[float],

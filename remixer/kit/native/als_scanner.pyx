@@ -414,12 +414,6 @@ cdef char* put_repr_text(char* w, const char* text) except NULL:
     return w
 
 
-cdef inline Span head(Span s, Py_ssize_t max_chars) noexcept:
-    cdef Span out = s
-    out.len = truncated(s, max_chars)
-    return out
-
-
 def format_float(double x):
     """duration_ms as the JSON records carry it (tests hold it to orjson.dumps)."""
     cdef char text[64]
@@ -439,6 +433,11 @@ cdef Py_ssize_t truncated(Span s, Py_ssize_t max_chars) noexcept:
                 return i
             chars += 1
     return s.len
+
+
+# An HTTP entry's own record fields (access_record.proto's ENTRY fields of HTTP entries): the struct and its
+# JSON writer, generated (wiregen.json_writer, `make protos`) from the fields telemetry's encoder writes.
+include "_access_record.pxi"
 
 
 # ---- per batch: kinds, tallies, records ----------------------------------------------------------
@@ -530,7 +529,7 @@ cdef inline bint starts_with(Span s, const char* prefix, Py_ssize_t n) noexcept:
 cdef str EMPTY_TEXT = ""
 cdef bytes EMPTY_BYTES = b""
 cdef object INT64_MIN = int("-9223372036854775808")
-cdef object UINT64_MAX = int("18446744073709551615")
+cdef object INT64_MAX = int("9223372036854775807")
 
 
 cdef inline str text_of(Span s):
@@ -557,13 +556,6 @@ cdef tuple record_of(object key, object value):
     if type(value) is bytes and (key is None or type(key) is str or type(key) is bytes):
         PyObject_GC_UnTrack(<void*>record)
     return record
-
-
-cdef bytes _json_body(str text):
-    cdef bytes raw = text.encode()
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, 6 * len(raw))
-    cdef char* end = put_escaped(PyBytes_AS_STRING(out), <const uint8_t*>PyBytes_AS_STRING(raw), len(raw))
-    return out[: end - PyBytes_AS_STRING(out)]
 
 
 cdef int add_buckets(list series_buckets, uint32_t* tally, Py_ssize_t n) except -1:
@@ -627,14 +619,14 @@ cdef class Scanner:
     cdef dict raw_memo  # the entry's key fields as raw wire bytes -> kind: skips building the memo key
     cdef Py_ssize_t memo_len  # len(memo) after the last scan: a smaller one means it was cleared
     cdef object http_kind
-    cdef object encode
+    cdef object encoder  # telemetry's RecordEncoder (records of one encoding), None when records are off
     cdef bint records
     cdef bint json_records
     cdef Py_ssize_t max_field
     cdef object path_label
     cdef object malformed
     cdef tuple methods
-    cdef list method_json  # the method names as JSON string bodies
+    cdef tuple method_utf8  # the method names' UTF-8 bytes, for the JSON writer
     cdef double buckets[MAX_BUCKETS]
     cdef int bucket_count
     cdef uint64_t http_counted
@@ -661,9 +653,7 @@ cdef class Scanner:
         *,
         memo,
         http_kind,
-        encode,
-        json_records,
-        max_field,
+        records,
         path_label,
         methods,
         buckets,
@@ -676,20 +666,20 @@ cdef class Scanner:
             raise ValueError("at most 31 finite bucket bounds below 2**53")
         if any(not 0 <= t < 64 for t in http_counted):
             raise ValueError("counted access log types must be in 0..63")
-        if max_field < 0:  # str slicing from the end is not what truncation means
+        if records is not None and records.max_field < 0:  # str slicing from the end is not truncation
             raise ValueError("max_field must be >= 0")
         self.memo = memo
         self.raw_memo = {}
         self.memo_len = len(memo)
         self.http_kind = http_kind
-        self.encode = encode
-        self.records = encode is not None
-        self.json_records = self.records and bool(json_records)
-        self.max_field = max_field
+        self.encoder = records
+        self.records = records is not None
+        self.json_records = self.records and records.json
+        self.max_field = records.max_field if self.records else 0
         self.path_label = path_label
         self.malformed = malformed
         self.methods = tuple(methods)
-        self.method_json = [_json_body(m) for m in self.methods]
+        self.method_utf8 = tuple(m.encode() for m in self.methods)
         self.bucket_count = len(buckets)
         for i, bound in enumerate(buckets):
             self.buckets[i] = bound
@@ -875,9 +865,9 @@ cdef class Scanner:
             self.slot_capacity = capacity
         series = kind.http
         record_key = kind.derived.record_key if self.records else None
-        prefix = kind.record_prefix if self.records else None
-        if self.json_records and not isinstance(prefix, bytes):
-            raise TypeError("JSON records need a bytes record_prefix")
+        prefix = kind.record_head if self.records else None
+        if self.records and not isinstance(prefix, bytes):
+            raise TypeError("records need a bytes record_head")
         slot = &self.slots[self.slot_count]
         memset(slot, 0, sizeof(Slot))
         slot.kind = <PyObject*>kind
@@ -945,8 +935,8 @@ cdef class Scanner:
                 "duration_ms": duration_ms,
                 "request_id": text_of(e.wire.request_id),
                 "method": self.methods[e.wire.method] if 0 <= e.wire.method < len(self.methods) else "",
-                "path": text_of(head(e.wire.path, self.max_field)),
-                "user_agent": text_of(head(e.wire.user_agent, self.max_field)),
+                "path": text_of(e.wire.path),
+                "user_agent": text_of(e.wire.user_agent),
                 "request_bytes": long_of(request_bytes, request_carry),
                 "response_bytes": long_of(response_bytes, response_carry),
             })
@@ -955,7 +945,7 @@ cdef class Scanner:
 
     cdef object encoded(self, Slot* slot, Py_ssize_t index, dict fields):
         try:
-            return self.encode(<object>slot.prefix, fields)
+            return self.encoder.encode(<object>slot.prefix, "http", fields)
         except (TypeError, ValueError) as exc:
             raise self.malformed(f"entry {index} cannot be encoded as a record: {exc}") from None
 
@@ -969,14 +959,14 @@ cdef class Scanner:
             self.scratch_size = size
         return self.scratch
 
-    cdef char* put_start_ms(self, char* w, Duration* d, Py_ssize_t index) except NULL:
+    cdef int64_t start_ms(self, Duration* d, Py_ssize_t index) except? -1:
+        """start_time_ms (start.seconds * 1000 + start.nanos // 1_000_000); refused past int64, its type."""
         if -SECONDS_EXACT <= d.seconds <= SECONDS_EXACT:
-            return put_i64(w, d.seconds * 1000 + floor_div(d.nanos, 1000000))
+            return d.seconds * 1000 + floor_div(d.nanos, 1000000)
         value = start_ms_object(d)
-        if not INT64_MIN <= value <= UINT64_MAX:  # orjson's integer range
-            raise self.malformed(f"entry {index} cannot be encoded as a record: start_time out of range")
-        text = str(value).encode()
-        return put(w, text, len(text))
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise self.malformed(f"entry {index} cannot be encoded as a record: start_time_ms out of range")
+        return value
 
     cdef bytes finish_record(self, Slot* slot, char* w):
         cdef Py_ssize_t tail = w - self.scratch
@@ -998,30 +988,23 @@ cdef class Scanner:
         uint64_t response_carry,
         Py_ssize_t index,
     ):
-        """kind.record_prefix + the entry's fields: JsonRecords.encode's bytes, built in place."""
-        cdef Py_ssize_t path_len = truncated(e.wire.path, self.max_field)
-        cdef Py_ssize_t agent_len = truncated(e.wire.user_agent, self.max_field)
+        """kind.record_head + the entry's fields: RecordEncoder.encode's bytes, built in place by the
+        writer generated from access_record.proto (_access_record.pxi)."""
+        cdef HttpEntryRecord r
         cdef char* w
-        cdef bytes method
-        if request_carry or response_carry:  # orjson refuses integers past 2**64 - 1
+        cdef bytes method = EMPTY_BYTES
+        if request_carry or response_carry:  # past uint64, the fields' type
             raise self.malformed(f"entry {index} cannot be encoded as a record: byte count out of range")
-        method = self.method_json[e.wire.method] if 0 <= e.wire.method < len(self.method_json) else EMPTY_BYTES
-        w = self.reserve(256 + len(method) + 6 * (e.wire.request_id.len + path_len + agent_len))
-        w = put(w, b'"start_time_ms":', 16)
-        w = self.put_start_ms(w, &e.wire.start_time, index)
-        w = put(w, b',"duration_ms":', 15)
-        w = put_double(w, duration_ms)
-        w = put(w, b',"request_id":"', 15)
-        w = put_escaped(w, e.wire.request_id.ptr, e.wire.request_id.len)
-        w = put(w, b'","method":"', 12)
-        w = put(w, method, len(method))
-        w = put(w, b'","path":"', 10)
-        w = put_escaped(w, e.wire.path.ptr, path_len)
-        w = put(w, b'","user_agent":"', 16)
-        w = put_escaped(w, e.wire.user_agent.ptr, agent_len)
-        w = put(w, b'","request_bytes":', 18)
-        w = put_u64(w, request_bytes)
-        w = put(w, b',"response_bytes":', 18)
-        w = put_u64(w, response_bytes)
-        w = put(w, b"}", 1)
+        if 0 <= e.wire.method < len(self.method_utf8):
+            method = self.method_utf8[e.wire.method]
+        r.start_time_ms = self.start_ms(&e.wire.start_time, index)
+        r.duration_ms = duration_ms
+        r.request_id = e.wire.request_id
+        r.method.ptr = <const uint8_t*>PyBytes_AS_STRING(method)
+        r.method.len = PyBytes_GET_SIZE(method)
+        r.path = e.wire.path
+        r.user_agent = e.wire.user_agent
+        r.request_bytes = request_bytes
+        r.response_bytes = response_bytes
+        w = put_HttpEntryRecord(self.reserve(size_HttpEntryRecord(&r)), &r, self.max_field)
         return self.finish_record(slot, w)
