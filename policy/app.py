@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from policy import admin_api
 from policy.adapters.base import QuotaBackend
 from policy.adapters.memory import MemoryQuotas
 from policy.adapters.metrics import PolicyMetrics
 from policy.adapters.sql import SqlPolicyStore
-from policy.edge import admin_api, http_authz
+from policy.edge import http_authz
 from policy.edge.grpc_authz import AuthorizationHandler
 from policy.service import DecisionLog, PolicyService
 from policy.settings import PolicySettings

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,20 +23,21 @@ from policy.adapters.base import BackendUnavailable, PolicyStore, QuotaBackend
 from policy.adapters.memory import MemoryQuotas
 from policy.adapters.metrics import PolicyMetrics
 from policy.adaptive import AdaptiveTable
-from policy.core import attributes, documents, matching, quotas, rules
-from policy.core.caching import DecisionCache
+from policy.core import documents, matching, quotas, rules
+from policy.core.caching import CachedDecision, DecisionCache
+from policy.core.checks import CheckRequest
 from policy.settings import PolicySettings
 from policy.structs import CheckInput, Decision, PolicyError, QuotaVerdict
 from remixer.kit.parts import Readiness, RecordSink
 
-__all__ = ["DecisionLog", "PolicyService", "RecordFields", "record_fields"]
+__all__ = ["DecisionLog", "PolicyService"]
 
 log = logging.getLogger("remixer.policy")
 
 _MAX_CACHED_VALUE = 2048
-_NOTHING_DECODED = CheckInput()
 _REPEAT_STORE_ERROR = 60.0  # seconds between log lines while the store keeps failing the same way
 _MAX_WIRE_KEY = 8192
+_MAX_PATH = 16 * 1024  # a longer path is counted as odd input (it is still decided)
 
 
 class DecisionLog:
@@ -61,57 +62,22 @@ class DecisionLog:
         return True
 
     def add(
-        self, req: CheckInput, decision: Decision, dry_run: Sequence[str], cached: bool, latency: float
+        self, request: CheckRequest, decision: Decision, dry_run: Sequence[str], cached: bool, latency: float
     ) -> None:
         if self._room():
-            # Plain strings only: holding the CheckInput would keep each protobuf request alive until
-            # the flush, which costs more than copying the few fields a record needs.
-            self._buffer.append((time.time(), None, record_fields(req), decision, dry_run, cached, latency))
-
-    def add_wire(
-        self,
-        data: bytes,
-        fields: Callable[[bytes], RecordFields],
-        decision: Decision,
-        dry_run: Sequence[str],
-        cached: bool,
-        latency: float,
-    ) -> None:
-        """A decision made from the request's bytes alone (a cache hit keyed off the wire): they are
-        kept as they are, and `fields` reads the record's fields from them at the flush."""
-        if self._room():
-            self._buffer.append((time.time(), fields, data, decision, dry_run, cached, latency))
+            # The record's fields, not the request: a few strings, where holding the request would keep
+            # what it decoded (dicts of headers and labels) alive until the flush. Measured cheaper too.
+            self._buffer.append((time.time(), request.record_fields(), decision, dry_run, cached, latency))
 
     def flush(self) -> int:
         if not self._buffer or self._sink is None:
             return 0
         batch, self._buffer = self._buffer, []
-        records = [
-            _record(at, *(read(fields) if read is not None else fields), *rest)
-            for at, read, fields, *rest in batch
-        ]
+        records = [_record(at, *fields, *rest) for at, fields, *rest in batch]
         accepted = self._sink.offer(records)
         if accepted < len(records):
             self._metrics.decision_log_dropped.inc(len(records) - accepted)
         return accepted
-
-
-# request id, source address, principal, source service, host, destination service and port, method, path
-RecordFields = tuple[str, str, str, str, str, str, int, str, str]
-
-
-def record_fields(req: CheckInput) -> RecordFields:
-    return (
-        req.request_id,
-        req.source_address,
-        attributes.principal(req),
-        req.source_service,
-        req.host,
-        req.destination_service,
-        req.destination_port,
-        req.method,
-        req.path,
-    )
 
 
 def _record(
@@ -199,10 +165,6 @@ class PolicyService:
     @property
     def snapshot(self) -> rules.Snapshot:
         return self._snapshot
-
-    @property
-    def cache_enabled(self) -> bool:
-        return self._cache_on
 
     def _compile(self, doc: documents.PolicyDocument, *, revision: int) -> rules.Snapshot:
         return rules.compile_snapshot(
@@ -390,88 +352,70 @@ class PolicyService:
 
     # ---- Check ------------------------------------------------------------------------------
 
-    def check_cached(
-        self, key: bytes, started: float, data: bytes, fields: Callable[[bytes], RecordFields]
-    ) -> Decision | None:
-        """The cached decision for a key an edge read off the request's wire bytes, or None: then
-        decode the request and call `check_sync` with the same key."""
-        hit = self._cache.get(key, time.monotonic())
-        metrics = self.metrics
-        if hit is None:
-            metrics.hot.cache_misses += 1
-            return None
-        metrics.hot.cache_hits += 1
-        self._record_wire(data, fields, hit.decision, hit.dry_run_rules, True, started)
-        return hit.decision
+    def check(self, request: CheckRequest) -> Decision | Awaitable[Decision]:
+        """The decision on one Check, or (a shared quota must be asked) an awaitable of it.
 
-    def check_undecodable(self, started: float) -> Decision:
-        """A request whose bytes do not decode: no attribute can be trusted, so no rule is evaluated;
-        `undecodable_decision` answers."""
-        self.count_odd("undecodable")
-        decision = self._undecodable
-        self._record(_NOTHING_DECODED, decision, (), False, started)
-        return decision
-
-    def check_sync(
-        self,
-        req: CheckInput,
-        started: float,
-        wire_key: bytes | None = None,
-        data: bytes | None = None,
-        fields: Callable[[bytes], RecordFields] | None = None,
-    ) -> Decision | matching.Evaluation:
-        """The decision when no I/O is needed; else the Evaluation to pass to `finish`.
-
-        `wire_key`: the cache key an edge read off the wire, which `check_cached` just missed on; without
-        one the key is the values of the snapshot's referenced attributes. `data` and `fields`: the
-        request's bytes and their record reader; its decision record then reads them at the flush."""
+        The request is asked for its cache key first: a hit is answered without decoding it. Never
+        raises: an unexpected failure (a reader's or the evaluator's bug) is counted and gets the
+        policy's default, never a wire error. One function, not several: it runs for every Check."""
         snapshot = self._snapshot
-        key: Hashable | None = wire_key
         cache = self._cache
         try:
-            if self._cache_on and key is None:
+            key = request.cache_key(snapshot) if self._cache_on else None
+            if key is not None:
+                hit = cache.get(key, time.monotonic())
+                if hit is not None:
+                    return self._hit(request, hit)
+            req = request.attributes()
+            if req is None:
+                # No attribute can be trusted, so no rule is evaluated: `undecodable_decision` answers.
+                self.count_odd("undecodable")
+                self._record(request, self._undecodable, (), False)
+                return self._undecodable
+            if not req.method:
+                self.count_odd("no_http_attributes")
+            elif len(req.path) > _MAX_PATH:
+                self.count_odd("long_path")
+            if key is None and self._cache_on:  # none off the request: keyed on its attributes
                 key = snapshot.cache_key(req)
                 hit = cache.get(key, time.monotonic())
                 if hit is not None:
-                    self.metrics.hot.cache_hits += 1
-                    self._record(req, hit.decision, hit.dry_run_rules, True, started)
-                    return hit.decision
+                    return self._hit(request, hit)
+            if key is not None:
                 self.metrics.hot.cache_misses += 1
             evaluation = matching.evaluate(snapshot, req)
-        except Exception:
-            # Unexpected input shapes must still get the policy's answer, never a gRPC error.
-            self.count_odd("evaluation_error", exc_info=True)
-            self._record(req, snapshot.default, (), False, started)
-            return snapshot.default
-        if not evaluation.quotas:
-            if key is not None and _small(key):
-                cache.put(key, evaluation.decision, evaluation.dry_run_rules, time.monotonic())
-            if data is not None and fields is not None:
-                self._record_wire(data, fields, evaluation.decision, evaluation.dry_run_rules, False, started)
-            else:
-                self._record(req, evaluation.decision, evaluation.dry_run_rules, False, started)
-            return evaluation.decision
-        if self._sync_quotas:
+            if not evaluation.quotas:
+                if key is not None and _small(key):
+                    cache.put(key, evaluation.decision, evaluation.dry_run_rules, time.monotonic())
+                self._record(request, evaluation.decision, evaluation.dry_run_rules, False)
+                return evaluation.decision
+            if not self._sync_quotas:
+                return self._finish(snapshot, request, evaluation)
             verdicts = [self._take_local(q) for q in evaluation.quotas]
             decision = self._apply_verdicts(evaluation, verdicts)
-            self._record(req, decision, evaluation.dry_run_rules, False, started)
+            self._record(request, decision, evaluation.dry_run_rules, False)
             return decision
-        return evaluation
+        except Exception:
+            self.count_odd("check_error", exc_info=True)
+            return snapshot.default
 
-    async def finish(self, req: CheckInput, evaluation: matching.Evaluation, started: float) -> Decision:
-        verdicts: list[QuotaVerdict | None] = []
-        for q in evaluation.quotas:
-            verdicts.append(await self._take_shared(q))
-        decision = self._apply_verdicts(evaluation, verdicts)
-        self._record(req, decision, evaluation.dry_run_rules, False, started)
+    def _hit(self, request: CheckRequest, hit: CachedDecision) -> Decision:
+        self.metrics.hot.cache_hits += 1
+        self._record(request, hit.decision, hit.dry_run_rules, True)
+        return hit.decision
+
+    async def _finish(
+        self, snapshot: rules.Snapshot, request: CheckRequest, evaluation: matching.Evaluation
+    ) -> Decision:
+        """The rest of a Check whose quotas live in the shared backend."""
+        try:
+            verdicts = [await self._take_shared(q) for q in evaluation.quotas]
+            decision = self._apply_verdicts(evaluation, verdicts)
+            self._record(request, decision, evaluation.dry_run_rules, False)
+        except Exception:
+            self.count_odd("check_error", exc_info=True)
+            return snapshot.default
         return decision
-
-    async def check(self, req: CheckInput, started: float | None = None) -> Decision:
-        started = time.perf_counter() if started is None else started
-        result = self.check_sync(req, started)
-        if isinstance(result, Decision):
-            return result
-        return await self.finish(req, result, started)
 
     async def _take_shared(self, q: matching.QuotaRequest) -> QuotaVerdict | None:
         """A verdict from the shared backend, or the configured fallback (None = admit)."""
@@ -521,23 +465,10 @@ class PolicyService:
         return evaluation.decision
 
     def _record(
-        self, req: CheckInput, decision: Decision, dry_run: Sequence[str], cached: bool, started: float
+        self, request: CheckRequest, decision: Decision, dry_run: Sequence[str], cached: bool
     ) -> None:
-        latency = self._count(decision, dry_run, started)
-        self.decisions.add(req, decision, dry_run, cached, latency)
-
-    def _record_wire(
-        self,
-        data: bytes,
-        fields: Callable[[bytes], RecordFields],
-        decision: Decision,
-        dry_run: Sequence[str],
-        cached: bool,
-        started: float,
-    ) -> None:
-        """`_record` for a Check decided from its bytes: the record is read from them at the flush."""
-        latency = self._count(decision, dry_run, started)
-        self.decisions.add_wire(data, fields, decision, dry_run, cached, latency)
+        latency = self._count(decision, dry_run, request.started)
+        self.decisions.add(request, decision, dry_run, cached, latency)
 
     def _count(self, decision: Decision, dry_run: Sequence[str], started: float) -> float:
         """Count one decided Check in the metrics; its latency."""

@@ -1,16 +1,17 @@
-"""envoy.service.auth.v3.Authorization/Check on grpc.aio: CheckRequest -> CheckInput -> CheckResponse.
+"""envoy.service.auth.v3.Authorization/Check on grpc.aio: CheckRequest bytes -> one Check -> CheckResponse.
 
 The handler is registered by hand (not through the generated servicer) so that (a) it receives the
-request's bytes: a decision-cache hit is keyed straight off the wire (remixer/kit/native/check_keys.pyx) and
-never builds a upb message; (b) a request that does not decode still gets the policy's decision instead of
-a gRPC error; (c) responses for the prebuilt decisions of a snapshot are serialised once and sent as
-bytes.
+request's bytes and hands them to the service as a `WireCheck`: a decision-cache hit is keyed straight
+off the wire (remixer/kit/native/check_keys.pyx) and never builds a upb message; (b) a request that does
+not decode still gets the policy's decision instead of a gRPC error; (c) responses for the prebuilt
+decisions of a snapshot are serialised once and sent as bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 from typing import Any
 
 import grpc
@@ -22,8 +23,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from policy.core import attributes
+from policy.core.checks import Checker, RecordFields, record_fields
 from policy.core.rules import Snapshot
-from policy.service import PolicyService, RecordFields, record_fields
 from policy.structs import CheckInput, Decision
 
 try:
@@ -31,14 +32,13 @@ try:
 except ImportError:  # built without a C compiler: every Check goes through upb (same decisions)
     KeyReader = log_fields = read_input = None  # type: ignore[assignment,misc]
 
-__all__ = ["SERVICE_NAME", "AuthorizationHandler", "check_input", "check_response"]
+__all__ = ["SERVICE_NAME", "AuthorizationHandler", "WireCheck", "WireKeys", "check_input", "check_response"]
 
 log = logging.getLogger("remixer.policy")
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _GRPC_CODE = {"allow": 0, "deny": 7, "rate_limited": 8}  # OK, PERMISSION_DENIED, RESOURCE_EXHAUSTED
-_MAX_PATH = 16 * 1024
 _UNDECODABLE = object()
 
 
@@ -116,7 +116,7 @@ def decode_input(data: bytes) -> CheckInput | None:
 
 
 def wire_record_fields(data: bytes) -> RecordFields:
-    """A decision record's fields from a CheckRequest's bytes (at the decision log's flush)."""
+    """A decision record's fields from a CheckRequest's bytes."""
     fields = log_fields(data) if log_fields is not None else None
     if fields is None:
         return record_fields(decode_input(data) or CheckInput())
@@ -129,12 +129,50 @@ def _serialize(response: Any) -> bytes:
     return response if isinstance(response, bytes) else bytes(response.SerializeToString())
 
 
+class WireKeys:
+    """The compiled key reader for the snapshot last asked about, built again when a reload swaps it."""
+
+    def __init__(self) -> None:
+        self._snapshot: Snapshot | None = None
+        self._reader: KeyReader | None = None
+
+    def key(self, snapshot: Snapshot, data: bytes) -> bytes | None:
+        if snapshot is not self._snapshot:
+            self._snapshot = snapshot
+            self._reader = None
+            if KeyReader is not None:
+                reader = KeyReader(snapshot.referenced, jwt_header=snapshot.jwt_header)
+                self._reader = reader if reader.usable else None
+        current = self._reader
+        return current.key(data) if current is not None else None
+
+
+class WireCheck:
+    """One CheckRequest as its bytes: the key and the record's fields are read off them in C, the
+    attributes decoded only when asked (a cache miss)."""
+
+    __slots__ = ("_data", "_keys", "started")
+
+    def __init__(self, data: bytes, keys: WireKeys, started: float) -> None:
+        self._data = data
+        self._keys = keys
+        self.started = started
+
+    def cache_key(self, snapshot: Snapshot) -> Hashable | None:
+        return self._keys.key(snapshot, self._data)
+
+    def attributes(self) -> CheckInput | None:
+        return decode_input(self._data)
+
+    def record_fields(self) -> RecordFields:
+        return wire_record_fields(self._data)
+
+
 class AuthorizationHandler:
-    def __init__(self, service: PolicyService) -> None:
-        self._service = service
+    def __init__(self, checks: Checker) -> None:
+        self._checks = checks
+        self._keys = WireKeys()
         self._wire: dict[Decision, bytes] = {}
-        self._keyed: Snapshot | None = None  # the snapshot `_keys` was built for
-        self._keys: KeyReader | None = None
 
     def register(self, server: Any) -> list[str]:
         if KeyReader is None:
@@ -164,37 +202,8 @@ class AuthorizationHandler:
                 self._wire[decision] = data
         return data
 
-    def _key_reader(self, snapshot: Snapshot) -> KeyReader | None:
-        self._keyed = snapshot
-        self._keys = None
-        if KeyReader is not None and self._service.cache_enabled:
-            keys = KeyReader(snapshot.referenced, jwt_header=snapshot.jwt_header)
-            self._keys = keys if keys.usable else None
-        return self._keys
-
     async def check(self, data: bytes, context: Any) -> bytes:
-        started = time.perf_counter()
-        service = self._service
-        keys = self._keys
-        if service.snapshot is not self._keyed:
-            keys = self._key_reader(service.snapshot)
-        key = keys.key(data) if keys is not None else None
-        if key is not None:
-            hit = service.check_cached(key, started, data, wire_record_fields)
-            if hit is not None:
-                return self.wire(hit)
-        req = decode_input(data)
-        if req is None:
-            return self.wire(service.check_undecodable(started))
-        if not req.method:
-            service.count_odd("no_http_attributes")
-        elif len(req.path) > _MAX_PATH:
-            service.count_odd("long_path")
-        try:
-            result = service.check_sync(req, started, key, data, wire_record_fields)
-            if not isinstance(result, Decision):
-                result = await service.finish(req, result, started)
-        except Exception:
-            service.count_odd("check_error", exc_info=True)
-            result = service.snapshot.default
-        return self.wire(result)
+        decision = self._checks.check(WireCheck(data, self._keys, time.perf_counter()))
+        if not isinstance(decision, Decision):
+            decision = await decision
+        return self.wire(decision)

@@ -26,7 +26,7 @@ from http import HTTPStatus
 
 import httptools
 
-from policy.service import PolicyService
+from policy.core.checks import Checker, DecodedCheck
 from policy.structs import CheckInput, Decision
 
 __all__ = ["HttpAuthzServer", "HttpLimits", "HttpWire", "check_input"]
@@ -125,7 +125,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._pending: deque[tuple[CheckInput, bool, float] | _Refusal] = deque()
+        self._pending: deque[tuple[DecodedCheck, bool] | _Refusal] = deque()
         self._busy = False  # a quota call is in flight; later requests wait their turn
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
@@ -145,7 +145,7 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         server = self._server
         if len(server.connections) >= server.limits.max_connections:
-            server.service.count_odd("http_connection_limit", message="too many connections")
+            server.checks.count_odd("http_connection_limit", message="too many connections")
             transport.abort()
             return
         self._transport = transport
@@ -229,9 +229,9 @@ class _Connection(asyncio.Protocol):
             target = self._url.decode(errors="replace")
             self._odd = True
         if self._odd:
-            self._server.service.count_odd("http_odd_bytes")
+            self._server.checks.count_odd("http_odd_bytes")
         req = check_input(parser.get_method().decode(), target, self._headers, self._server.path_prefix)
-        self._pending.append((req, parser.should_keep_alive(), self._started))
+        self._pending.append((DecodedCheck(req, self._started), parser.should_keep_alive()))
         self.deadline = math.inf  # answered next; the idle clock starts after the answer
 
     # ---- budgets -----------------------------------------------------------------------------------
@@ -256,25 +256,21 @@ class _Connection(asyncio.Protocol):
 
     def _answer_pending(self) -> None:
         server = self._server
-        service = server.service
+        checks = server.checks
         pending = self._pending
         while pending and not self._busy and self._transport is not None and not self._closing:
             item = pending.popleft()
             if isinstance(item, _Refusal):
                 self._refuse(item)
                 return
-            req, keep_alive, started = item
-            try:
-                result = service.check_sync(req, started)
-            except Exception:
-                service.count_odd("check_error", exc_info=True)
-                result = service.snapshot.default
-            if isinstance(result, Decision):
-                self._reply(result, keep_alive)
+            request, keep_alive = item
+            decision = checks.check(request)
+            if isinstance(decision, Decision):
+                self._reply(decision, keep_alive)
                 continue
             self._busy = True
             self._transport.pause_reading()
-            task = asyncio.ensure_future(service.finish(req, result, started))
+            task = asyncio.ensure_future(decision)
             server.tasks.add(task)
             task.add_done_callback(functools.partial(self._finished, keep_alive=keep_alive))
             return
@@ -294,12 +290,7 @@ class _Connection(asyncio.Protocol):
         self._busy = False
         if self._transport is None:
             return
-        try:
-            decision = task.result()
-        except Exception:
-            self._server.service.count_odd("check_error", exc_info=True)
-            decision = self._server.service.snapshot.default
-        self._reply(decision, keep_alive)
+        self._reply(task.result(), keep_alive)  # the service answers every Check (Checker.check)
         if self._transport is not None and not self._closing:
             self._transport.resume_reading()
             self._answer_pending()
@@ -315,7 +306,7 @@ class _Connection(asyncio.Protocol):
         if not refusal.status:
             transport.close()
             return
-        self._server.service.count_odd(refusal.kind, message=refusal.message)
+        self._server.checks.count_odd(refusal.kind, message=refusal.message)
         body = (refusal.message + "\n").encode()
         transport.write(
             f"HTTP/1.1 {refusal.status} {_reason(refusal.status)}\r\ncontent-type: text/plain\r\n"
@@ -351,13 +342,13 @@ class _Refused(Exception):
 class HttpAuthzServer:
     def __init__(
         self,
-        service: PolicyService,
+        checks: Checker,
         *,
         path_prefix: str = "",
         wire: HttpWire | None = None,
         limits: HttpLimits | None = None,
     ) -> None:
-        self.service = service
+        self.checks = checks
         self.path_prefix = path_prefix
         self.wire = wire or HttpWire()
         self.limits = limits or HttpLimits()

@@ -25,6 +25,7 @@ from remixer.adaptive_signals import TelemetrySignals
 from telemetry.core.aggregates import Aggregates, HttpTally
 from telemetry.structs import LABEL_INDEX, LABEL_NAMES
 from tests.policy.conftest import POSTGRES_URL, REDIS_URL, PolicyFactory, RunningPolicy
+from tests.policy.deciding import decide
 
 SERVICE = "checkout.shop.svc.cluster.local"
 WEB = "spiffe://cluster.local/ns/shop/sa/web"
@@ -113,7 +114,7 @@ async def running(request: pytest.FixtureRequest, policy_factory: PolicyFactory)
 async def _admitted(running: RunningPolicy, principal: str, n: int) -> int:
     service = running.part.service
     checks = [
-        await service.check(CheckInput(path="/", destination_service=SERVICE, source_principal=principal))
+        await decide(service, CheckInput(path="/", destination_service=SERVICE, source_principal=principal))
         for _ in range(n)
     ]
     return sum(c.kind == "allow" for c in checks)

@@ -21,6 +21,7 @@ from policy.adapters.sql import SqlPolicyStore
 from policy.core import documents, rules
 from policy.structs import CheckInput, PolicyError
 from tests.policy.conftest import ADMIN_TOKEN, POSTGRES_URL, REDIS_URL, PolicyFactory, RunningPolicy
+from tests.policy.deciding import decide
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 CHECKOUT: dict[str, Any] = {
@@ -101,11 +102,11 @@ def test_an_adaptive_name_clashing_with_a_rule_is_refused() -> None:
 
 async def test_a_rule_from_a_policy_file_limits_checks_at_its_max_rate(running: RunningPolicy) -> None:
     service = running.part.service
-    kinds = [(await service.check(_check())).kind for _ in range(5)]
+    kinds = [(await decide(service, _check())).kind for _ in range(5)]
     # A token bucket of max_rate (3) requests per second: the first three pass, then 429s.
     assert kinds[:3] == ["allow"] * 3
     assert "rate_limited" in kinds[3:]
-    assert (await service.check(CheckInput(path="/cart", destination_service="other"))).kind == "allow"
+    assert (await decide(service, CheckInput(path="/cart", destination_service="other"))).kind == "allow"
 
 
 async def test_api_crud_validates_and_audits_adaptive_rules(running: RunningPolicy) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from policy.core.caching import DecisionCache
 from policy.structs import CheckInput, Decision
 from tests.policy.conftest import PolicyFactory
+from tests.policy.deciding import decide
 
 ALLOW = Decision(kind="allow", status=200, rule_id="r")
 
@@ -107,12 +108,12 @@ async def test_a_hot_key_keeps_hitting_while_cold_keys_pass_through(policy_facto
         cache_size=100,
     )
     service = run.part.service
-    await service.check(CheckInput(path="/hot"))
+    await decide(service, CheckInput(path="/hot"))
     for i in range(500):  # five times what the cache holds
-        await service.check(CheckInput(path=f"/cold/{i}"))
+        await decide(service, CheckInput(path=f"/cold/{i}"))
         if i % 10 == 0:
-            await service.check(CheckInput(path="/hot"))
+            await decide(service, CheckInput(path="/hot"))
     assert run.metric("remixer_policy_cache_misses_total") == 501  # the hot key missed once only
     assert run.metric("remixer_policy_cache_hits_total") == 50
-    await service.check(CheckInput(path="/cold/0"))  # long evicted
+    await decide(service, CheckInput(path="/cold/0"))  # long evicted
     assert run.metric("remixer_policy_cache_misses_total") == 502

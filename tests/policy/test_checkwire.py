@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policy.core import attributes
+from policy.core.checks import record_fields
 from policy.edge import grpc_authz
-from policy.service import record_fields
 from policy.structs import CheckInput
 from remixer.kit.native import wiregen
 from remixer.kit.native.check_keys import KeyReader, log_fields, read_input  # built by `pip install -e .`

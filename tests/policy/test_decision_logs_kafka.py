@@ -11,6 +11,7 @@ from policy.structs import CheckInput
 from remixer.kit.shipping import build_record_sinks
 from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
 from tests.policy.conftest import PolicyFactory
+from tests.policy.deciding import decide
 from tests.realparts.kafka import TansuBroker, consume
 
 POLICY = {"rules": [{"id": "deny-admin", "action": "deny", "match": {"request.path": {"prefix": "/admin"}}}]}
@@ -26,7 +27,7 @@ async def test_decisions_reach_kafka(
         service = run.part.service
         for i in range(20):
             path = "/admin/x" if i % 2 else "/ok"
-            await service.check(CheckInput(method="GET", path=path, request_id=f"req-{i:02d}", host="shop"))
+            await decide(service, CheckInput(method="GET", path=path, request_id=f"req-{i:02d}", host="shop"))
         got = await consume(kafka_broker.bootstrap, "remixer-decisions", until=lambda r: len(r) >= 20)
     finally:
         await hub.close()

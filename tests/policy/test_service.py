@@ -24,6 +24,7 @@ from remixer.kit.envoy import free_port
 from remixer.kit.shipping import build_record_sinks
 from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
 from tests.policy.conftest import PolicyFactory, eventually, write_policy
+from tests.policy.deciding import decide
 
 LIMITED = {
     "limits": [{"name": "two", "requests": 2, "unit": "minute"}],
@@ -44,22 +45,22 @@ async def test_cache_hits_are_counted_and_carry_dry_run_counts(policy_factory: P
     run = await policy_factory(policy=LIMITED)
     service = run.part.service
     for _ in range(5):
-        decision = await service.check(CheckInput(method="GET", path="/admin/x"))
+        decision = await decide(service, CheckInput(method="GET", path="/admin/x"))
         assert decision.rule_id == "deny-admin"
     assert run.metric("remixer_policy_cache_misses_total") == 1
     assert run.metric("remixer_policy_cache_hits_total") == 4
     assert run.metric("remixer_policy_checks_total", decision="deny", rule="deny-admin") == 5
     # Attributes no rule reads are not in the key: a different x-request-id still hits.
-    await service.check(CheckInput(method="GET", path="/admin/x", request_id="other"))
+    await decide(service, CheckInput(method="GET", path="/admin/x", request_id="other"))
     assert run.metric("remixer_policy_cache_hits_total") == 5
-    await service.check(CheckInput(method="GET", path="/x"))
-    await service.check(CheckInput(method="GET", path="/x"))
+    await decide(service, CheckInput(method="GET", path="/x"))
+    await decide(service, CheckInput(method="GET", path="/x"))
     assert run.metric("remixer_policy_dry_run_matches_total", rule="dry") == 2
 
 
 async def test_quota_decisions_are_never_cached(policy_factory: PolicyFactory) -> None:
     run = await policy_factory(policy=LIMITED)
-    kinds = [(await run.part.service.check(CheckInput(path="/limited"))).kind for _ in range(4)]
+    kinds = [(await decide(run.part.service, CheckInput(path="/limited"))).kind for _ in range(4)]
     assert kinds == ["allow", "allow", "rate_limited", "rate_limited"]
     assert run.metric("remixer_policy_cache_hits_total") == 0
     assert run.metric("remixer_policy_quota_rejections_total", limit="two", shadow="false") == 2
@@ -68,13 +69,13 @@ async def test_quota_decisions_are_never_cached(policy_factory: PolicyFactory) -
 async def test_cache_never_serves_across_a_policy_change(policy_factory: PolicyFactory) -> None:
     run = await policy_factory(policy=LIMITED)
     service = run.part.service
-    assert (await service.check(CheckInput(path="/open"))).kind == "allow"
-    assert (await service.check(CheckInput(path="/open"))).kind == "allow"
+    assert (await decide(service, CheckInput(path="/open"))).kind == "allow"
+    assert (await decide(service, CheckInput(path="/open"))).kind == "allow"
     response = await run.put(
         "rules", "close", {"action": "deny", "match": {"request.path": {"exact": "/open"}}}
     )
     assert response.status_code == 200
-    assert (await service.check(CheckInput(path="/open"))).rule_id == "close"
+    assert (await decide(service, CheckInput(path="/open"))).rule_id == "close"
 
 
 async def test_shadow_limits_count_but_admit(policy_factory: PolicyFactory) -> None:
@@ -83,7 +84,7 @@ async def test_shadow_limits_count_but_admit(policy_factory: PolicyFactory) -> N
         "rules": [{"id": "lim", "action": "rate_limit", "limit": "s", "match": {}}],
     }
     run = await policy_factory(policy=doc)
-    kinds = [(await run.part.service.check(CheckInput(path="/"))).kind for _ in range(3)]
+    kinds = [(await decide(run.part.service, CheckInput(path="/"))).kind for _ in range(3)]
     assert kinds == ["allow"] * 3
     assert run.metric("remixer_policy_quota_rejections_total", limit="s", shadow="true") == 2
 
@@ -101,13 +102,13 @@ async def test_redis_outage_applies_the_configured_fallback(
         redis_timeout=0.1,
         quota_fallback=fallback,
     )
-    kinds = [(await run.part.service.check(CheckInput(path="/limited"))).kind for _ in range(3)]
+    kinds = [(await decide(run.part.service, CheckInput(path="/limited"))).kind for _ in range(3)]
     assert kinds[2] == third
     if fallback == "deny":
         assert kinds == ["rate_limited"] * 3
     assert run.metric("remixer_policy_redis_errors_total", fallback=fallback) == 3
     # Requests that need no quota are unaffected.
-    assert (await run.part.service.check(CheckInput(path="/free"))).kind == "allow"
+    assert (await decide(run.part.service, CheckInput(path="/free"))).kind == "allow"
 
 
 async def test_store_outage_keeps_serving_the_last_snapshot(policy_factory: PolicyFactory) -> None:
@@ -117,7 +118,7 @@ async def test_store_outage_keeps_serving_the_last_snapshot(policy_factory: Poli
         conn.execute("ALTER TABLE policy_revision RENAME TO policy_revision_away")
     await eventually(lambda: run.metric("remixer_policy_reload_errors_total", source="store") >= 1)
     await eventually(lambda: run.part.service.staleness() >= 0.5)
-    assert (await run.part.service.check(CheckInput(path="/admin"))).rule_id == "deny-admin"
+    assert (await decide(run.part.service, CheckInput(path="/admin"))).rule_id == "deny-admin"
     assert run.metric("remixer_policy_store_staleness_seconds") >= 0.5
     assert run.metric("remixer_policy_reload_errors_total", source="store") >= 1
     readiness = run.part.readiness()
@@ -153,24 +154,24 @@ async def test_policy_file_changes_apply_and_bad_edits_are_refused(
     }
     path.write_text(yaml.safe_dump(changed))
     await eventually(lambda: service.snapshot.rule_count == 1, what="file change applied")
-    assert (await service.check(CheckInput(path="/x"))).status == 503
+    assert (await decide(service, CheckInput(path="/x"))).status == 503
     revision = service.snapshot.revision
     path.write_text("rules: [{id: broken, action: nope}]\n")
     await eventually(lambda: run.metric("remixer_policy_reload_errors_total", source="file") >= 1)
     assert service.snapshot.revision == revision
-    assert (await service.check(CheckInput(path="/x"))).status == 503
+    assert (await decide(service, CheckInput(path="/x"))).status == 503
     assert run.metric("remixer_policy_reload_errors_total", source="file") >= 1
 
 
 async def test_decision_log_records_and_sampling(policy_factory: PolicyFactory) -> None:
     run = await policy_factory(policy=LIMITED)
-    await run.part.service.check(CheckInput(path="/admin", request_id="rid-1", method="GET"))
+    await decide(run.part.service, CheckInput(path="/admin", request_id="rid-1", method="GET"))
     records = run.sinks.sink("decisions").records
     await eventually(lambda: bool(records), what="decision record")
     assert records[-1][0] == b"rid-1"
     assert b'"decision":"deny"' in records[-1][1]
     quiet = await policy_factory(policy=LIMITED, decision_log_sample=0.0)
-    await quiet.part.service.check(CheckInput(path="/admin"))
+    await decide(quiet.part.service, CheckInput(path="/admin"))
     assert quiet.metric("remixer_policy_checks_total", decision="deny", rule="deny-admin") == 1
     assert quiet.part.service.decisions.flush() == 0  # what the flush task does: nothing buffered
     assert not quiet.sinks.sink("decisions").records
@@ -181,14 +182,14 @@ async def test_a_full_decision_log_buffer_drops_and_counts_the_newest(policy_fac
     run = await policy_factory(policy=LIMITED, decision_log_buffer=100, decision_log_flush_interval=60)
     service = run.part.service
     for i in range(150):
-        await service.check(CheckInput(path="/admin", request_id=f"r{i}"))
+        await decide(service, CheckInput(path="/admin", request_id=f"r{i}"))
     assert run.metric("remixer_policy_decision_log_dropped_total") == 50
     assert run.metric("remixer_policy_checks_total", decision="deny", rule="deny-admin") == 150
     assert service.decisions.flush() == 100
     records = run.sinks.sink("decisions").records
     assert [key for key, _ in records] == [f"r{i}".encode() for i in range(100)]  # the oldest kept
     # Flushed: room again, and nothing more counted as dropped.
-    await service.check(CheckInput(path="/x", request_id="after"))
+    await decide(service, CheckInput(path="/x", request_id="after"))
     assert service.decisions.flush() == 1
     assert records[-1][0] == b"after"
     assert run.metric("remixer_policy_decision_log_dropped_total") == 50
@@ -206,8 +207,8 @@ async def test_records_the_sink_refuses_count_as_dropped_decisions(
         run = await policy_factory(policy=LIMITED, records=hub, decision_log_flush_interval=60)
         service = run.part.service
         for i in range(10):
-            await service.check(
-                CheckInput(path="/x/" + "p" * (1500 if i % 3 == 0 else 10), request_id=f"r{i}")
+            await decide(
+                service, CheckInput(path="/x/" + "p" * (1500 if i % 3 == 0 else 10), request_id=f"r{i}")
             )
         assert service.decisions.flush() == 6
         assert run.metric("remixer_policy_decision_log_dropped_total") == 4
@@ -229,7 +230,7 @@ async def test_http_listener_refuses_a_taken_port(policy_factory: PolicyFactory)
 async def test_grpc_cache_hits_log_their_own_request(
     policy_factory: PolicyFactory, monkeypatch: pytest.MonkeyPatch, compiled: bool
 ) -> None:
-    """Over gRPC a hit is found from the request's bytes (its record read at the flush); without the
+    """Over gRPC a hit is found from the request's bytes (its record read from them too); without the
     compiled reader (no C compiler at install) the same through upb."""
     if not compiled:
         for name in ("KeyReader", "read_input", "log_fields"):
@@ -260,7 +261,7 @@ async def test_grpc_cache_hits_log_their_own_request(
         logged = {key: orjson.loads(value) for key, value in records}
         assert logged[b"rid-2"]["cached"] is True
         assert logged[b"rid-1"]["cached"] is False
-        # Misses too are recorded from the request's bytes (read at the flush).
+        # Misses too are recorded from the request's bytes.
         assert logged[b"rid-1"]["path"] == logged[b"rid-2"]["path"] == "/admin/x"
         assert logged[b"rid-1"]["source_address"] == "10.1.2.3"
         assert logged[b"rid-2"]["path"] == "/admin/x"
@@ -405,7 +406,7 @@ async def test_compiling_a_large_policy_does_not_stall_checks(policy_factory: Po
     async def checks() -> None:
         last = time.perf_counter()
         while writing:
-            assert (await service.check(CheckInput(method="GET", path="/admin/x"))).rule_id == "deny-admin"
+            assert (await decide(service, CheckInput(method="GET", path="/admin/x"))).rule_id == "deny-admin"
             await asyncio.sleep(0.001)
             now = time.perf_counter()
             gaps.append(now - last)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from policy.adapters.sql import SqlPolicyStore
 from policy.structs import CheckInput, PolicyError
 from tests.policy.conftest import POSTGRES_URL, PolicyFactory, eventually
+from tests.policy.deciding import decide
 
 
 def _accept(data: object) -> None:
@@ -105,10 +106,10 @@ async def test_a_second_replica_picks_up_changes_without_restart(
     shared = {"database_url": POSTGRES_URL, "database_schema": pg_schema}
     writer = await policy_factory(**shared)
     reader = await policy_factory(**shared)
-    assert (await reader.part.service.check(CheckInput(path="/x"))).kind == "allow"
+    assert (await decide(reader.part.service, CheckInput(path="/x"))).kind == "allow"
     rule = {"action": "deny", "match": {"request.path": {"exact": "/x"}}}
     assert (await writer.put("rules", "close-x", rule)).status_code == 200
     await eventually(
         lambda: reader.part.service.snapshot.rule_count == 1, what="replica picked up the change"
     )
-    assert (await reader.part.service.check(CheckInput(path="/x"))).rule_id == "close-x"
+    assert (await decide(reader.part.service, CheckInput(path="/x"))).rule_id == "close-x"

@@ -13,6 +13,7 @@ import pytest
 
 from policy.structs import CheckInput
 from tests.policy.conftest import ADMIN_TOKEN, PolicyFactory, RunningPolicy, eventually
+from tests.policy.deciding import decide
 from tests.realparts.tcpproxy import TcpProxy
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -84,7 +85,7 @@ async def test_a_failed_store_answers_503_naming_it_fast_and_checks_go_on(
     expected = "did not answer within" if fault == "frozen" else "unavailable"
     assert any(expected in line and "serving revision" in line for line in said), said
     for _ in range(100):
-        decision, took = await _timed(service.check(CheckInput(method="GET", path="/admin/1")))
+        decision, took = await _timed(decide(service, CheckInput(method="GET", path="/admin/1")))
         assert decision.rule_id == "deny-admin"
         # A check that waited on the store at all would take at least its connect timeout; a fixed 0.1 s
         # was also what a loaded machine's scheduling pauses reach.
