@@ -202,7 +202,9 @@ async def ramp(
 
     async def one(caller: str, at: float) -> None:
         try:
-            status, upstream = await asyncio.wait_for(pools[caller].get(request), REQUEST_TIMEOUT)
+            # asyncio.timeout, not wait_for: no second task per request for the generator to run.
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                status, upstream = await pools[caller].get(request)
         except (TimeoutError, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             status, upstream = 0, False
         results.append(Result(caller, at, status, loop.time() - start - at, upstream))
