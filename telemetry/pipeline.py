@@ -13,6 +13,7 @@ from typing import Protocol
 from remixer.kit.parts import RecordSink
 from telemetry.adapters.prometheus import TelemetryStats
 from telemetry.core.aggregates import Aggregates
+from telemetry.core.kinds import batch_misses_and_edges
 from telemetry.edge.decoding import BatchResult
 from telemetry.structs import CallEdgeKey, EdgeCounts
 
@@ -58,11 +59,8 @@ class TelemetryPipeline:
         self._received[batch.kind].inc(batch.entries)
         self._stats.batch_entries.observe(batch.entries)
         # The running totals were already updated through each kind's slot; what is left per batch:
-        # label misses and call edges, summed over the batch's kinds.
-        misses: dict[str, int] = {}
-        edges: dict[CallEdgeKey, int] = {}
-        for kind, count in batch.counts.items():
-            self._note(kind.derived.edge, kind.derived.misses, count, edges, misses)
+        # label misses and call edges, summed over the batch's kinds by the core.
+        misses, edges = batch_misses_and_edges(batch.counts)
         for label, count in misses.items():
             self._stats.miss(label, count)
         if edges and self._edge_store is not None:
@@ -77,21 +75,6 @@ class TelemetryPipeline:
         if batch.records and self._sink is not None:
             await self._sink.put(batch.records)
             self._stats.records_exported.inc(len(batch.records))
-
-    @staticmethod
-    def _note(
-        edge: CallEdgeKey | None,
-        label_misses: tuple[str, ...],
-        count: int,
-        edges: dict[CallEdgeKey, int],
-        misses: dict[str, int],
-    ) -> None:
-        if not count:
-            return
-        if edge is not None:
-            edges[edge] = edges.get(edge, 0) + count
-        for label in label_misses:
-            misses[label] = misses.get(label, 0) + count
 
     def malformed(self, reason: str) -> None:
         self._stats.messages_malformed.labels(reason).inc()

@@ -4,16 +4,19 @@ rewrites, the running series the entries add to, and the record head."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from telemetry.core.aggregates import Aggregates, HttpSeries, TcpSeries
 from telemetry.core.labels import LabelPolicy, derive, tcp_labels
 from telemetry.core.records import RecordEncoder
-from telemetry.structs import Derived, EntryFacts, Labels, StreamIdentity
+from telemetry.structs import CallEdgeKey, Derived, EntryFacts, Labels, StreamIdentity
 
 
 @dataclass(slots=True, eq=False)
 class EntryKind:
+    """What all entries with the same label-deciding facts share (one object: a dict key by identity)."""
+
     derived: Derived
     labels: Labels  # after the settings' drops / rewrites
     tcp_labels: Labels
@@ -57,3 +60,18 @@ class KindBook:
             http=self.aggregates.http_slot(labels) if derived.booked and not is_tcp else None,
             tcp=self.aggregates.tcp_slot(tcp) if derived.booked and is_tcp else None,
         )
+
+
+def batch_misses_and_edges(counts: Mapping[EntryKind, int]) -> tuple[dict[str, int], dict[CallEdgeKey, int]]:
+    """A batch's label misses (by label) and call edges, each counted once per entry of its kinds."""
+    misses: dict[str, int] = {}
+    edges: dict[CallEdgeKey, int] = {}
+    for kind, count in counts.items():
+        if not count:
+            continue
+        edge = kind.derived.edge
+        if edge is not None:
+            edges[edge] = edges.get(edge, 0) + count
+        for label in kind.derived.misses:
+            misses[label] = misses.get(label, 0) + count
+    return misses, edges
