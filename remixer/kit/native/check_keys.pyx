@@ -196,16 +196,19 @@ cdef class KeyReader:
         # Per source, in plan order: 0 (absent) or 1, a 4-byte length and the raw bytes.
         cdef Py_ssize_t size = 0
         cdef int i
+        cdef Span* value
         for i in range(N_FIELDS):
             if self.wanted[i]:
-                size += 5 + field(found, i).len if field(found, i).ptr else 1
+                value = field(found, i)
+                size += 5 + value.len if value.ptr != NULL else 1
         for i in range(self.n_names):
             size += 5 + found.entries[i].len if found.has_entry[i] else 1
         cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
         cdef char* w = PyBytes_AS_STRING(out)
         for i in range(N_FIELDS):
             if self.wanted[i]:
-                w = put_source(w, field(found, i).ptr != NULL, field(found, i)[0])
+                value = field(found, i)
+                w = put_source(w, value.ptr != NULL, value[0])
         for i in range(self.n_names):
             w = put_source(w, found.has_entry[i], found.entries[i])
         return out
