@@ -1,6 +1,5 @@
 """remixer.kit.shipping against a real Kafka (Tansu): spool when off or down, drain in order, count every
-drop.
-And the compiled batch builder against aiokafka's own (the same bytes)."""
+drop."""
 
 from __future__ import annotations
 
@@ -9,25 +8,18 @@ import gc
 import json
 import logging
 import os
-import random
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import NodeNotReadyError
-from aiokafka.producer.message_accumulator import BatchBuilder, MessageBatch
-from aiokafka.record._crecords.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
-from aiokafka.record.util import calc_crc32c
-from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from remixer.kit.native import kafka_batch
 from remixer.kit.shipping import build_record_sinks, quiet_abandoned_sends
-from remixer.kit.shipping.kafka import ClientLogQuieter, _BuiltBatch
+from remixer.kit.shipping.kafka import ClientLogQuieter
 from remixer.kit.shipping.localfiles import RecordFiles, delimited
 from remixer.kit.shipping.settings import KafkaSettings, ShippingSettings
 from remixer.kit.shipping.spool import Spool
@@ -274,76 +266,27 @@ async def test_a_stream_added_after_connecting_gets_its_topic(
         await hub.close()
 
 
-# ---- record batches built whole (remixer/kit/native/kafka_batch.pyx) -------------------------------------
-
-
-def _aiokafka_batches(
-    records: list[tuple[bytes | None, bytes]], batch_size: int, timestamp: int, state: tuple[int, int, int]
-) -> list[tuple[bytes, int]]:
-    out, i = [], 0
-    while i < len(records):
-        builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, 0, batch_size)
-        offset = 0
-        while i < len(records):
-            key, value = records[i]
-            if builder.append(offset, timestamp, key, value, []) is None:
-                break
-            offset, i = offset + 1, i + 1
-        builder.set_producer_state(*state)
-        out.append((bytes(builder.build()), offset))
-    return out
-
-
-def _whole_batches(
-    records: list[tuple[bytes | None, bytes]], batch_size: int, timestamp: int, state: tuple[int, int, int]
-) -> list[tuple[bytes, int]]:
-    out, i = [], 0
-    while i < len(records):
-        buffer, taken = kafka_batch.build(records, i, batch_size, timestamp)
-        kafka_batch.set_producer_state(buffer, *state)
-        out.append((bytes(buffer), taken))
-        i += taken
-    return out
-
-
-def test_whole_batches_are_the_bytes_aiokafka_builds() -> None:
-    rng = random.Random(11)
-    for _ in range(1_500):
-        records = [
-            (
-                rng.choice([None, b"", rng.randbytes(rng.randint(1, 40))]),
-                rng.randbytes(rng.choice([0, 1, 63, 64, 127, 128, 700, rng.randint(0, 20_000)])),
-            )
-            for _ in range(rng.randint(1, 30))
-        ]
-        batch_size = rng.choice([1024, 4096, 50_000, 1_000_000, rng.randint(61, 100_000)])
-        timestamp = rng.choice([0, int(time.time() * 1000), 2**62])
-        state = rng.choice([(-1, -1, 0), (12345, 7, 99), (2**62, 32767, 2**31 - 1)])
-        expected = _aiokafka_batches(records, batch_size, timestamp, state)
-        assert _whole_batches(records, batch_size, timestamp, state) == expected
-    for buffer, _ in expected:
-        batch = DefaultRecordBatch(buffer)
-        assert batch.validate_crc()
-    data = rng.randbytes(10_000)
-    assert kafka_batch.crc32c_of(data) == calc_crc32c(data)
-
-
-async def test_an_idempotent_sender_sets_the_producer_state_of_a_whole_batch() -> None:
-    records: list[tuple[bytes | None, bytes]] = [(b"svc", f"record-{i}".encode()) for i in range(100)]
-    theirs = BatchBuilder(1 << 20, 0)
-    for key, value in records:
-        theirs.append(timestamp=1_700_000_000_000, key=key, value=value)
-    buffer, taken = kafka_batch.build(records, 0, 1 << 20, 1_700_000_000_000)
-    ours = _BuiltBatch(buffer, taken)
-    tp = TopicPartition(TOPIC, 0)
-    sent = []
-    for builder in (theirs, ours):
-        batch = MessageBatch(tp, builder, ttl=10, linger_time=0)
-        batch.set_producer_state(producer_id=77, producer_epoch=3, base_sequence=4096)
-        assert batch.record_count == 100
-        sent.append(bytes(batch.get_data_buffer()))
-    assert sent[1] == sent[0]
-    assert ours.append(timestamp=None, key=b"k", value=b"v") is None  # full: nothing is added later
+async def test_records_over_many_batches_and_partitions_arrive_once_each_in_order_per_key(
+    tmp_path: Path, kafka_broker: TansuBroker
+) -> None:
+    settings = kafka_on(kafka_broker)
+    settings.kafka.partitions, settings.kafka.batch_max_bytes = 3, 4096  # ~25 of these records a batch
+    records = [(f"svc-{i % 5}".encode(), f"record-{i:06d}-".encode() + b"x" * (i % 300)) for i in range(3000)]
+    registry = CollectorRegistry()
+    hub = build_record_sinks(settings, data_dir=tmp_path, registry=registry)
+    sink = hub.sink("access-logs")
+    try:
+        for start in range(0, len(records), 60):  # one StreamAccessLogs message's worth at a time
+            await sink.put(records[start : start + 60])
+        got = await consume(kafka_broker.bootstrap, TOPIC, until=lambda r: len(r) >= len(records))
+        await wait_until(
+            lambda: value(registry, "remixer_shipping_records_sent_total", stream="access-logs") == 3000
+        )
+    finally:
+        await hub.close()
+    assert sorted(got) == sorted(records)  # each once
+    for key in {k for k, _ in records}:  # a key's records share a partition, whose order Kafka keeps
+        assert [v for k, v in got if k == key] == [v for k, v in records if k == key]
 
 
 # ---- failures nobody retrieved -----------------------------------------------------------------------

@@ -1,9 +1,6 @@
-"""The Kafka side of shipping: one aiokafka producer, batches handed over with send_batch().
-
-Uncompressed batches are built whole by the compiled remixer.kit.native.kafka_batch module (the bytes
-aiokafka's own builder writes, in one pass); with compression, or without the extension, aiokafka's
-builder takes them record by record. Every aiokafka / broker failure becomes `ShipFailed`; the caller
-spools and reconnects later.
+"""The Kafka side of shipping: one aiokafka producer, fed through its public batch API
+(create_batch, append, close, send_batch). Every aiokafka / broker failure becomes `ShipFailed`; the
+caller spools and reconnects later.
 """
 
 from __future__ import annotations
@@ -25,11 +22,6 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from remixer.kit.parts import Record
 from remixer.kit.shipping.settings import KafkaSettings
-
-try:
-    from remixer.kit.native import kafka_batch
-except ImportError:  # not built: aiokafka's builder, record by record
-    kafka_batch = None  # type: ignore[assignment]
 
 log = logging.getLogger("remixer.kit.shipping")
 
@@ -85,7 +77,6 @@ class KafkaLink:
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self._idempotence = settings.idempotence
-        self._build_whole = kafka_batch is not None and settings.compression == "none"
 
     @property
     def connected(self) -> bool:
@@ -201,7 +192,8 @@ class KafkaLink:
             for partition, chunk in by_partition.items():
                 done = 0
                 while done < len(chunk):
-                    batch, done = self._next_batch(producer, chunk, done)
+                    batch = producer.create_batch()
+                    done = _fill(batch, chunk, done)
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
             # asyncio.wait, not wait_for(gather): a timeout leaves the batches' futures uncancelled,
             # so what becomes of them is still known after the producer is stopped.
@@ -224,21 +216,6 @@ class KafkaLink:
             if not all(f.done() and not f.cancelled() and f.exception() is None for f in futures):
                 raise ShipFailed(f"Kafka send to {topic} failed: {exc!r}") from None
 
-    def _next_batch(self, producer: AIOKafkaProducer, records: list[Record], start: int) -> tuple[Any, int]:
-        """A batch of records[start:] up to the batch size, and the index of the first record left out."""
-        if self._build_whole:
-            now_ms = int(time.time() * 1000)
-            buffer, taken = kafka_batch.build(records, start, self.settings.batch_max_bytes, now_ms)
-            return _BuiltBatch(buffer, taken), start + taken
-        batch = producer.create_batch()
-        filled = _fill(batch, records, start)
-        if filled == start:  # cannot happen: a batch always takes its first record
-            key, value = records[start]
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                log.error("a %d-byte record does not fit a Kafka batch; skipped", len(value))
-            filled += 1
-        return batch, filled
-
     async def disconnect(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
@@ -250,68 +227,17 @@ class KafkaLink:
             await asyncio.wait_for(producer.stop(), 5)
 
 
-class _BuiltBatch:
-    """A batch kafka_batch.build wrote whole, handed to send_batch where aiokafka expects the builder
-    create_batch returns: closed, its buffer final but for the idempotent producer's fields, which the
-    sender sets when it takes the batch. Not a subclass: it implements what aiokafka's accumulator and
-    sender call on a batch (tests/telemetry/test_shipping.py runs it through aiokafka's MessageBatch).
-    aiokafka has no public way to hand over batch bytes; its public append path measured 18-22% fewer
-    entries per CPU-second in bench/als.py (remixer/kit/native/README.md), hence this and the version pin."""
-
-    def __init__(self, buffer: bytearray, count: int) -> None:
-        self._buffer = buffer
-        self._count = count
-
-    def append(self, *, timestamp: Any, key: Any, value: Any, headers: Any = ()) -> None:
-        return None  # full
-
-    def close(self) -> None:
-        return None  # built closed
-
-    def closed(self) -> bool:
-        return True
-
-    def size(self) -> int:
-        return len(self._buffer)
-
-    def record_count(self) -> int:
-        return self._count
-
-    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
-        kafka_batch.set_producer_state(self._buffer, producer_id, producer_epoch, base_sequence)
-
-    def _build(self) -> bytearray:
-        return self._buffer
-
-
-_NO_HEADERS: list[tuple[str, bytes]] = []
-
-
-def _fill(batch: Any, records: Sequence[Record], start: int) -> int:
-    """Append records[start:] to a batch until it is full; returns the index of the first one left out.
-
-    BatchBuilder.append costs ~3x the C record builder underneath it (a Python call, a serializer check
-    and keyword arguments per record); with no serializers configured, feed the builder directly.
-    """
-    builder = getattr(batch, "_builder", None)
-    offset = getattr(batch, "_relative_offset", None)
-    if builder is None or offset is None:  # another aiokafka: use the public path
-        index = start
-        for key, value in records[start:]:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                return index
-            index += 1
-        return index
-    append = builder.append
+def _fill(batch: Any, records: list[Record], start: int) -> int:
+    """Append records[start:] to an empty batch until it is full, then close it (so the producer sends
+    it now instead of lingering for more); returns the index of the first record left out. A batch
+    always takes its first record (the hub drops any larger than the broker would accept)."""
+    append = batch.append
     index = start
     for key, value in records[start:]:
-        if append(offset, None, key, value, _NO_HEADERS) is None:
+        if append(key=key, value=value, timestamp=None) is None:
             break
-        offset += 1
         index += 1
-    batch._relative_offset = offset
-    if index < len(records):
-        batch.close()
+    batch.close()
     return index
 
 
