@@ -22,6 +22,7 @@ from remixer.kit.workers import metrics_socket, read_metrics
 from tests.realparts.envoy import EnvoyFactory, ingress
 from tests.realparts.remixer import RemixerFactory
 from tests.telemetry.bootstraps import http_access_log, istio_node
+from tests.waiting import wait_until
 
 KINDS = ("istio_requests_total", "remixer_policy_checks_total")  # telemetry's and policy's
 LABEL_VALUES = st.text(alphabet='ab "\\\n{}=,é', min_size=0, max_size=6)
@@ -106,6 +107,10 @@ def sidecar(listen: int, admin: int, grpc_port: int, upstream: int) -> dict[str,
     )
 
 
+def logs_written(stats: list[dict[str, int]]) -> int:
+    return sum(s["access_logs.grpc_access_log.logs_written"] for s in stats)
+
+
 def test_two_workers_metrics_add_up_to_what_envoy_sent(
     remixer_factory: RemixerFactory, envoy_factory: EnvoyFactory
 ) -> None:
@@ -131,8 +136,14 @@ def test_two_workers_metrics_add_up_to_what_envoy_sent(
                 ) as resp:
                     assert resp.status == 200
                 sent += 1
+            # Envoy logs a request when its stream is torn down, which can come just after the client
+            # has the response: wait for every log (and never more than were sent).
+            wait_until(
+                lambda sent=sent: logs_written([p.stats() for p in proxies]) >= sent,
+                what=f"Envoy wrote the {sent} access logs",
+            )
             stats = [p.stats() for p in proxies]
-            written = sum(s["access_logs.grpc_access_log.logs_written"] for s in stats)
+            written = logs_written(stats)
             assert written == sent
             deadline = time.monotonic() + 20
             while (metrics := server.metrics().encode()) and metric_sum(
