@@ -199,7 +199,8 @@ def print_records(paths: Sequence[Path]) -> int:
             continue
         for message in delimited(data):
             record = access_record_pb2.AccessRecord.FromString(message)
-            out.write(json_format.MessageToJson(record, indent=None) + "\n")
+            # The field names JSON records carry (the .proto's), not protobuf's camelCase JSON names.
+            out.write(json_format.MessageToJson(record, indent=None, preserving_proto_field_name=True) + "\n")
     return 0
 
 

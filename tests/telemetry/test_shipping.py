@@ -132,7 +132,7 @@ def test_protobuf_records_are_length_delimited_and_printed_as_json(tmp_path: Pat
         record
     ] * 3
     printed = print_records(path)
-    assert [json.loads(line)["requestId"] for line in printed] == ["r-1"] * 3
+    assert [json.loads(line)["request_id"] for line in printed] == ["r-1"] * 3
 
 
 async def test_broker_down_at_start_then_up(tmp_path: Path) -> None:
