@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from remixer.kit.native import wiregen
@@ -88,7 +89,7 @@ def _view_fields() -> dict[tuple[str, str], FieldDescriptor]:
         for field in view.fields:
             theirs = envoy.fields_by_number[field.number]
             pairs[(envoy.name, theirs.name)] = field
-            # Envoy's own messages; maps and Duration / Timestamp are read whole (scan_pair, scan_duration)
+            # Envoy's own messages; maps and Duration / Timestamp are read whole (scan_pair, scan_Duration)
             inner = theirs.message_type
             if field.message_type is None or not inner.full_name.startswith("envoy."):
                 continue
@@ -204,6 +205,32 @@ def test_a_field_added_to_the_table_gets_its_tag_member_and_branch() -> None:
     assert f"T_AccessLogCommon_route_name = {number << 3 | 2:#04x}" in generated
     assert "    Span route_name  # AccessLogCommon.route_name" in generated
     assert "err = read_text(&p, end, &f.route_name)" in generated
+
+
+def test_a_time_line_gets_its_reader_and_tags_from_the_descriptor() -> None:
+    """Duration and Timestamp: their tags and readers come from google.protobuf's descriptors, one reader
+    per type the table's time lines read, into the one Duration struct."""
+    head = "@proto envoy.data.accesslog.v3.accesslog_pb2\n"
+    generated = wiregen.cython(wiregen.parse(head + "AccessLogCommon.duration time d\n", "t"))
+    nanos = duration_pb2.Duration.DESCRIPTOR.fields_by_name["nanos"].number
+    assert f"T_Duration_nanos = {nanos << 3:#04x}  # google.protobuf.Duration.nanos" in generated
+    assert (
+        "cdef struct Duration:  # google.protobuf.Duration\n    int64_t seconds\n    int32_t nanos"
+        in generated
+    )
+    assert "err = scan_Duration(span, depth - 1, &f.d)" in generated
+    assert "cdef int scan_Duration(Span msg, int depth, Duration* out) noexcept:" in generated
+    assert "out.nanos = <int32_t><uint32_t>number" in generated
+    assert "scan_Timestamp" not in generated
+    both = wiregen.cython(
+        wiregen.parse(head + "AccessLogCommon.start_time time s\nAccessLogCommon.duration time d\n", "t")
+    )
+    assert both.index("cdef int scan_Duration(") < both.index("cdef int scan_Timestamp(")
+    twice = (
+        "@proto google.protobuf.timestamp_pb2\nAccessLogCommon.start_time time s\nTimestamp.seconds raw x\n"
+    )
+    with pytest.raises(wiregen.TableError, match="Timestamp is read by time lines"):
+        wiregen.cython(wiregen.parse(head + twice, "t"))
 
 
 def test_last_of_a_map_takes_the_last_entry_with_its_key() -> None:

@@ -41,8 +41,10 @@ cdef enum:  # tags (field number << 3 | wire type), from the descriptors
     T_ConnectionProperties_sent_bytes = 0x10  # field 2, wire type 0
     T_MAP_KEY = 0x0a  # map<K, V> entries
     T_MAP_VALUE = 0x12
-    T_TIME_SECONDS = 0x08  # Duration / Timestamp
-    T_TIME_NANOS = 0x10
+    T_Duration_seconds = 0x08  # google.protobuf.Duration.seconds
+    T_Duration_nanos = 0x10  # google.protobuf.Duration.nanos
+    T_Timestamp_seconds = 0x08  # google.protobuf.Timestamp.seconds
+    T_Timestamp_nanos = 0x10  # google.protobuf.Timestamp.nanos
 
 cdef enum:  # found-bits of the first(KEY) members: a later entry with the key is ignored
     FOUND_peer_request = 1
@@ -50,6 +52,10 @@ cdef enum:  # found-bits of the first(KEY) members: a later entry with the key i
     FOUND_peer_response = 4
     FOUND_grpc_header = 8
     FOUND_grpc_trailer = 16
+
+cdef struct Duration:  # google.protobuf.Duration / google.protobuf.Timestamp
+    int64_t seconds
+    int32_t nanos
 
 cdef struct WireFields:
     Span cluster  # AccessLogCommon.upstream_cluster
@@ -177,15 +183,15 @@ cdef int scan_AccessLogCommon(Span msg, int depth, WireFields* f) noexcept:
         elif tag == T_AccessLogCommon_start_time:
             err = read_span(&p, end, &span)
             if not err:
-                err = scan_duration(span, depth - 1, &f.start_time)
+                err = scan_Timestamp(span, depth - 1, &f.start_time)
         elif tag == T_AccessLogCommon_duration:
             err = read_span(&p, end, &span)
             if not err:
-                err = scan_duration(span, depth - 1, &f.duration)
+                err = scan_Duration(span, depth - 1, &f.duration)
         elif tag == T_AccessLogCommon_time_to_last_downstream_tx_byte:
             err = read_span(&p, end, &span)
             if not err:
-                err = scan_duration(span, depth - 1, &f.last_downstream_tx)
+                err = scan_Duration(span, depth - 1, &f.last_downstream_tx)
         elif tag == T_AccessLogCommon_filter_state_objects:
             err = read_span(&p, end, &span)
             if not err:
@@ -320,6 +326,58 @@ cdef int scan_ConnectionProperties(Span msg, int depth, WireFields* f) noexcept:
             err = read_varint(&p, end, &f.received_bytes)
         elif tag == T_ConnectionProperties_sent_bytes:
             err = read_varint(&p, end, &f.sent_bytes)
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_Duration(Span msg, int depth, Duration* out) noexcept:
+    """google.protobuf.Duration"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t number = 0
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_Duration_seconds:
+            err = read_varint(&p, end, &number)
+            out.seconds = <int64_t>number
+        elif tag == T_Duration_nanos:
+            err = read_varint(&p, end, &number)
+            out.nanos = <int32_t><uint32_t>number  # the low 32 bits
+        else:
+            err = skip_field(&p, end, tag, depth)
+        if err:
+            return err
+    return OK
+
+
+cdef int scan_Timestamp(Span msg, int depth, Duration* out) noexcept:
+    """google.protobuf.Timestamp"""
+    cdef const uint8_t* p = msg.ptr
+    cdef const uint8_t* end = msg.ptr + msg.len
+    cdef uint32_t tag
+    cdef uint64_t number = 0
+    cdef int err
+    if depth < 0:
+        return E_DEPTH
+    while p < end:
+        err = read_tag(&p, end, &tag)
+        if err:
+            return err
+        if tag == T_Timestamp_seconds:
+            err = read_varint(&p, end, &number)
+            out.seconds = <int64_t>number
+        elif tag == T_Timestamp_nanos:
+            err = read_varint(&p, end, &number)
+            out.nanos = <int32_t><uint32_t>number  # the low 32 bits
         else:
             err = skip_field(&p, end, tag, depth)
         if err:

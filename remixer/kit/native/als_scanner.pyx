@@ -80,12 +80,8 @@ ERROR_TEXT[E_DEPTH] = b"nested too deeply"
 ERROR_TEXT[E_UTF8] = b"invalid UTF-8 in a string field"
 ERROR_TEXT[E_MEMORY] = b"out of memory"
 
-cdef struct Duration:
-    int64_t seconds
-    int32_t nanos
-
-
-# The fields telemetry reads (als_fields.txt): their tags, the WireFields struct, a scan_<Message> each.
+# The fields telemetry reads (als_fields.txt): their tags, the WireFields struct, a scan_<Message> each
+# (Duration and Timestamp included, from their descriptors).
 include "_als_fields.pxi"
 
 cdef enum:  # which case of the log_entries oneof a message holds: its field number
@@ -145,31 +141,6 @@ cdef int skip_group(const uint8_t** cursor, const uint8_t* end, uint32_t number,
         if err:
             return err
     return E_GROUP
-
-
-cdef int scan_duration(Span msg, int depth, Duration* out) noexcept:
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef uint64_t value = 0
-    cdef int err
-    if depth < 0:
-        return E_DEPTH
-    while p < end:
-        err = read_tag(&p, end, &tag)
-        if err:
-            return err
-        if tag == T_TIME_SECONDS:
-            err = read_varint(&p, end, &value)
-            out.seconds = <int64_t>value
-        elif tag == T_TIME_NANOS:
-            err = read_varint(&p, end, &value)
-            out.nanos = <int32_t><uint32_t>value  # int32: the low 32 bits
-        else:
-            err = skip_field(&p, end, tag, depth)
-        if err:
-            return err
-    return OK
 
 
 cdef inline bint span_is(Span s, const char* text, Py_ssize_t n) noexcept:
