@@ -41,10 +41,8 @@ cdef enum:  # tags (field number << 3 | wire type), from the descriptors
     T_ConnectionProperties_sent_bytes = 0x10  # field 2, wire type 0
     T_MAP_KEY = 0x0a  # map<K, V> entries
     T_MAP_VALUE = 0x12
-    T_Duration_seconds = 0x08  # google.protobuf.Duration.seconds
-    T_Duration_nanos = 0x10  # google.protobuf.Duration.nanos
-    T_Timestamp_seconds = 0x08  # google.protobuf.Timestamp.seconds
-    T_Timestamp_nanos = 0x10  # google.protobuf.Timestamp.nanos
+    T_TIME_seconds = 0x08  # google.protobuf.Duration, google.protobuf.Timestamp
+    T_TIME_nanos = 0x10  # google.protobuf.Duration, google.protobuf.Timestamp
 
 cdef enum:  # found-bits of the first(KEY) members: a later entry with the key is ignored
     FOUND_peer_request = 1
@@ -183,15 +181,15 @@ cdef int scan_AccessLogCommon(Span msg, int depth, WireFields* f) noexcept:
         elif tag == T_AccessLogCommon_start_time:
             err = read_span(&p, end, &span)
             if not err:
-                err = scan_Timestamp(span, depth - 1, &f.start_time)
+                err = scan_time(span, depth - 1, &f.start_time)
         elif tag == T_AccessLogCommon_duration:
             err = read_span(&p, end, &span)
             if not err:
-                err = scan_Duration(span, depth - 1, &f.duration)
+                err = scan_time(span, depth - 1, &f.duration)
         elif tag == T_AccessLogCommon_time_to_last_downstream_tx_byte:
             err = read_span(&p, end, &span)
             if not err:
-                err = scan_Duration(span, depth - 1, &f.last_downstream_tx)
+                err = scan_time(span, depth - 1, &f.last_downstream_tx)
         elif tag == T_AccessLogCommon_filter_state_objects:
             err = read_span(&p, end, &span)
             if not err:
@@ -333,8 +331,8 @@ cdef int scan_ConnectionProperties(Span msg, int depth, WireFields* f) noexcept:
     return OK
 
 
-cdef int scan_Duration(Span msg, int depth, Duration* out) noexcept:
-    """google.protobuf.Duration"""
+cdef int scan_time(Span msg, int depth, Duration* out) noexcept:
+    """google.protobuf.Duration / google.protobuf.Timestamp"""
     cdef const uint8_t* p = msg.ptr
     cdef const uint8_t* end = msg.ptr + msg.len
     cdef uint32_t tag
@@ -346,36 +344,10 @@ cdef int scan_Duration(Span msg, int depth, Duration* out) noexcept:
         err = read_tag(&p, end, &tag)
         if err:
             return err
-        if tag == T_Duration_seconds:
+        if tag == T_TIME_seconds:
             err = read_varint(&p, end, &number)
             out.seconds = <int64_t>number
-        elif tag == T_Duration_nanos:
-            err = read_varint(&p, end, &number)
-            out.nanos = <int32_t><uint32_t>number  # the low 32 bits
-        else:
-            err = skip_field(&p, end, tag, depth)
-        if err:
-            return err
-    return OK
-
-
-cdef int scan_Timestamp(Span msg, int depth, Duration* out) noexcept:
-    """google.protobuf.Timestamp"""
-    cdef const uint8_t* p = msg.ptr
-    cdef const uint8_t* end = msg.ptr + msg.len
-    cdef uint32_t tag
-    cdef uint64_t number = 0
-    cdef int err
-    if depth < 0:
-        return E_DEPTH
-    while p < end:
-        err = read_tag(&p, end, &tag)
-        if err:
-            return err
-        if tag == T_Timestamp_seconds:
-            err = read_varint(&p, end, &number)
-            out.seconds = <int64_t>number
-        elif tag == T_Timestamp_nanos:
+        elif tag == T_TIME_nanos:
             err = read_varint(&p, end, &number)
             out.nanos = <int32_t><uint32_t>number  # the low 32 bits
         else:

@@ -20,8 +20,8 @@ never from the table. The second column says how the field is read, the third in
                    varint's bytes                                                      -> Span
     uint64         a uint64 varint                                                     -> uint64_t
     int32          an int32 or enum varint (its low 32 bits)                           -> int32_t
-    time           a google.protobuf.Duration or Timestamp, through scan_Duration or scan_Timestamp,
-                   generated from its descriptor (no lines of its own)                -> Duration
+    time           a google.protobuf.Duration or Timestamp, through scan_time, generated from their
+                   descriptors (one wire shape; no lines of their own)                -> Duration
     first(KEY)     of a map<string, ...>, the value of the first entry keyed KEY     -> Span
     last(KEY)      of a map<string, ...>, the value of the last entry keyed KEY (a map's
                    own semantics: a later entry replaces an earlier one); "" when none -> Span
@@ -39,7 +39,7 @@ member: the field is read and checked (text: UTF-8) and its value dropped.
 Output (a Cython include): `T_<Message>_<field>` tag constants, the `MAP_*` map numbers, the struct, one
 `scan_<prefix><Message>(Span msg, int depth, WireFields* f)` per message (and prefix) with lines,
 `scan_pair`, the map entries' reader, and for time lines the `Duration` struct (seconds, nanos) with
-`scan_Duration` / `scan_Timestamp(Span msg, int depth, Duration* out)`. The generated readers use the
+`scan_time(Span msg, int depth, Duration* out)`. The generated readers use the
 helpers of remixer/kit/native/wire.pxd plus these, which the including module defines:
 skip_field(cursor, end, tag, depth) (skipping tables), span_is(span, text, length) (first, last),
 on_entry(f, map, key, value) (entries).
@@ -328,9 +328,10 @@ def _constants(table: Table, readers: list[Reader]) -> list[str]:
             raise TableError("map entries of different wire types")
         out.append(f"    T_MAP_KEY = {tag(key):#04x}  # map<K, V> entries")
         out.append(f"    T_MAP_VALUE = {tag(value):#04x}")
-    for message in _times(table):
-        for field in message.fields:
-            out.append(f"    T_{message.name}_{field.name} = {tag(field):#04x}  # {field.full_name}")
+    times = _times(table)
+    if times:
+        held = ", ".join(message.full_name for message in times)
+        out.extend(f"    T_TIME_{field.name} = {tag(field):#04x}  # {held}" for field in times[0].fields)
     firsts = _named(readers, "first")
     if firsts:
         out.append("")
@@ -355,16 +356,19 @@ _TIME_MEMBERS = {
 
 
 def _times(table: Table) -> list[Descriptor]:
-    """The time types (Duration, Timestamp) the table's time lines read, by name; each fills the one
-    Duration struct, so each must have its fields (int64 seconds, int32 nanos), and none may also have
-    lines of its own (its reader would be generated twice)."""
+    """The time types (Duration, Timestamp) the table's time lines read, by name. One reader fills the
+    one Duration struct for all of them, so each must have its fields (int64 seconds, int32 nanos) under
+    the same tags, and none may also have lines of its own (it would be read two ways)."""
     times = {_message(x.field).full_name: _message(x.field) for x in table.lines if x.reader == "time"}
+    tags = {tuple(tag(field) for field in message.fields) for message in times.values()}
     for message in times.values():
         shape = [(field.name, field.type) for field in message.fields]
         if shape != [("seconds", FieldDescriptor.TYPE_INT64), ("nanos", FieldDescriptor.TYPE_INT32)]:
             raise TableError(f"{message.full_name} is not (int64 seconds, int32 nanos)")
         if any(line.message is message for line in table.lines):
             raise TableError(f"{message.name} is read by time lines: it takes no lines of its own")
+    if len(tags) > 1:
+        raise TableError(f"{', '.join(sorted(times))}: not one wire shape, so not one reader")
     return [times[name] for name in sorted(times)]
 
 
@@ -378,14 +382,15 @@ def _time_struct(table: Table) -> list[str]:
     return out
 
 
-def _time_reader(table: Table, message: Descriptor) -> list[str]:
+def _time_reader(table: Table, times: list[Descriptor]) -> list[str]:
     branches: list[str] = []
-    for i, field in enumerate(message.fields):
-        branches.append(f"        {'if' if i == 0 else 'elif'} tag == T_{message.name}_{field.name}:")
+    for i, field in enumerate(times[0].fields):
+        branches.append(f"        {'if' if i == 0 else 'elif'} tag == T_TIME_{field.name}:")
         branches.append("            err = read_varint(&p, end, &number)")
         branches.append(f"            out.{field.name} = {_TIME_MEMBERS[field.type][1]}")
-    head = f"scan_{message.name}(Span msg, int depth, Duration* out)"
-    return _function(table, head, message.full_name, ["    cdef uint64_t number = 0", *_DEPTH], branches)
+    doc = " / ".join(message.full_name for message in times)
+    head = "scan_time(Span msg, int depth, Duration* out)"
+    return _function(table, head, doc, ["    cdef uint64_t number = 0", *_DEPTH], branches)
 
 
 def _struct(table: Table, readers: list[Reader]) -> list[str]:
@@ -434,7 +439,7 @@ def _branch(line: Line, lines: list[Line], prefix: str) -> list[str]:
         return [
             "err = read_span(&p, end, &span)",
             "if not err:",
-            f"    err = scan_{_message(line.field).name}(span, depth - 1, &{into})",
+            f"    err = scan_time(span, depth - 1, &{into})",
         ]
     # map lines: check the entry, then each reader of this field in table order
     text_value = _entry(line.field, "value").type == FieldDescriptor.TYPE_STRING
@@ -545,8 +550,9 @@ def cython(table: Table) -> str:
     parts = [header, _constants(table, readers), _time_struct(table), _struct(table, readers)]
     for reader in readers:
         parts += [["", ""], _reader(table, reader)]
-    for message in _times(table):
-        parts += [["", ""], _time_reader(table, message)]
+    times = _times(table)
+    if times:
+        parts += [["", ""], _time_reader(table, times)]
     if any(line.reader in _MAP_READERS for line in table.lines):
         parts += [["", ""], _pair_reader(table)]
     return "\n".join(line for part in parts for line in part) + "\n"
