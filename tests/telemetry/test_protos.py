@@ -89,7 +89,7 @@ def _view_fields() -> dict[tuple[str, str], FieldDescriptor]:
         for field in view.fields:
             theirs = envoy.fields_by_number[field.number]
             pairs[(envoy.name, theirs.name)] = field
-            # Envoy's own messages; maps and Duration / Timestamp are read whole (scan_pair, scan_Duration)
+            # Envoy's own messages; maps and Duration / Timestamp are read whole (scan_pair, scan_time)
             inner = theirs.message_type
             if field.message_type is None or not inner.full_name.startswith("envoy."):
                 continue
