@@ -48,7 +48,9 @@ ADAPTIVE_RULE = {
     "signals": [{"signal": "p99_latency_ms", "setpoint": 250}, {"signal": "error_ratio", "setpoint": 0.05}],
     "min_rate": 10,
     "max_rate": 1000,
-    "interval": 0.5,
+    # Two of the example file's 1 s access-log flushes per tick: a shorter tick reads every other window
+    # empty (NaN, "no fresh signal"), and a 1 s scrape in phase with the flush can miss every reading.
+    "interval": 2.0,
     "dry_run": True,
 }
 # What Grafana would pick for $__rate_interval; wide enough to cover the whole run.
