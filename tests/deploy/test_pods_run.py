@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from remixer.kit.envoy import free_port
+from tests.waiting import wait_until
 
 from .paths import SECRET_STAND_INS, kustomize_build
 
@@ -96,7 +97,17 @@ def test_deployment_runs_only_its_parts_and_answers_its_probes(
         assert _health(target, serving) == "SERVING"
         assert _health(target, absent) == "NOT_FOUND"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(pod["terminationGracePeriodSeconds"]) == 0, log.read_text()
+        if part == "telemetry":
+            # The whole drain (both Deployments share the ConfigMap's shutdown settings) fits the grace.
+            assert proc.wait(pod["terminationGracePeriodSeconds"]) == 0, log.read_text()
+        else:
+            # Draining: no longer ready, no longer SERVING, yet still answering; a second signal hurries.
+            probe = admin + container["readinessProbe"]["httpGet"]["path"]
+            wait_until(lambda: httpx.get(probe, timeout=1).status_code == 503, within=5, what="not ready")
+            assert _health(target, serving) == "NOT_SERVING"
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0, log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
