@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policy.adapters.base import BackendUnavailable, ItemKind
+from policy.adapters.base import AuditEntry, BackendUnavailable, ItemKind
 from policy.core import documents
 from policy.core.adaptive import AdaptiveDoc
 from policy.service import PolicyService
@@ -72,17 +72,6 @@ class RevisionOut(BaseModel):
     store_revision: int | None = Field(description="latest revision in the store (None if unreachable)")
     store_staleness_seconds: float
     rules: int
-
-
-class AuditOut(BaseModel):
-    id: int
-    at: float
-    actor: str
-    action: str
-    kind: str
-    name: str
-    revision: int
-    body: dict[str, Any] | None
 
 
 _SECTIONS: dict[str, tuple[ItemKind, str, str]] = {
@@ -263,11 +252,10 @@ def build_router(service: PolicyService, *, require_writer: Callable[..., Awaita
     @router.get("/policy/audit", summary="Who changed what, newest first")
     async def audit(
         limit: Annotated[int, Query(ge=1, le=1000, description="how many entries (1-1000)")] = 100,
-    ) -> list[AuditOut]:
+    ) -> list[AuditEntry]:
         try:
-            entries = await store.audit(limit=limit)
+            return list(await store.audit(limit=limit))
         except BackendUnavailable as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from None
-        return [AuditOut(**{f: getattr(e, f) for f in AuditOut.model_fields}) for e in entries]
 
     return router
