@@ -186,19 +186,12 @@ def socket_address(host: str, port: int) -> dict[str, Any]:
 
 def grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:
     """A static HTTP/2 cluster to a gRPC server (remixer)."""
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
+    return http_cluster(name, host, port) | {
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
-        },
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
         },
     }
 
