@@ -159,7 +159,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._server.connections.discard(self)
         self._release()
         self._transport = None
-        self._parser = None
+        self._stop_parsing()
         if self._linger is not None:
             self._linger.cancel()
 
@@ -167,9 +167,7 @@ class _Connection(asyncio.BufferedProtocol):
         return self._server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._server.read_buffer[:nbytes])
-
-    def data_received(self, data: bytes | memoryview) -> None:
+        data = self._server.read_buffer[:nbytes]  # valid until this returns: the next read reuses it
         parser = self._parser
         if parser is None:
             return  # the rest of a refused request: read and dropped (see _refuse)
